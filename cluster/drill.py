@@ -1,0 +1,365 @@
+"""`orderbook-cluster drill`: inject a fault under steady load, time the takeover, check the stream.
+
+Run it against a drill product (its whole input and output are read from offset 0 to check that
+the output equals `replay` of the input). Faults reach the leader's node through its
+authenticated admin endpoint (address and node found in Redis), so drills work across hosts.
+Takeover is measured from just before the fault request to the moment this process's consumer
+sees the first event published under a new epoch (the `epoch` header of the event record), or,
+for server restarts that need not move the lease, the first event produced after the fault.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+
+import msgspec
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from cluster.kafka_io import message_topic, order_topic
+from cluster.redis_state import NODE_ADDRESSES_KEY, leader_key, sync_client
+from cluster.send import record_timestamp_ms
+from cluster.verify import StreamReport, check_stream, expected_events, read_records, record_time_ns
+from cluster.workload import generate_orders
+from engine.config import ProductConfig
+
+FAULTS = ("kill", "pause", "node-kill", "redis-restart", "broker-restart")
+LEADER_CHANGING = ("kill", "pause", "node-kill")
+_sequence_of = msgspec.json.Decoder(dict)
+
+
+class DrillError(RuntimeError):
+    """The drill could not run (no leader, no admin access, a fault refused)."""
+
+
+@dataclass
+class Round:
+    """One fault and what followed it."""
+
+    round: int
+    fault: str
+    old_node: str
+    old_epoch: int
+    new_node: str | None = None
+    new_epoch: int | None = None
+    takeover_ms: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class DrillReport:
+    """Every round, the takeover figures, and the stream check."""
+
+    product: str
+    fault: str
+    rounds: list[Round] = field(default_factory=list)
+    orders_sent: int = 0
+    stream: dict = field(default_factory=dict)
+
+    def takeover_summary(self) -> dict:
+        """min/median/max takeover over the rounds that completed, in ms."""
+        values = [r.takeover_ms for r in self.rounds if r.takeover_ms is not None]
+        if not values:
+            return {"min_ms": None, "median_ms": None, "max_ms": None, "rounds_ok": 0}
+        return {
+            "min_ms": round(min(values), 1),
+            "median_ms": round(statistics.median(values), 1),
+            "max_ms": round(max(values), 1),
+            "rounds_ok": len(values),
+        }
+
+    def as_dict(self) -> dict:
+        """The --json document."""
+        return {
+            "product": self.product,
+            "fault": self.fault,
+            "rounds": [asdict(r) for r in self.rounds],
+            "takeover": self.takeover_summary(),
+            "orders_sent": self.orders_sent,
+            "stream": self.stream,
+        }
+
+
+class OrderLoad(threading.Thread):
+    """Steady realistic order flow at `rate` per second until stopped."""
+
+    def __init__(self, bootstrap: str, product: str, rate: float, start_id: int, extra: dict) -> None:
+        super().__init__(name="drill-load", daemon=True)
+        self.producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "allow.auto.create.topics": False,
+                **extra,
+            }
+        )
+        self.topic = order_topic(product)
+        self.product = product
+        self.rate = rate
+        self.start_id = start_id
+        self.stop_event = threading.Event()
+        self.sent = 0
+
+    def run(self) -> None:
+        encoder = msgspec.json.Encoder()
+        began = time.monotonic()
+        start_ts = time.time_ns() // 1_000_000 * 1_000_000
+        for order in generate_orders(
+            self.product, 10**9, seed=self.start_id, start_id=self.start_id, start_ts=start_ts
+        ):
+            if self.stop_event.is_set():
+                break
+            raw = encoder.encode(order)
+            while True:
+                try:
+                    self.producer.produce(self.topic, raw, timestamp=record_timestamp_ms(raw) or 0)
+                    break
+                except BufferError:
+                    self.producer.poll(0.05)
+            self.sent += 1
+            self.producer.poll(0)
+            ahead = self.sent / self.rate - (time.monotonic() - began)
+            if ahead > 0:
+                self.stop_event.wait(ahead)  # pacing the offered load, not waiting for a result
+        self.producer.flush(30)
+
+
+class OutputWatcher(threading.Thread):
+    """Reads the output topic from 0: every value, and when each epoch was first seen."""
+
+    def __init__(self, bootstrap: str, product: str, extra: dict) -> None:
+        super().__init__(name="drill-watch", daemon=True)
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": "orderbook-cluster-drill",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 10,
+                "fetch.queue.backoff.ms": 5,
+                **extra,
+            }
+        )
+        self.consumer.assign([TopicPartition(message_topic(product), 0, 0)])
+        self.values: list[bytes] = []
+        self.first_seen: dict[int, tuple[float, str]] = {}
+        self.max_sequence = 0
+        self.last_arrival: float = 0.0
+        self.produced_after: list[tuple[float, int]] = []  # (arrival, record timestamp ms)
+        self.lock = threading.Lock()
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            msgs = self.consumer.consume(5000, 0.05)
+            now = time.monotonic()
+            with self.lock:
+                for msg in msgs:
+                    if msg.error() is not None:
+                        continue
+                    value = msg.value() or b""
+                    self.values.append(value)
+                    headers = dict(msg.headers() or [])
+                    epoch = int(headers.get("epoch", b"0") or 0)
+                    if epoch not in self.first_seen:
+                        self.first_seen[epoch] = (now, headers.get("node", b"").decode())
+                    seq = _sequence_of.decode(value).get("sequence", 0)
+                    self.max_sequence = max(self.max_sequence, seq)
+                    self.last_arrival = now
+                    self.produced_after.append((now, msg.timestamp()[1]))
+                    if len(self.produced_after) > 100_000:
+                        del self.produced_after[:50_000]
+        self.consumer.close()
+
+    def first_epoch_above(self, epoch: int) -> tuple[int, float, str] | None:
+        """The first epoch greater than `epoch` seen, with when and from which node."""
+        with self.lock:
+            later = sorted((e, t, n) for e, (t, n) in self.first_seen.items() if e > epoch)
+        return later[0] if later else None
+
+    def first_produced_after(self, wall_ms: int) -> float | None:
+        """Arrival time of the first event the broker stamped after `wall_ms`."""
+        with self.lock:
+            return next((arrival for arrival, ts in self.produced_after if ts > wall_ms), None)
+
+    def distinct_count(self) -> int:
+        """Distinct sequences seen (events arrive in order per leader; duplicates repeat old ones)."""
+        return self.max_sequence
+
+
+def _wait(condition, timeout_s: float, interval_s: float = 0.01):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval_s)
+    return None
+
+
+def current_lease(redis_client, product: str) -> tuple[int, str] | None:
+    """(epoch, node) of the product's leader, from its lease; None while nobody holds it."""
+    try:
+        value = redis_client.get(leader_key(product))
+    except Exception:  # noqa: BLE001 - Redis may be the thing being restarted
+        return None
+    if not value:
+        return None
+    epoch, _, token = value.decode().partition("|")
+    return int(epoch), token.rsplit(":", 2)[0]
+
+
+def post_fault(address: str, token: str, fault: str, product: str, pause_s: float | None) -> dict:
+    """Ask a node's admin endpoint for a fault."""
+    body = json.dumps({"fault": fault, "product": product, "pause_s": pause_s}).encode()
+    request = urllib.request.Request(
+        f"http://{address}/admin/fault",
+        data=body,
+        method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        raise DrillError(
+            f"{address} refused the fault: {exc.code} {exc.read().decode(errors='replace')}"
+        ) from exc
+
+
+def run_drill(
+    *,
+    bootstrap: str,
+    redis_url: str,
+    product: str,
+    config: ProductConfig,
+    fault: str,
+    rounds: int,
+    rate: float,
+    admin_token: str,
+    pause_s: float | None = None,
+    settle_s: float = 2.0,
+    start_id: int | None = None,
+    kafka_extra: dict | None = None,
+    log=print,
+) -> DrillReport:
+    """Run the drill; never raises for a failed round (it is reported), only for a drill that can't run."""
+    if fault not in FAULTS:
+        raise DrillError(f"unknown fault {fault!r}; one of {', '.join(FAULTS)}")
+    extra = kafka_extra or {}
+    redis_client = sync_client(redis_url)
+    if current_lease(redis_client, product) is None and not _wait(
+        lambda: current_lease(redis_client, product), 10
+    ):
+        raise DrillError(f"no leader holds {product}; is the cluster running it?")
+    report = DrillReport(product, fault)
+    watcher = OutputWatcher(bootstrap, product, extra)
+    load = OrderLoad(bootstrap, product, rate, start_id or time.time_ns() // 1000, extra)
+    watcher.start()
+    load.start()
+    try:
+        for number in range(1, rounds + 1):
+            report.rounds.append(
+                one_round(number, fault, product, redis_client, watcher, admin_token, pause_s, settle_s, log)
+            )
+    finally:
+        load.stop_event.set()
+        load.join(60)
+        report.orders_sent = load.sent
+    checked = final_check(bootstrap, product, config, watcher, extra, log)
+    report.stream = {**asdict(checked), "ok": checked.ok}
+    watcher.stop_event.set()
+    watcher.join(10)
+    return report
+
+
+def one_round(number, fault, product, redis_client, watcher, admin_token, pause_s, settle_s, log) -> Round:
+    """Wait for a steady leader, inject the fault at it, time the takeover."""
+    lease = _wait(lambda: current_lease(redis_client, product), 30)
+    if lease is None:
+        return Round(number, fault, "?", 0, error="no leader before the fault")
+    epoch, node = lease
+    steady = _wait(lambda: watcher.first_epoch_above(epoch - 1), 30)
+    if steady is None:
+        return Round(number, fault, node, epoch, error="the leader published nothing before the fault")
+    address = redis_client.hget(NODE_ADDRESSES_KEY, node)
+    if not address:
+        return Round(number, fault, node, epoch, error=f"no admin address registered for node {node}")
+    result = Round(number, fault, node, epoch)
+    began = time.monotonic()
+    began_wall_ms = int(time.time() * 1000)
+    try:
+        post_fault(address.decode(), admin_token, fault, product, pause_s)
+    except (DrillError, OSError) as exc:
+        result.error = str(exc)
+        return result
+    if fault in LEADER_CHANGING:
+        seen = _wait(lambda: watcher.first_epoch_above(epoch), 60)
+        if seen is None:
+            result.error = "no new leader published within 60 s"
+            return result
+        result.new_epoch, arrival, result.new_node = seen
+    else:
+        arrival = _wait(lambda: watcher.first_produced_after(began_wall_ms + 1), 60)
+        if arrival is None:
+            result.error = "no event published within 60 s of the restart"
+            return result
+        lease_after = current_lease(redis_client, product)
+        if lease_after:
+            result.new_epoch, result.new_node = lease_after
+    result.takeover_ms = round((arrival - began) * 1000, 1)
+    log(
+        f"round {number}: {fault} of {node} (epoch {epoch}) -> {result.new_node} (epoch {result.new_epoch}) "
+        f"in {result.takeover_ms} ms"
+    )
+    # Let a paused ex-leader wake and demote, and the restarted process rejoin, before the next round.
+    paused_for = (pause_s or 2.0) if fault == "pause" else 0.0
+    time.sleep(settle_s + paused_for)
+    return result
+
+
+def final_check(bootstrap, product, config, watcher, extra, log) -> StreamReport:
+    """All input read from offset 0 through the oracle; the output must match it exactly."""
+    inputs = read_records(bootstrap, order_topic(product), idle_s=3.0, extra=extra)
+    expected = expected_events(config, [(value, record_time_ns(ts)) for _, value, ts, _ in inputs])
+    _wait(lambda: watcher.distinct_count() >= len(expected), 120, 0.1)
+    with watcher.lock:
+        output = list(watcher.values)
+    report = check_stream(output, expected)
+    log(
+        f"stream: {report.distinct} distinct events of {report.expected} expected, {report.duplicates} "
+        f"byte-identical duplicates dropped, {'OK' if report.ok else 'BROKEN: ' + '; '.join(report.problems)}"
+    )
+    return report
+
+
+def format_report(report: DrillReport) -> str:
+    """The operator's table."""
+    lines = [
+        f"drill {report.fault} on {report.product}: {len(report.rounds)} rounds, {report.orders_sent} orders",
+        f"{'ROUND':>5} {'OLD LEADER':<20} {'EPOCH':>6} {'NEW LEADER':<20} {'EPOCH':>6} {'TAKEOVER ms':>12}  ERROR",
+    ]
+    for r in report.rounds:
+        lines.append(
+            f"{r.round:>5} {r.old_node:<20} {r.old_epoch:>6} {r.new_node or '-':<20} "
+            f"{r.new_epoch if r.new_epoch is not None else '-':>6} "
+            f"{r.takeover_ms if r.takeover_ms is not None else '-':>12}  {r.error or ''}"
+        )
+    s = report.takeover_summary()
+    lines.append(
+        f"takeover min/median/max: {s['min_ms']} / {s['median_ms']} / {s['max_ms']} ms "
+        f"({s['rounds_ok']} of {len(report.rounds)} rounds)"
+    )
+    stream = report.stream
+    lines.append(
+        f"stream: {'OK' if not stream.get('problems') else 'BROKEN'} — {stream.get('distinct')} events, "
+        f"{stream.get('duplicates')} duplicates (byte-identical), expected {stream.get('expected')}"
+    )
+    for problem in stream.get("problems", []):
+        lines.append(f"  {problem}")
+    return "\n".join(lines)

@@ -1,0 +1,114 @@
+"""Kafka adapters: topic names, topic creation, and the consumer/producer settings we rely on.
+
+Only guarantees every Kafka-compatible broker gives are relied on: one partition per topic,
+in-order idempotent produce within one producer session, fetch by explicit offset. Watermarks,
+offsets_for_times and transactions are not used for correctness (the test broker gets them wrong).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+log = logging.getLogger(__name__)
+
+
+def order_topic(product: str) -> str:
+    """Input topic of a product: orders and cancels in matching order."""
+    return f"matching_order_{product}"
+
+
+def message_topic(product: str) -> str:
+    """Output topic of a product: events in sequence order."""
+    return f"matching_message_{product}"
+
+
+def dlq_topic(product: str) -> str:
+    """Dead letters of a product's input."""
+    return f"matching_order_{product}.dlq"
+
+
+def product_topics(product: str) -> list[str]:
+    """Every topic a product uses."""
+    return [order_topic(product), message_topic(product), dlq_topic(product)]
+
+
+def base_config(bootstrap: str, extra: dict[str, str]) -> dict[str, object]:
+    """Common librdkafka settings; operator settings (SASL/TLS, ...) from `extra` win."""
+    config: dict[str, object] = {"bootstrap.servers": bootstrap, "socket.keepalive.enable": True}
+    config.update(extra)
+    return config
+
+
+def ensure_topics(bootstrap: str, extra: dict[str, str], topics: list[str], timeout_s: float = 15.0) -> None:
+    """Create the topics (one partition each) that do not exist yet; existing ones are left alone."""
+    admin = AdminClient(base_config(bootstrap, extra))
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    wanted = [t for t in topics if t not in existing]
+    if not wanted:
+        return
+    futures = admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=-1) for t in wanted])
+    for topic, future in futures.items():
+        try:
+            future.result(timeout_s)
+            log.info("topic created topic=%s", topic)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+
+
+def make_consumer(bootstrap: str, extra: dict[str, str], client_id: str, fetch_wait_ms: int = 20) -> Consumer:
+    """A consumer for explicit `assign()` reads: no group rebalances, no committed offsets.
+
+    Where to resume is decided by the snapshot in Redis, never by consumer-group state.
+    """
+    config = base_config(bootstrap, extra)
+    config.update(
+        {
+            "group.id": f"orderbook-cluster-{client_id}",
+            "client.id": client_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": False,
+            "fetch.wait.max.ms": fetch_wait_ms,
+            "fetch.queue.backoff.ms": 10,
+            "fetch.min.bytes": 1,
+            "queued.max.messages.kbytes": 65536,
+            "isolation.level": "read_uncommitted",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    return Consumer(config)
+
+
+def make_producer(
+    bootstrap: str,
+    extra: dict[str, str],
+    client_id: str,
+    on_delivery=None,
+    linger_ms: int = 2,
+    batch_bytes: int = 1_000_000,
+) -> Producer:
+    """The event producer: idempotent, acks=all, lz4, ordered (max 5 in flight keeps order with idempotence)."""
+    config = base_config(bootstrap, extra)
+    config.update(
+        {
+            "client.id": client_id,
+            "enable.idempotence": True,
+            "acks": "all",
+            "compression.type": "lz4",
+            "linger.ms": linger_ms,
+            "batch.size": batch_bytes,
+            "message.max.bytes": max(batch_bytes + 65536, 1_048_576),
+            "max.in.flight.requests.per.connection": 5,
+            "queue.buffering.max.messages": 1_000_000,
+            "queue.buffering.max.kbytes": 1_048_576,
+            "message.timeout.ms": 30_000,
+            "allow.auto.create.topics": False,
+        }
+    )
+    if on_delivery is not None:
+        config["on_delivery"] = on_delivery
+    return Producer(config)

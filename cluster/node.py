@@ -1,0 +1,201 @@
+"""A node: the supervisor running one product process per product, plus what surrounds it.
+
+Around the generic supervisor this adds what a matching node needs: a heartbeat in Redis
+(placement of leaders), releasing a killed child's lease at once (fast failover), health
+endpoints and the Prometheus exposition of all product processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from cluster import http_api
+from cluster.embedded import EmbeddedServices
+from cluster.redis_state import NODE_ADDRESSES_KEY, NODES_KEY, release_sync, sync_client
+from cluster.settings import NodeSettings
+from cluster.worker import run_product
+from supervisor import ChildSpec, Supervisor
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    """Everything `start` runs for one --node-id."""
+
+    def __init__(self, settings: NodeSettings, embedded: EmbeddedServices | None = None) -> None:
+        self.settings = settings
+        self.embedded = embedded
+        self.advertised = ""
+        self.redis = sync_client(settings.redis_url, timeout_s=0.5)
+        self.last_heartbeat = 0.0
+        specs = [ChildSpec(p, run_product, (settings, p)) for p in settings.products]
+        self.supervisor = Supervisor(specs, settings.node_id, on_exit=self.child_exited, on_tick=self.tick)
+        self.http: http_api.ThreadingHTTPServer | None = None
+
+    def child_exited(self, product: str, token: str, code: int | None) -> None:
+        """A child that did not stop cleanly may still hold its lease: release it now, by token."""
+        if code == 0:
+            return
+        if release_sync(self.redis, product, token):
+            log.info("released lease of exited child product=%s code=%s", product, code)
+
+    def tick(self, _supervisor: Supervisor) -> None:
+        """Heartbeat this node into Redis, so placement knows who is alive."""
+        now = time.monotonic()
+        if (now - self.last_heartbeat) * 1000 < self.settings.timing.node_heartbeat_ms:
+            return
+        self.last_heartbeat = now
+        try:
+            now_ms = int(time.time() * 1000)
+            pipe = self.redis.pipeline()
+            pipe.zadd(NODES_KEY, {self.settings.node_id: now_ms})
+            pipe.hset(NODE_ADDRESSES_KEY, self.settings.node_id, self.advertised)
+            pipe.zremrangebyscore(NODES_KEY, "-inf", now_ms - 60_000)
+            pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - Redis may be restarting; placement just degrades
+            log.debug("heartbeat failed error=%s", exc)
+
+    def ready(self) -> tuple[bool, dict]:
+        """Ready when every product has a live process that leads or is a caught-up standby."""
+        detail = {}
+        for name, child in self.supervisor.children.items():
+            status = child.status
+            fresh = bool(status) and time.time() * 1000 - status.get("reported_ms", 0) < 5000
+            alive = child.process is not None and child.process.is_alive()
+            ok = alive and fresh and status.get("caught_up", False)
+            detail[name] = {"ok": ok, "role": status.get("role"), "behind": status.get("behind")}
+        return all(d["ok"] for d in detail.values()), detail
+
+    def status(self) -> dict:
+        """This node's view of its product processes."""
+        return {
+            "node": self.settings.node_id,
+            "products": {
+                name: {
+                    **child.status,
+                    "restarts": child.restarts,
+                    "failed": child.failed,
+                    "pid": child.process.pid if child.process else None,
+                }
+                for name, child in self.supervisor.children.items()
+            },
+        }
+
+    def metrics(self) -> tuple[bytes, str]:
+        """The sum over this node's live product processes."""
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+    def inject_fault(self, request: dict) -> tuple[int, dict]:
+        """Drills: a fault on this node, asked for over the authenticated admin endpoint."""
+        fault = request.get("fault")
+        product = request.get("product")
+        child = self.supervisor.children.get(product) if isinstance(product, str) else None
+        at_ms = int(time.time() * 1000)
+        if fault in ("kill", "pause"):
+            if child is None or child.process is None or not child.process.is_alive():
+                return 409, {
+                    "error": f"no running process for product {product!r} on {self.settings.node_id}"
+                }
+            pid = child.process.pid
+            if fault == "kill":
+                os.kill(pid, signal.SIGKILL)
+            else:
+                pause_s = float(request.get("pause_s") or 2 * self.settings.timing.lease_ttl_ms / 1000)
+                os.kill(pid, signal.SIGSTOP)
+                threading.Timer(min(pause_s, 60.0), _continue, (pid,)).start()
+            log.warning("fault injected fault=%s product=%s pid=%d", fault, product, pid)
+            return 200, {
+                "ok": True,
+                "fault": fault,
+                "pid": pid,
+                "node": self.settings.node_id,
+                "at_ms": at_ms,
+            }
+        if fault == "node-kill":
+            if self.embedded is not None:
+                return 409, {
+                    "error": "this node runs the embedded broker and Redis; killing it kills the cluster"
+                }
+            log.warning("fault injected fault=node-kill node=%s", self.settings.node_id)
+            threading.Timer(0.05, self._kill_node).start()
+            return 200, {"ok": True, "fault": fault, "node": self.settings.node_id, "at_ms": at_ms}
+        if fault in ("redis-restart", "broker-restart"):
+            if self.embedded is None:
+                return 409, {"error": f"{self.settings.node_id} does not run the embedded servers"}
+            server = self.embedded.redis if fault == "redis-restart" else self.embedded.broker
+            if fault == "broker-restart" and not self.embedded.durable_broker:
+                return 409, {
+                    "error": "the embedded broker keeps data in memory only; a restart would lose it"
+                }
+            threading.Thread(target=_restart_server, args=(server,), daemon=True).start()
+            return 200, {"ok": True, "fault": fault, "node": self.settings.node_id, "at_ms": at_ms}
+        return 400, {"error": f"unknown fault {fault!r}"}
+
+    def _kill_node(self) -> None:
+        """The whole node dies at once: no drain, no lease release (the TTL decides)."""
+        for child in self.supervisor.children.values():
+            if child.process is not None and child.process.is_alive():
+                os.kill(child.process.pid, signal.SIGKILL)
+        os._exit(137)
+
+    def run(self) -> int:
+        """Serve HTTP, supervise until stopped; the return is the process's exit code."""
+        source = http_api.HealthSource(
+            self.supervisor.alive,
+            self.ready,
+            self.status,
+            self.metrics,
+            self.inject_fault,
+            self.settings.admin_token,
+        )
+        self.http = http_api.serve_http(self.settings.http_host, self.settings.http_port, source)
+        host, port = self.http.server_address[:2]
+        self.advertised = f"{self.settings.advertise_host or host}:{port}"
+        log.info(
+            "node up node=%s http=%s:%d products=%s",
+            self.settings.node_id,
+            host,
+            port,
+            ",".join(self.settings.products),
+        )
+        try:
+            return self.supervisor.run()
+        finally:
+            self.http.shutdown()
+            try:
+                self.redis.zrem(NODES_KEY, self.settings.node_id)
+                self.redis.hdel(NODE_ADDRESSES_KEY, self.settings.node_id)
+            except Exception:  # noqa: BLE001 - Redis gone: the heartbeat just ages out
+                pass
+
+
+def prepare_metrics_dir(state_dir: Path) -> Path:
+    """A fresh directory for multiprocess metrics; must be set before prometheus_client loads."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="metrics-", dir=state_dir))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    return path
+
+
+def _continue(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+
+
+def _restart_server(server) -> None:
+    """Kill a local server and start it again on the same port (a drill's fault)."""
+    server.kill()
+    server.start()
+    log.warning("fault: server restarted name=%s port=%d", server.name, server.port)

@@ -1,0 +1,207 @@
+"""Redis state of a product: leader lease with epoch, publish progress, snapshots, status.
+
+Fencing: the lease value is `<epoch>|<owner token>`; the epoch comes from INCR on
+`matching_epoch_P`, so it only grows (Redis runs with an fsync-always AOF). Every write that
+matters (progress, snapshot) is a Lua script that first checks the caller still holds exactly
+that lease value, so a paused or partitioned ex-leader's late write is refused, and checks that
+sequences never go backwards.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import redis
+import redis.asyncio as aredis
+
+SNAPSHOT_FORMAT = 1
+
+
+def leader_key(product: str) -> str:
+    """The lease of a product's leader."""
+    return f"matching_leader_{product}"
+
+
+def epoch_key(product: str) -> str:
+    """The product's epoch counter (fencing token source)."""
+    return f"matching_epoch_{product}"
+
+
+def progress_key(product: str) -> str:
+    """What the leader knows to be delivered: last sequence and the next input offset."""
+    return f"matching_progress_{product}"
+
+
+def snapshot_key(product: str) -> str:
+    """The latest snapshot of the product's engine, with the input offset it resumes at."""
+    return f"matching_snapshot_{product}"
+
+
+def status_key(product: str, node_id: str) -> str:
+    """A product process's self-reported status, expiring when it stops reporting."""
+    return f"matching_status_{product}:{node_id}"
+
+
+NODES_KEY = "matching_nodes"
+NODE_ADDRESSES_KEY = "matching_node_addresses"
+
+ACQUIRE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, 0, 0} end
+local epoch = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], epoch .. '|' .. ARGV[1], 'PX', ARGV[2])
+local seq = redis.call('HGET', KEYS[3], 'sequence') or '0'
+local off = redis.call('HGET', KEYS[3], 'offset') or '0'
+return {epoch, tonumber(seq), tonumber(off)}
+"""
+
+RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+RELEASE = """
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local suffix = '|' .. ARGV[1]
+if string.sub(v, -string.len(suffix)) == suffix then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
+WRITE_PROGRESS = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local cur = tonumber(redis.call('HGET', KEYS[2], 'sequence') or '0')
+if tonumber(ARGV[3]) < cur then return -2 end
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[2], 'epoch', ARGV[2], 'sequence', ARGV[3], 'offset', ARGV[4],
+  'fingerprint', ARGV[5], 'updated_ms', t[1] * 1000 + math.floor(t[2] / 1000))
+return 1
+"""
+
+WRITE_SNAPSHOT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local cur = tonumber(redis.call('HGET', KEYS[2], 'sequence') or '-1')
+if tonumber(ARGV[2]) <= cur then return -2 end
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[2], 'sequence', ARGV[2], 'offset', ARGV[3], 'envelope', ARGV[4],
+  'created_ms', t[1] * 1000 + math.floor(t[2] / 1000))
+return 1
+"""
+
+
+class SnapshotEnvelope(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot as stored: the engine's own bytes plus where the input resumes."""
+
+    format: int
+    product: str
+    epoch: int
+    next_offset: int
+    sequence: int
+    fingerprint: str
+    engine: bytes
+
+
+_envelope_encoder = msgspec.msgpack.Encoder()
+_envelope_decoder = msgspec.msgpack.Decoder(SnapshotEnvelope)
+
+
+def encode_envelope(envelope: SnapshotEnvelope) -> bytes:
+    """Bytes for Redis."""
+    return _envelope_encoder.encode(envelope)
+
+
+def decode_envelope(data: bytes) -> SnapshotEnvelope:
+    """Parse stored bytes; raises msgspec.DecodeError on a damaged or foreign value."""
+    return _envelope_decoder.decode(data)
+
+
+class Acquired(msgspec.Struct, frozen=True):
+    """The result of a successful lease acquisition, read atomically with it."""
+
+    epoch: int
+    lease_value: str
+    progress_sequence: int
+    progress_offset: int
+
+
+class ProductRedis:
+    """Async access to one product's keys, for its product process."""
+
+    def __init__(self, client: aredis.Redis, product: str) -> None:
+        self.client = client
+        self.product = product
+        self.keys = (leader_key(product), epoch_key(product), progress_key(product), snapshot_key(product))
+        self._acquire = client.register_script(ACQUIRE)
+        self._renew = client.register_script(RENEW)
+        self._release = client.register_script(RELEASE)
+        self._progress = client.register_script(WRITE_PROGRESS)
+        self._snapshot = client.register_script(WRITE_SNAPSHOT)
+
+    async def try_acquire(self, token: str, ttl_ms: int) -> Acquired | None:
+        """Take the lease if nobody holds it; hands out a new, larger epoch."""
+        leader, epoch, progress, _ = self.keys
+        epoch_no, seq, offset = await self._acquire(keys=[leader, epoch, progress], args=[token, ttl_ms])
+        if not epoch_no:
+            return None
+        return Acquired(int(epoch_no), f"{epoch_no}|{token}", int(seq), int(offset))
+
+    async def renew(self, lease_value: str, ttl_ms: int) -> bool:
+        """Extend our lease; False if it is no longer ours (expired or taken)."""
+        return bool(await self._renew(keys=[self.keys[0]], args=[lease_value, ttl_ms]))
+
+    async def release(self, token: str) -> bool:
+        """Give the lease up if `token` holds it (clean exit), so a standby takes over at once."""
+        return bool(await self._release(keys=[self.keys[0]], args=[token]))
+
+    async def holder(self) -> str | None:
+        """The current lease value `<epoch>|<token>`, or None."""
+        value = await self.client.get(self.keys[0])
+        return value.decode() if value else None
+
+    async def write_progress(
+        self, lease_value: str, epoch: int, sequence: int, offset: int, fingerprint: str
+    ) -> int:
+        """Record delivered progress; 1 written, -1 not the leader any more, -2 would go backwards."""
+        return int(
+            await self._progress(
+                keys=[self.keys[0], self.keys[2]], args=[lease_value, epoch, sequence, offset, fingerprint]
+            )
+        )
+
+    async def read_progress(self) -> tuple[int, int, str | None]:
+        """(last delivered sequence, next input offset, config fingerprint) as last recorded."""
+        seq, offset, fingerprint = await self.client.hmget(self.keys[2], "sequence", "offset", "fingerprint")
+        return int(seq or 0), int(offset or 0), fingerprint.decode() if fingerprint else None
+
+    async def write_snapshot(self, lease_value: str, envelope: SnapshotEnvelope) -> int:
+        """Store a snapshot of delivered state; 1 written, -1 not the leader, -2 not newer."""
+        return int(
+            await self._snapshot(
+                keys=[self.keys[0], self.keys[3]],
+                args=[lease_value, envelope.sequence, envelope.next_offset, encode_envelope(envelope)],
+            )
+        )
+
+    async def read_snapshot(self) -> SnapshotEnvelope | None:
+        """The latest stored snapshot, or None if there is none."""
+        data = await self.client.hget(self.keys[3], "envelope")
+        return decode_envelope(data) if data else None
+
+
+def sync_client(url: str, timeout_s: float = 2.0) -> redis.Redis:
+    """A blocking client, for the supervisor and the CLI."""
+    return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+
+
+def async_client(url: str, timeout_s: float = 1.0) -> aredis.Redis:
+    """An asyncio client, for a product process."""
+    return aredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+
+
+def release_sync(client: redis.Redis, product: str, token: str) -> bool:
+    """Release a dead child's lease from the supervisor, so failover need not wait for the TTL."""
+    return bool(client.eval(RELEASE, 1, leader_key(product), token))

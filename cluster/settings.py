@@ -1,0 +1,169 @@
+"""One typed settings object for a node, built once from CLI options and passed down explicitly.
+
+Secrets (SASL passwords, Redis AUTH) live here but never in logs: `redacted()` is what is logged.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from engine.config import ProductConfig, load_products
+
+
+class SettingsError(ValueError):
+    """A configuration mistake an operator must fix; the message says which."""
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Lease, snapshot and batching knobs. Defaults aim at sub-second failover on a LAN."""
+
+    lease_ttl_ms: int = 1000
+    lease_renew_ms: int = 150
+    # A leader stops publishing this long before its lease could expire (clock drift, GC pauses).
+    lease_safety_ms: int = 250
+    standby_poll_ms: int = 50
+    placement_defer_ms: int = 200
+    node_heartbeat_ms: int = 250
+    snapshot_every_orders: int = 20_000
+    snapshot_every_s: float = 5.0
+    progress_every_ms: int = 20
+    consume_batch: int = 2000
+    consume_timeout_ms: int = 20
+    producer_linger_ms: int = 2
+    producer_batch_bytes: int = 1_000_000
+    status_every_ms: int = 500
+
+    def __post_init__(self) -> None:
+        if self.lease_renew_ms * 3 > self.lease_ttl_ms:
+            raise SettingsError("lease_renew_ms must be at most a third of lease_ttl_ms")
+        if self.lease_safety_ms + self.lease_renew_ms >= self.lease_ttl_ms:
+            raise SettingsError("lease_safety_ms + lease_renew_ms must be below lease_ttl_ms")
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Everything a supervisor and its product processes need to run."""
+
+    node_id: str
+    products: tuple[str, ...]
+    product_configs: dict[str, ProductConfig]
+    kafka_bootstrap: str
+    redis_url: str
+    kafka_extra: dict[str, str] = field(default_factory=dict)
+    timing: Timing = field(default_factory=Timing)
+    http_host: str = "127.0.0.1"
+    http_port: int = 0
+    state_dir: Path = Path(".orderbook-cluster")
+    admin_token: str | None = None
+    advertise_host: str | None = None
+    # Benchmarks only: copy input to output instead of matching, to measure the Kafka loop's limit.
+    passthrough: bool = False
+
+    def product_config(self, product: str) -> ProductConfig:
+        """The product's matching settings; every product here was checked at load time."""
+        return self.product_configs[product]
+
+    def redacted(self) -> dict[str, object]:
+        """A loggable view: no passwords, tokens or keys."""
+        return {
+            "node_id": self.node_id,
+            "products": ",".join(self.products),
+            "kafka": self.kafka_bootstrap,
+            "kafka_extra": {k: ("***" if _is_secret_key(k) else v) for k, v in self.kafka_extra.items()},
+            "redis": redact_url(self.redis_url),
+            "http": f"{self.http_host}:{self.http_port}",
+        }
+
+    def with_services(self, kafka_bootstrap: str, redis_url: str) -> NodeSettings:
+        """The same settings pointed at other servers (the embedded default)."""
+        return replace(self, kafka_bootstrap=kafka_bootstrap, redis_url=redis_url)
+
+
+_SECRET_WORDS = ("password", "secret", "token", "key", "credential")
+
+
+def _is_secret_key(key: str) -> bool:
+    lowered = key.lower()
+    return any(word in lowered for word in _SECRET_WORDS) and not lowered.endswith(".location")
+
+
+def redact_url(url: str) -> str:
+    """A URL with its password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    netloc = f"{user}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def parse_products(text: str) -> tuple[str, ...]:
+    """`BTC-USD,ETH-USD` -> ("BTC-USD", "ETH-USD"), rejecting names Kafka topics can't carry."""
+    products = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not products:
+        raise SettingsError("--products names no product")
+    for product in products:
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,200}", product):
+            raise SettingsError(f"product name {product!r} is not usable in a topic name")
+    if len(set(products)) != len(products):
+        raise SettingsError("--products names a product twice")
+    return products
+
+
+def load_kafka_properties(path: Path | None) -> dict[str, str]:
+    """librdkafka settings (SASL, TLS, ...) from a Java-style `key=value` properties file."""
+    if path is None:
+        return {}
+    props: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("#", "!")):
+            continue
+        key, sep, value = stripped.partition("=")
+        if not sep:
+            raise SettingsError(f"{path}:{number}: expected key=value")
+        props[key.strip()] = value.strip()
+    return props
+
+
+def build_settings(
+    *,
+    products: str,
+    config_path: Path,
+    node_id: str,
+    kafka: str | None,
+    redis_url: str | None,
+    kafka_config: Path | None = None,
+    http_host: str = "127.0.0.1",
+    http_port: int = 0,
+    state_dir: Path = Path(".orderbook-cluster"),
+    admin_token: str | None = None,
+    timing: Timing | None = None,
+    advertise_host: str | None = None,
+    passthrough: bool = False,
+) -> NodeSettings:
+    """Validate the CLI's options into one NodeSettings (unknown products are an error)."""
+    names = parse_products(products)
+    configs = load_products(config_path)
+    missing = [p for p in names if p not in configs]
+    if missing:
+        raise SettingsError(f"{config_path} has no settings for {', '.join(missing)}")
+    return NodeSettings(
+        node_id=node_id,
+        products=names,
+        product_configs={p: configs[p] for p in names},
+        kafka_bootstrap=kafka or "",
+        redis_url=redis_url or "",
+        kafka_extra=load_kafka_properties(kafka_config),
+        timing=timing or Timing(),
+        http_host=http_host,
+        http_port=http_port,
+        state_dir=state_dir,
+        admin_token=admin_token,
+        advertise_host=advertise_host,
+        passthrough=passthrough,
+    )

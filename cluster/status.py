@@ -1,0 +1,87 @@
+"""`orderbook-cluster status`: the cluster as Redis sees it, from any machine that reaches Redis."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from cluster.redis_state import leader_key, progress_key, snapshot_key, sync_client
+
+
+def _products_in(client) -> list[str]:
+    found = set()
+    for pattern, prefix in (
+        ("matching_progress_*", "matching_progress_"),
+        ("matching_status_*", "matching_status_"),
+    ):
+        for key in client.scan_iter(match=pattern, count=500):
+            name = key.decode()[len(prefix) :]
+            found.add(name.split(":", 1)[0])
+    return sorted(found)
+
+
+def collect_status(redis_url: str, products: list[str] | None = None) -> dict:
+    """Leader, standbys, epoch, progress, snapshot age and rates per product."""
+    client = sync_client(redis_url)
+    now_ms = int(time.time() * 1000)
+    doc: dict = {"products": {}}
+    for product in products or _products_in(client):
+        lease = client.get(leader_key(product))
+        lease_text = lease.decode() if lease else None
+        epoch, _, token = (lease_text or "0||").partition("|")
+        progress = client.hgetall(progress_key(product))
+        snap = client.hmget(snapshot_key(product), "sequence", "offset", "created_ms")
+        processes = []
+        for key in client.scan_iter(match=f"matching_status_{product}:*", count=500):
+            raw = client.get(key)
+            if raw:
+                processes.append(json.loads(raw))
+        processes.sort(key=lambda p: (p["role"] != "leader", p["node"]))
+        leader = next((p for p in processes if p["role"] == "leader"), None)
+        doc["products"][product] = {
+            "leader_node": token.rsplit(":", 2)[0] if token else None,
+            "leader_pid": leader["pid"] if leader else None,
+            "epoch": int(epoch or 0),
+            "input_offset_processed": int(progress.get(b"offset", 0)),
+            "last_sequence_published": int(progress.get(b"sequence", 0)),
+            "lag": leader["read_ahead"] if leader else None,
+            "events_per_s": leader["events_per_s"] if leader else 0.0,
+            "snapshot_sequence": int(snap[0]) if snap[0] else None,
+            "snapshot_age_s": round((now_ms - int(snap[2])) / 1000, 1) if snap[2] else None,
+            "processes": [
+                {
+                    k: p.get(k)
+                    for k in (
+                        "node",
+                        "pid",
+                        "role",
+                        "epoch",
+                        "offset",
+                        "sequence",
+                        "behind",
+                        "caught_up",
+                        "events_per_s",
+                    )
+                }
+                for p in processes
+            ],
+        }
+    return doc
+
+
+def format_status(doc: dict) -> str:
+    """A table an operator reads at a glance."""
+    lines = []
+    header = (
+        f"{'PRODUCT':<12} {'LEADER':<16} {'PID':>7} {'EPOCH':>6} {'OFFSET':>10} {'SEQUENCE':>10} "
+        f"{'LAG':>6} {'SNAP AGE':>8} {'EV/S':>9}  STANDBYS (behind)"
+    )
+    lines.append(header)
+    for product, p in doc["products"].items():
+        standbys = ", ".join(f"{s['node']}({s['behind']})" for s in p["processes"] if s["role"] == "standby")
+        lines.append(
+            f"{product:<12} {p['leader_node'] or '-':<16} {p['leader_pid'] or '-':>7} {p['epoch']:>6} "
+            f"{p['input_offset_processed']:>10} {p['last_sequence_published']:>10} {p['lag'] if p['lag'] is not None else '-':>6} "
+            f"{p['snapshot_age_s'] if p['snapshot_age_s'] is not None else '-':>8} {p['events_per_s']:>9}  {standbys or '-'}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,613 @@
+"""One product's process: Kafka orders in, the pure core, Kafka events out, exactly once in effect.
+
+Invariants (the argument is in docs/exactly-once.md):
+- The core is deterministic, so whoever applies input offsets 0..n computes the same events with
+  the same sequences; a redelivered event is byte-identical to the first copy.
+- Start-up and crash recovery are one path (crash-only): restore the latest snapshot, read the
+  order topic from its offset, trail the recorded progress as a standby, take the lease when it
+  is free, then publish only events whose sequence is above the progress read with the lease.
+- Progress (last delivered sequence, next input offset) is written only after delivery reports,
+  and only while holding exactly our lease value; snapshots are of delivered state only.
+- A leader stops publishing before its lease can expire by its own monotonic clock; losing the
+  lease ends the process (exit 75) so it comes back as a standby through the same path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import json
+import logging
+import os
+import signal
+import time
+import zlib
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaError, TopicPartition
+
+from cluster import kafka_io
+from cluster import metrics as m
+from cluster.redis_state import ProductRedis, SnapshotEnvelope, async_client
+from cluster.settings import NodeSettings
+from engine.matching import DeadLetter, MatchingEngine
+from engine.messages import encode_event
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_DEMOTED = 75
+EXIT_CONFIG = 78
+
+SNAPSHOT_FORMAT = 1
+STANDBY_READ_AHEAD = 200_000
+
+
+class Demoted(Exception):
+    """The lease is gone or can no longer be trusted: restart as a standby."""
+
+
+class ConfigMismatch(Exception):
+    """State in Redis was made under other product settings: refuse to lead from it."""
+
+
+def preferred_node(product: str, live_nodes: list[str]) -> str | None:
+    """Spread leaders over nodes: a stable hash of the product picks one live node."""
+    if not live_nodes:
+        return None
+    ordered = sorted(live_nodes)
+    return ordered[zlib.crc32(product.encode()) % len(ordered)]
+
+
+@dataclass
+class Leadership:
+    """What a leader knows: its lease value and where publishing resumes."""
+
+    epoch: int
+    lease_value: str
+    suppress_upto: int
+    dlq_from_offset: int
+    valid_until: float
+    delivered_seq: int
+    headers: list = field(default_factory=list)
+    dlq_produced: int = 0
+    dlq_delivered: int = 0
+    # (next input offset, last sequence, dlq records produced) at each batch end, oldest first
+    batch_marks: collections.deque = field(default_factory=collections.deque)
+    progress: tuple[int, int] = (0, 0)
+    written_progress: tuple[int, int] = (-1, -1)
+
+
+class ProductWorker:
+    """The loop of one product process; `run()` returns the process's exit code."""
+
+    def __init__(self, settings: NodeSettings, product: str, token: str, status_conn=None) -> None:
+        self.settings = settings
+        self.timing = settings.timing
+        self.product = product
+        self.token = token
+        self.status_conn = status_conn
+        self.config = settings.product_config(product)
+        self.fingerprint = self.config.fingerprint()
+        self.metric = m.bind(product, settings.node_id)
+        self.engine = MatchingEngine(self.config)
+        self.next_offset = 0
+        self.pending: collections.deque = collections.deque()
+        self.progress_seen = (0, 0)  # (sequence, offset) of the leader, as last read
+        self.leader: Leadership | None = None
+        self.fatal: str | None = None
+        self.stopping = False
+        self.orders_since_snapshot = 0
+        self.last_snapshot_at = time.monotonic()
+        self.pending_snapshot: SnapshotEnvelope | None = None
+        self.snapshot_written_at: float | None = None
+        self.lease_free_since: float | None = None
+        self.events_delivered = 0
+        self.counted = (0, 0, 0, 0)
+        self.fatal_demotion: str | None = None
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"consume-{product}")
+
+    # ---- start-up: the one recovery path -------------------------------------------------
+    async def restore(self) -> None:
+        """Load the latest snapshot (if any) and position the consumer after it."""
+        snapshot = await self.redis.read_snapshot()
+        if snapshot is not None:
+            if snapshot.fingerprint != self.fingerprint:
+                raise ConfigMismatch(
+                    f"snapshot of {self.product} was made with other product settings "
+                    f"({snapshot.fingerprint} != {self.fingerprint})"
+                )
+            self.engine = MatchingEngine.restore(self.config, snapshot.engine)
+            self.next_offset = snapshot.next_offset
+        seq, offset, fingerprint = await self.redis.read_progress()
+        if fingerprint is not None and fingerprint != self.fingerprint:
+            raise ConfigMismatch(f"progress of {self.product} was recorded with other product settings")
+        self.progress_seen = (seq, offset)
+        log.info(
+            "restored product=%s offset=%d sequence=%d snapshot=%s progress_sequence=%d progress_offset=%d",
+            self.product,
+            self.next_offset,
+            self.engine.sequence,
+            snapshot is not None,
+            seq,
+            offset,
+        )
+
+    def open_kafka(self) -> None:
+        """Consumer assigned at our offset; producer for events and dead letters."""
+        s = self.settings
+        client_id = f"obc-{self.product}-{s.node_id}"
+        self.consumer = kafka_io.make_consumer(s.kafka_bootstrap, s.kafka_extra, client_id)
+        self.consumer.assign([TopicPartition(kafka_io.order_topic(self.product), 0, self.next_offset)])
+        self.producer = kafka_io.make_producer(
+            s.kafka_bootstrap,
+            s.kafka_extra,
+            client_id,
+            self._on_delivery,
+            self.timing.producer_linger_ms,
+            self.timing.producer_batch_bytes,
+        )
+        self.message_topic = kafka_io.message_topic(self.product)
+        self.dlq_topic = kafka_io.dlq_topic(self.product)
+
+    # ---- the hot loop --------------------------------------------------------------------
+    def apply(self, records: list) -> None:
+        """Feed records to the core in offset order; publish what a leader must publish."""
+        leader = self.leader
+        if self.settings.passthrough:
+            self.copy_through(records)
+        else:
+            engine = self.engine
+            submit_raw = engine.submit_raw
+            produce = self.producer.produce
+            topic = self.message_topic
+            headers = leader.headers if leader else None
+            suppress = leader.suppress_upto if leader else None
+            for offset, raw, ts in records:
+                result = submit_raw(raw, ts)
+                if type(result) is DeadLetter:
+                    self.metric.dead_letters.inc()
+                    if leader is not None and offset >= leader.dlq_from_offset:
+                        self._produce_dead_letter(offset, raw, result.reason)
+                    continue
+                if leader is not None:
+                    for event in result:
+                        if event.sequence > suppress:
+                            try:
+                                produce(topic, encode_event(event), headers=headers)
+                            except BufferError:
+                                self._produce_when_room(topic, encode_event(event), headers)
+        count = len(records)
+        self.next_offset = records[-1][0] + 1
+        self.orders_since_snapshot += count
+        self.metric.orders_in.inc(count)
+        self.metric.batch_size.observe(count)
+        if leader is not None:
+            leader.batch_marks.append((self.next_offset, self.engine.sequence, leader.dlq_produced))
+            now_ms = time.time() * 1000.0
+            self.metric.order_to_event.observe(max(0.0, now_ms - records[-1][2] / 1e6) / 1000)
+
+    def copy_through(self, records: list) -> None:
+        """The benchmark's passthrough limit: the same loop with matching replaced by a copy."""
+        if self.leader is None:
+            return
+        produce = self.producer.produce
+        topic = self.message_topic
+        for _offset, raw, _ts in records:
+            try:
+                produce(topic, raw)
+            except BufferError:
+                self._produce_when_room(topic, raw, None)
+
+    def _produce_when_room(self, topic: str, value: bytes, headers) -> None:
+        """The producer queue is full: serve delivery reports until it takes the message."""
+        while True:
+            self.producer.poll(0.01)
+            try:
+                self.producer.produce(topic, value, headers=headers)
+                return
+            except BufferError:
+                continue
+
+    def _produce_dead_letter(self, offset: int, raw: bytes, reason: str) -> None:
+        headers = [
+            ("reason", reason.encode()),
+            ("source_offset", str(offset).encode()),
+            ("product_id", self.product.encode()),
+        ]
+        self.leader.dlq_produced += 1
+        while True:
+            try:
+                self.producer.produce(self.dlq_topic, raw, headers=headers)
+                return
+            except BufferError:
+                self.producer.poll(0.01)
+
+    def _on_delivery(self, err, msg) -> None:
+        """Delivery reports of one partition arrive in produce order (idempotent producer).
+
+        Any failure ends the process: publishing on past a hole would break the sequence, and
+        the restart republishes from the recorded progress.
+        """
+        if err is not None:
+            self.fatal = f"delivery to {msg.topic()} failed: {err}"
+            return
+        leader = self.leader
+        if leader is None:
+            return
+        if msg.topic() == self.message_topic:
+            leader.delivered_seq += 1
+            self.events_delivered += 1
+        else:
+            leader.dlq_delivered += 1
+
+    def settle_progress(self) -> None:
+        """Advance (delivered sequence, next offset) past every batch fully delivered."""
+        leader = self.leader
+        marks = leader.batch_marks
+        offset = leader.progress[1]
+        while marks and marks[0][1] <= leader.delivered_seq and marks[0][2] <= leader.dlq_delivered:
+            offset = marks.popleft()[0]
+        leader.progress = (leader.delivered_seq, offset)
+
+    def maybe_take_snapshot(self) -> None:
+        """Capture state at a batch boundary; it is written once its events are delivered."""
+        t = self.timing
+        due = self.orders_since_snapshot >= t.snapshot_every_orders or (
+            self.orders_since_snapshot and time.monotonic() - self.last_snapshot_at >= t.snapshot_every_s
+        )
+        if not due or self.leader is None or self.pending_snapshot is not None:
+            return
+        self.pending_snapshot = SnapshotEnvelope(
+            format=SNAPSHOT_FORMAT,
+            product=self.product,
+            epoch=self.leader.epoch,
+            next_offset=self.next_offset,
+            sequence=self.engine.sequence,
+            fingerprint=self.fingerprint,
+            engine=self.engine.snapshot(),
+        )
+        self.orders_since_snapshot = 0
+        self.last_snapshot_at = time.monotonic()
+
+    async def fetch(self) -> None:
+        """Read a batch into `pending` without blocking the loop."""
+        if len(self.pending) >= STANDBY_READ_AHEAD:
+            await asyncio.sleep(self.timing.consume_timeout_ms / 1000)
+            return
+        loop = asyncio.get_running_loop()
+        msgs = await loop.run_in_executor(
+            self.executor,
+            self.consumer.consume,
+            self.timing.consume_batch,
+            self.timing.consume_timeout_ms / 1000,
+        )
+        append = self.pending.append
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume error product=%s error=%s", self.product, err)
+                continue
+            ts_type, ts_ms = msg.timestamp()
+            append((msg.offset(), msg.value() or b"", ts_ms * 1_000_000 if ts_ms > 0 else 0))
+
+    def take_applicable(self) -> list:
+        """The next pending records this process may apply: as leader all, as standby those below
+        the recorded progress; never more than a batch, so lease renewal is never starved."""
+        pending = self.pending
+        limit = None if self.leader is not None else self.progress_seen[1]
+        batch: list = []
+        take = min(len(pending), self.timing.consume_batch)
+        popleft = pending.popleft
+        while take and (limit is None or pending[0][0] < limit):
+            batch.append(popleft())
+            take -= 1
+        return batch
+
+    def applicable(self) -> bool:
+        """Whether the oldest pending record may be applied now."""
+        return bool(self.pending) and (self.leader is not None or self.pending[0][0] < self.progress_seen[1])
+
+    async def main_loop(self) -> None:
+        """Fetch, apply, publish, until asked to stop or something fatal happens."""
+        producer = self.producer
+        while not self.stopping:
+            if self.fatal:
+                raise RuntimeError(self.fatal)
+            if len(self.pending) < self.timing.consume_batch or self.leader is None and not self.applicable():
+                await self.fetch()
+            else:
+                await asyncio.sleep(0)  # let renewals and progress writes run between batches
+            self.check_lease_clock()
+            batch = self.take_applicable()
+            if batch:
+                self.apply(batch)
+                self.maybe_take_snapshot()
+            producer.poll(0)
+            if self.leader is not None:
+                self.settle_progress()
+
+    def check_lease_clock(self) -> None:
+        """A leader whose last renewal is too old stops before it could overlap a successor."""
+        if self.leader is not None and time.monotonic() > self.leader.valid_until:
+            raise Demoted("lease renewal overdue")
+
+    # ---- lease, progress, snapshot, status: background tasks --------------------------------
+    async def lease_task(self) -> None:
+        """Renew as leader; as standby, follow progress and take the lease when it is free."""
+        t = self.timing
+        while not self.stopping:
+            if self.leader is not None:
+                sent = time.monotonic()
+                try:
+                    still_ours = await self.redis.renew(self.leader.lease_value, t.lease_ttl_ms)
+                except Exception as exc:  # noqa: BLE001 - Redis unreachable: the clock decides
+                    log.warning("lease renew failed product=%s error=%s", self.product, exc)
+                else:
+                    if not still_ours:
+                        self.fatal_demotion = "lease lost"
+                        self.stopping = True
+                        return
+                    self.leader.valid_until = sent + (t.lease_ttl_ms - t.lease_safety_ms) / 1000
+                await asyncio.sleep(t.lease_renew_ms / 1000)
+                continue
+            try:
+                await self.standby_step()
+            except Exception as exc:  # noqa: BLE001 - keep following when Redis comes back
+                log.warning("standby step failed product=%s error=%s", self.product, exc)
+            await asyncio.sleep(t.standby_poll_ms / 1000)
+
+    async def standby_step(self) -> None:
+        """Read the leader's progress; acquire the lease when it is free and placement allows."""
+        seq, offset, _ = await self.redis.read_progress()
+        self.progress_seen = (seq, offset)
+        if await self.redis.holder() is not None:
+            self.lease_free_since = None
+            return
+        now = time.monotonic()
+        if self.lease_free_since is None:
+            self.lease_free_since = now
+        if not await self.placement_allows(now):
+            return
+        sent = time.monotonic()
+        acquired = await self.redis.try_acquire(self.token, self.timing.lease_ttl_ms)
+        if acquired is None:
+            return
+        self.become_leader(acquired, sent)
+
+    async def placement_allows(self, now: float) -> bool:
+        """The preferred live node goes first; others wait a little before taking over."""
+        cutoff_ms = int(time.time() * 1000) - 3 * self.timing.node_heartbeat_ms
+        live = [
+            n.decode() for n in await self.redis.client.zrangebyscore("matching_nodes", cutoff_ms, "+inf")
+        ]
+        preferred = preferred_node(self.product, live)
+        if preferred is None or preferred == self.settings.node_id:
+            return True
+        return (now - self.lease_free_since) * 1000 >= self.timing.placement_defer_ms
+
+    def become_leader(self, acquired, sent: float) -> None:
+        """Switch to publishing: everything up to the recorded progress was already delivered."""
+        t = self.timing
+        if self.engine.sequence > acquired.progress_sequence:
+            # Only possible if Redis lost the progress record: state we restored was delivered.
+            log.warning(
+                "progress behind engine product=%s progress=%d engine=%d",
+                self.product,
+                acquired.progress_sequence,
+                self.engine.sequence,
+            )
+        start_seq = max(acquired.progress_sequence, self.engine.sequence)
+        self.leader = Leadership(
+            epoch=acquired.epoch,
+            lease_value=acquired.lease_value,
+            suppress_upto=start_seq,
+            dlq_from_offset=acquired.progress_offset,
+            valid_until=sent + (t.lease_ttl_ms - t.lease_safety_ms) / 1000,
+            delivered_seq=start_seq,
+            progress=(start_seq, self.next_offset),
+        )
+        self.progress_seen = (acquired.progress_sequence, acquired.progress_offset)
+        self.metric.is_leader.set(1)
+        self.metric.epoch.set(acquired.epoch)
+        log.info(
+            "leader product=%s epoch=%d resume_sequence=%d engine_sequence=%d offset=%d",
+            self.product,
+            acquired.epoch,
+            acquired.progress_sequence,
+            self.engine.sequence,
+            self.next_offset,
+        )
+
+    async def progress_task(self) -> None:
+        """Write delivered progress and due snapshots, guarded by our lease value."""
+        while not self.stopping:
+            await asyncio.sleep(self.timing.progress_every_ms / 1000)
+            if self.leader is None:
+                continue
+            try:
+                await self.write_progress()
+            except Demoted:
+                self.fatal_demotion = "progress write refused"
+                self.stopping = True
+                return
+            except Exception as exc:  # noqa: BLE001 - Redis down: retry; the lease clock fences us
+                log.warning("progress write failed product=%s error=%s", self.product, exc)
+
+    async def write_progress(self) -> None:
+        """Record progress, then a snapshot whose events are all delivered."""
+        leader = self.leader
+        self.settle_progress()
+        if leader.progress != leader.written_progress:
+            seq, offset = leader.progress
+            rc = await self.redis.write_progress(
+                leader.lease_value, leader.epoch, seq, offset, self.fingerprint
+            )
+            if rc == -1:
+                raise Demoted("not the lease holder")
+            leader.written_progress = (seq, offset)
+            self.metric.last_sequence.set(seq)
+        snap = self.pending_snapshot
+        if (
+            snap is not None
+            and snap.sequence <= leader.delivered_seq
+            and snap.next_offset <= leader.progress[1]
+        ):
+            rc = await self.redis.write_snapshot(leader.lease_value, snap)
+            if rc == -1:
+                raise Demoted("not the lease holder")
+            self.pending_snapshot = None
+            self.snapshot_written_at = time.monotonic()
+
+    async def status_task(self) -> None:
+        """Tell the supervisor (pipe) and operators (Redis, expiring) how this process is doing."""
+        last_events, last_t = 0, time.monotonic()
+        while not self.stopping:
+            await asyncio.sleep(self.timing.status_every_ms / 1000)
+            now = time.monotonic()
+            rate = (self.events_delivered - last_events) / max(now - last_t, 1e-6)
+            last_events, last_t = self.events_delivered, now
+            status = self.status(rate)
+            self.sync_counters()
+            if self.status_conn is not None:
+                try:
+                    self.status_conn.send(status)
+                except (BrokenPipeError, OSError):
+                    self.stopping = True
+            if self.snapshot_written_at is not None:
+                self.metric.snapshot_age.set(now - self.snapshot_written_at)
+            self.metric.input_lag.set(len(self.pending))
+            try:
+                await self.redis.client.set(
+                    f"matching_status_{self.product}:{self.settings.node_id}",
+                    _status_json(status),
+                    px=max(3 * self.timing.status_every_ms, 2000),
+                )
+            except Exception:  # noqa: BLE001 - status is best effort
+                pass
+
+    def sync_counters(self) -> None:
+        """Move the core's and the delivery counts into Prometheus in bulk, off the hot path."""
+        counts = self.engine.counters
+        now = (self.events_delivered, counts.rejected, counts.duplicates, counts.unknown_cancels)
+        before = self.counted
+        metric = self.metric
+        for counter, delta in zip(
+            (metric.events_out, metric.rejects, metric.duplicates, metric.unknown_cancels),
+            (a - b for a, b in zip(now, before, strict=True)),
+            strict=True,
+        ):
+            if delta > 0:
+                counter.inc(delta)
+        self.counted = now
+
+    def status(self, events_per_s: float) -> dict:
+        """A plain dict for the supervisor, `status` and readiness."""
+        leader = self.leader
+        behind = max(0, self.progress_seen[1] - self.next_offset) if leader is None else 0
+        return {
+            "product": self.product,
+            "node": self.settings.node_id,
+            "pid": os.getpid(),
+            "role": "leader" if leader else "standby",
+            "epoch": leader.epoch if leader else 0,
+            "offset": self.next_offset,
+            "sequence": self.engine.sequence,
+            "delivered_sequence": leader.delivered_seq if leader else self.progress_seen[0],
+            "behind": behind,
+            "caught_up": leader is not None or behind <= 1000,
+            "read_ahead": len(self.pending),
+            "events_per_s": round(events_per_s, 1),
+            "snapshot_age_s": None
+            if self.snapshot_written_at is None
+            else round(time.monotonic() - self.snapshot_written_at, 1),
+            "reported_ms": int(time.time() * 1000),
+        }
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    async def run(self) -> int:
+        """Recover, follow or lead, and stop cleanly on SIGTERM. Returns the exit code."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        self.redis = ProductRedis(async_client(self.settings.redis_url), self.product)
+        try:
+            await self.wait_for_redis()
+            await self.restore()
+        except ConfigMismatch as exc:
+            log.error("refusing to run product=%s reason=%s", self.product, exc)
+            return EXIT_CONFIG
+        self.open_kafka()
+        tasks = [
+            asyncio.create_task(c) for c in (self.lease_task(), self.progress_task(), self.status_task())
+        ]
+        code = EXIT_OK
+        try:
+            await self.main_loop()
+            if self.fatal_demotion:
+                raise Demoted(self.fatal_demotion)
+        except Demoted as exc:
+            log.warning("demoted product=%s reason=%s", self.product, exc)
+            # Queued events are byte-identical to the successor's, but a demoted process sends nothing more.
+            self.producer.purge(in_queue=True, in_flight=False)
+            code = EXIT_DEMOTED
+        finally:
+            self.stopping = True
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if code == EXIT_OK:
+            await self.drain()
+        self.consumer.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        return code
+
+    async def wait_for_redis(self) -> None:
+        """Crash-only start: wait for Redis (it may be restarting), or stop if asked to."""
+        delay = 0.05
+        while True:
+            try:
+                await self.redis.client.ping()
+                return
+            except Exception as exc:  # noqa: BLE001
+                if self.stopping:
+                    raise
+                log.warning("redis not reachable product=%s error=%s", self.product, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def drain(self) -> None:
+        """SIGTERM: flush events, record progress and a final snapshot, give the lease up."""
+        loop = asyncio.get_running_loop()
+        remaining = await loop.run_in_executor(None, self.producer.flush, 5.0)
+        if self.leader is None:
+            return
+        try:
+            if remaining == 0 and time.monotonic() < self.leader.valid_until:
+                self.orders_since_snapshot = max(
+                    self.orders_since_snapshot, self.timing.snapshot_every_orders
+                )
+                self.pending_snapshot = None
+                self.maybe_take_snapshot()
+                await self.write_progress()
+            await self.redis.release(self.token)
+            log.info("released lease product=%s epoch=%d", self.product, self.leader.epoch)
+        except Exception as exc:  # noqa: BLE001 - the lease expires by itself
+            log.warning("drain incomplete product=%s error=%s", self.product, exc)
+
+    def request_stop(self) -> None:
+        """Signal handler: only record the request; the loop acts on it."""
+        self.stopping = True
+
+
+def _status_json(status: dict) -> bytes:
+    return json.dumps(status, separators=(",", ":")).encode()
+
+
+def run_product(settings: NodeSettings, product: str, token: str, status_conn=None) -> int:
+    """Entry point of a product process (spawned by the supervisor)."""
+    import uvloop
+
+    return uvloop.run(ProductWorker(settings, product, token, status_conn).run())

@@ -1,0 +1,114 @@
+"""Wire messages: the input order (orderbook-py's JSON) and the output events.
+
+Input tolerates unknown fields and gives every field a default, so a cancel may carry only
+`id` and `status`. Types are loose where a wrong value must become a `done`/`rejected` rather
+than a dead letter (enum fields are plain strings, decimals are strings checked later).
+
+Events are a tagged union on `type`; msgspec writes the tag first and then the fields in
+declaration order, which gives orderbook-py's key order: type, sequence, product_id, time, ...
+Events are immutable values and never change after creation.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class OrderMessage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """An order (`status` "new") or a cancel (`status` "cancelling") as read from the input topic."""
+
+    id: int | None = None
+    created_at: int = 0
+    product_id: str | None = None
+    user_id: int = 0
+    client_oid: str = ""
+    price: str | None = None
+    size: str | None = None
+    funds: str | None = None
+    type: str | None = None
+    side: str | None = None
+    time_in_force: str = "GTC"
+    status: str = "new"
+    stp: str | None = None
+
+
+class EventBase(msgspec.Struct, frozen=True, gc=False, tag_field="type"):
+    """Fields every event carries; `time` is the causing input record's timestamp (ns).
+
+    Not kw_only: msgspec moves kw_only fields after the others, and these must come first.
+    """
+
+    sequence: int
+    product_id: str
+    time: int
+
+
+class Open(EventBase, tag="open", kw_only=True):
+    """A limit order (or its remainder) rests on the book."""
+
+    order_id: int
+    user_id: int
+    remaining_size: str
+    price: str
+    side: str
+    time_in_force: str
+
+
+class Match(EventBase, tag="match", kw_only=True):
+    """One fill between a taker and a resting maker, at the maker's price; `side` is the maker's."""
+
+    trade_seq: int
+    taker_order_id: int
+    maker_order_id: int
+    taker_user_id: int
+    maker_user_id: int
+    side: str
+    price: str
+    size: str
+    taker_time_in_force: str
+    maker_time_in_force: str
+
+
+class Done(EventBase, tag="done", kw_only=True, omit_defaults=True):
+    """An order leaves (or never enters) the book; `reject_reason` only when reason is "rejected"."""
+
+    order_id: int
+    user_id: int
+    remaining_size: str
+    price: str
+    reason: str
+    side: str
+    time_in_force: str
+    reject_reason: str | None = None
+
+
+Event = Open | Match | Done
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """An input that cannot be read as an order; it goes to the DLQ with this reason."""
+
+    reason: str
+
+
+_encoder = msgspec.json.Encoder()
+_order_decoder = msgspec.json.Decoder(OrderMessage)
+_event_decoder = msgspec.json.Decoder(Event)
+
+decode_order = _order_decoder.decode
+
+
+def encode_event(event: Event) -> bytes:
+    """The event's published bytes (UTF-8 JSON, no trailing newline)."""
+    return _encoder.encode(event)
+
+
+def encode_events(events: list[Event]) -> list[bytes]:
+    """The published bytes of each event, in order."""
+    encode = _encoder.encode
+    return [encode(e) for e in events]
+
+
+def decode_event(data: bytes) -> Event:
+    """Read back one published event (for consumers and tests)."""
+    return _event_decoder.decode(data)

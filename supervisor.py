@@ -1,0 +1,200 @@
+"""The supervisor: start one child process per spec, reap, restart with backoff, forward signals.
+
+It knows nothing of matching: a child is a picklable target called as
+`target(*args, token=..., status_conn=...)` in a spawned process. Each incarnation gets a fresh
+token (its identity, e.g. as a lease owner) and a pipe for status reports. A hook hears of every
+exit, so the node can release what a killed child held without waiting for a TTL.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import secrets
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("supervisor")
+
+DRAIN_TIMEOUT_S = 10.0
+BACKOFF_INITIAL_S = 0.1
+BACKOFF_MAX_S = 5.0
+HEALTHY_AFTER_S = 30.0
+EXIT_RESTART_AT_ONCE = 75  # the child lost its role and wants to come back fresh
+EXIT_DO_NOT_RESTART = 78  # a configuration problem: restarting would fail the same way
+
+
+@dataclass
+class ChildSpec:
+    """What to run for one named child."""
+
+    name: str
+    target: Callable[..., int]
+    args: tuple = ()
+
+
+@dataclass
+class Child:
+    """One child's current incarnation and its restart bookkeeping."""
+
+    spec: ChildSpec
+    process: multiprocessing.process.BaseProcess | None = None
+    conn: Any = None
+    token: str = ""
+    started_at: float = 0.0
+    restarts: int = 0
+    backoff_s: float = BACKOFF_INITIAL_S
+    restart_at: float | None = None
+    failed: bool = False
+    status: dict = field(default_factory=dict)
+
+
+def _child_entry(target: Callable[..., int], args: tuple, token: str, conn: Any, log_level: int) -> None:
+    """Runs in the spawned child: its own logging, then the target; its return is the exit code."""
+    logging.basicConfig(
+        level=log_level, format="%(asctime)s %(levelname)s %(name)s pid=%(process)d %(message)s"
+    )
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; it sends SIGTERM
+    code = target(*args, token=token, status_conn=conn)
+    os._exit(int(code or 0))
+
+
+class Supervisor:
+    """A small loop: start children, reap them, restart with backoff, stop on a signal."""
+
+    def __init__(
+        self,
+        specs: list[ChildSpec],
+        node_id: str,
+        on_exit: Callable[[str, str, int | None], None] | None = None,
+        on_tick: Callable[[Supervisor], None] | None = None,
+        tick_s: float = 0.05,
+    ) -> None:
+        self.children = {spec.name: Child(spec) for spec in specs}
+        self.node_id = node_id
+        self.on_exit = on_exit
+        self.on_tick = on_tick
+        self.tick_s = tick_s
+        self.context = multiprocessing.get_context("spawn")
+        self.stop_requested: int | None = None
+        self.last_loop_at = time.monotonic()
+
+    def request_stop(self, signum: int, _frame: object = None) -> None:
+        """Signal handler: only record; the loop acts."""
+        self.stop_requested = signum
+
+    def start_child(self, child: Child) -> None:
+        """Spawn a new incarnation with a fresh token."""
+        parent_conn, child_conn = self.context.Pipe(duplex=False)
+        child.token = f"{self.node_id}:{child.spec.name}:{secrets.token_hex(6)}"
+        child.process = self.context.Process(
+            target=_child_entry,
+            name=f"obc-{child.spec.name}",
+            args=(child.spec.target, child.spec.args, child.token, child_conn, logging.getLogger().level),
+        )
+        child.process.start()
+        child_conn.close()
+        child.conn = parent_conn
+        child.started_at = time.monotonic()
+        child.restart_at = None
+        child.status = {}
+        log.info(
+            "child started name=%s pid=%d restarts=%d", child.spec.name, child.process.pid, child.restarts
+        )
+
+    def reap(self, child: Child) -> None:
+        """Notice an exit, tell the hook, and schedule the restart the exit code calls for."""
+        proc = child.process
+        if proc is None or proc.is_alive():
+            return
+        code = proc.exitcode
+        proc.join()
+        child.process = None
+        if child.conn is not None:
+            child.conn.close()
+            child.conn = None
+        log.info("child exited name=%s pid=%s code=%s", child.spec.name, proc.pid, code)
+        if self.on_exit is not None:
+            try:
+                self.on_exit(child.spec.name, child.token, code)
+            except Exception as exc:  # noqa: BLE001 - a hook must not take the supervisor down
+                log.warning("exit hook failed name=%s error=%s", child.spec.name, exc)
+        if self.stop_requested is not None:
+            return
+        if code == EXIT_DO_NOT_RESTART:
+            child.failed = True
+            log.error(
+                "child will not be restarted name=%s (configuration problem, see its log)", child.spec.name
+            )
+            return
+        if time.monotonic() - child.started_at > HEALTHY_AFTER_S:
+            child.backoff_s = BACKOFF_INITIAL_S
+        delay = 0.0 if code == EXIT_RESTART_AT_ONCE else child.backoff_s
+        if code != EXIT_RESTART_AT_ONCE:
+            child.backoff_s = min(child.backoff_s * 2, BACKOFF_MAX_S)
+        child.restarts += 1
+        child.restart_at = time.monotonic() + delay
+        log.info("child restart scheduled name=%s in_s=%.2f", child.spec.name, delay)
+
+    def read_status(self, child: Child) -> None:
+        """Take the newest status report from the child's pipe."""
+        conn = child.conn
+        try:
+            while conn is not None and conn.poll():
+                child.status = conn.recv()
+        except (EOFError, OSError):
+            pass
+
+    def run(self) -> int:
+        """Supervise until a stop signal, then drain; returns 0 when every child stopped cleanly."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        for child in self.children.values():
+            self.start_child(child)
+        while self.stop_requested is None:
+            self.last_loop_at = time.monotonic()
+            for child in self.children.values():
+                self.reap(child)
+                self.read_status(child)
+                if (
+                    child.process is None
+                    and child.restart_at is not None
+                    and time.monotonic() >= child.restart_at
+                ):
+                    self.start_child(child)
+            if self.on_tick is not None:
+                self.on_tick(self)
+            time.sleep(self.tick_s)
+        return self.drain()
+
+    def drain(self) -> int:
+        """Forward SIGTERM, wait up to DRAIN_TIMEOUT_S, then SIGKILL whatever is left."""
+        log.info("stopping signal=%s children=%d", self.stop_requested, len(self.children))
+        for child in self.children.values():
+            if child.process is not None and child.process.is_alive():
+                os.kill(child.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S - 1.0
+        clean = True
+        for child in self.children.values():
+            proc = child.process
+            if proc is None:
+                continue
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                log.warning("child did not stop in time, killing name=%s pid=%d", child.spec.name, proc.pid)
+                proc.kill()
+                proc.join(1.0)
+                clean = False
+            elif proc.exitcode != 0:
+                clean = False
+            self.reap(child)
+        log.info("stopped clean=%s", clean)
+        return 0 if clean else 1
+
+    def alive(self) -> bool:
+        """Liveness: the loop turned recently."""
+        return time.monotonic() - self.last_loop_at < 5.0

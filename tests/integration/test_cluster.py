@@ -1,0 +1,264 @@
+"""Product processes match from Kafka to Kafka: the worked example, crashes, bad input, shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import msgspec
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from cluster.kafka_io import dlq_topic, message_topic, order_topic
+from cluster.send import consume_topic, produce_orders
+from cluster.workload import generate_orders
+from engine.config import load_products
+from tests.integration.harness import Cluster, check_stream, oracle_events, read_input, wait_until
+
+pytestmark = pytest.mark.integration
+
+GOLDEN = Path(__file__).parents[1] / "unit" / "golden"
+
+
+def output_values(bootstrap: str, product: str, count: int, timeout_s: float = 60) -> list[bytes]:
+    """Read the output topic until `count` distinct sequences have arrived (duplicates kept)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "test-output",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 20,
+        }
+    )
+    consumer.assign([TopicPartition(message_topic(product), 0, 0)])
+    values: list[bytes] = []
+    distinct: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(distinct) < count:
+            assert time.monotonic() < deadline, (
+                f"{product}: {len(distinct)} of {count} events after {timeout_s}s"
+            )
+            for msg in consumer.consume(5000, 0.2):
+                if not msg.error():
+                    values.append(msg.value())
+                    distinct.add(json.loads(msg.value())["sequence"])
+    finally:
+        consumer.close()
+    return values
+
+
+@pytest.fixture
+def cluster_factory(services, tmp_path):
+    made: list[Cluster] = []
+
+    def make(products: list[str]) -> Cluster:
+        cluster = Cluster(services, tmp_path, products)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.stop_all()
+
+
+def test_worked_example_through_kafka(services, cluster_factory):
+    cluster = cluster_factory(["BTC-USD", "ETH-USD"])
+    node = cluster.start_node("n1")
+    cluster.wait_leader("BTC-USD")
+    cluster.wait_leader("ETH-USD")
+    assert node.product_pid("BTC-USD") != node.product_pid("ETH-USD"), (
+        "products must run in their own processes"
+    )
+    lines = (GOLDEN / "worked_example.in.jsonl").read_bytes().splitlines()
+    assert produce_orders(services.bootstrap, "BTC-USD", lines) == 5
+    eth_order = (
+        b'{"id":1,"created_at":1695783003020000000,"product_id":"ETH-USD","user_id":7,"client_oid":"",'
+        b'"price":"2000.00","size":"1.5","funds":"0","type":"limit","side":"buy","time_in_force":"GTC",'
+        b'"status":"new"}'
+    )
+    produce_orders(services.bootstrap, "ETH-USD", [eth_order])
+
+    events = [json.loads(v) for v in output_values(services.bootstrap, "BTC-USD", 13)]
+    assert [e["sequence"] for e in events] == list(range(1, 14))
+    kinds = [
+        (e["type"], e.get("order_id") or (e.get("taker_order_id"), e.get("maker_order_id"))) for e in events
+    ]
+    assert kinds == [
+        ("open", 1),
+        ("open", 2),
+        ("open", 3),
+        ("match", (4, 1)),
+        ("done", 1),
+        ("match", (4, 2)),
+        ("done", 2),
+        ("match", (4, 3)),
+        ("done", 3),
+        ("open", 4),
+        ("match", (5, 4)),
+        ("done", 4),
+        ("done", 5),
+    ]
+    assert [e["trade_seq"] for e in events if e["type"] == "match"] == [1, 2, 3, 4]
+    assert Decimal(events[9]["remaining_size"]) == 2 and events[9]["side"] == "buy"
+    assert events[10]["side"] == "buy" and Decimal(events[10]["size"]) == 2
+    assert all(e["time"] % 1_000_000 == 0 and e["time"] > 0 for e in events), "time is the record's timestamp"
+
+    config = load_products(cluster.config)["BTC-USD"]
+    expected = oracle_events(config, read_input(services.bootstrap, order_topic("BTC-USD"), 5))
+    check_stream(output_values(services.bootstrap, "BTC-USD", 13), expected)
+    eth = [json.loads(v) for v in output_values(services.bootstrap, "ETH-USD", 1)]
+    assert eth[0]["type"] == "open" and eth[0]["product_id"] == "ETH-USD"
+
+
+def test_sigkills_under_load_lose_nothing_and_double_nothing(services, cluster_factory, product):
+    """>= 50,000 orders, the product process SIGKILLed at random moments: output == replay."""
+    total, chunks, kills_wanted = 50_000, 10, 6
+    rng = random.Random(20261125)
+    cluster = cluster_factory([product])
+    node = cluster.start_node("n1")
+    cluster.wait_leader(product)
+    encoder = msgspec.json.Encoder()
+    orders = [encoder.encode(o) for o in generate_orders(product, total, seed=7)]
+    kills = 0
+    per_chunk = total // chunks
+    for i in range(chunks):
+        produce_orders(services.bootstrap, product, orders[i * per_chunk : (i + 1) * per_chunk])
+        if kills < kills_wanted and i >= 1:
+            time.sleep(rng.uniform(0.0, 0.4))  # a random moment inside the matching of this chunk
+            _, pid = cluster.wait_leader(product)
+            os.kill(pid, signal.SIGKILL)
+            kills += 1
+            wait_until(
+                lambda old=pid: (p := node.product_pid(product, "leader")) and p != old,
+                30,
+                "a restarted leader after SIGKILL",
+            )
+    assert kills >= 5
+    records = read_input(services.bootstrap, order_topic(product), total)
+    config = load_products(cluster.config)[product]
+    expected = oracle_events(config, records)
+    output = output_values(services.bootstrap, product, len(expected), timeout_s=180)
+    check_stream(output, expected)
+    assert "child exited" in node.log_text()
+
+
+def test_bad_input_goes_to_dlq_or_rejected_and_nothing_else_changes(services, cluster_factory, product):
+    cluster = cluster_factory([product])
+    cluster.start_node("n1")
+    cluster.wait_leader(product)
+
+    def order(oid: int, **fields) -> bytes:
+        base = {
+            "id": oid,
+            "created_at": 1_700_000_000_000_000_000 + oid * 1_000_000,
+            "product_id": product,
+            "user_id": 1,
+            "client_oid": "",
+            "price": "10.00",
+            "size": "1",
+            "funds": "0",
+            "type": "limit",
+            "side": "buy",
+            "time_in_force": "GTC",
+            "status": "new",
+        }
+        base.update(fields)
+        return json.dumps({k: v for k, v in base.items() if v is not ...}).encode()
+
+    lines = [
+        order(1),  # rests: open
+        b"not json at all",  # dlq
+        b'{"created_at": 1}',  # dlq: no id
+        order(2, side="sideways"),  # dlq: bad side
+        order(3, price="NaN"),  # rejected
+        order(4, price="-1"),  # rejected
+        order(5, size="0"),  # rejected
+        order(6, price="10.001"),  # rejected: off tick/scale
+        order(7, product_id="OTHER-USD"),  # rejected: product mismatch
+        order(8, type="market", side="buy", funds="0"),  # rejected: market buy without funds
+        order(1),  # duplicate id: nothing
+        order(9, status="cancelling"),  # unknown cancel: nothing
+        order(10, side="sell", price="10.00"),  # matches order 1
+    ]
+    produce_orders(services.bootstrap, product, lines)
+    records = read_input(services.bootstrap, order_topic(product), len(lines))
+    expected = oracle_events(load_products(cluster.config)[product], records)
+    output = output_values(services.bootstrap, product, len(expected))
+    check_stream(output, expected)
+    events = [json.loads(v) for v in expected]
+    rejected = {e["order_id"]: e["reject_reason"] for e in events if e.get("reason") == "rejected"}
+    assert set(rejected) == {3, 4, 5, 6, 7, 8}
+    assert [e["type"] for e in events if e.get("reason") != "rejected"] == ["open", "match", "done", "done"]
+
+    dlq = list(consume_topic(services.bootstrap, dlq_topic(product), idle_timeout=10, count=3))
+    assert [value for _, value, _ in dlq] == [lines[1], lines[2], lines[3]]
+    consumer = Consumer({"bootstrap.servers": services.bootstrap, "group.id": "dlq-headers"})
+    consumer.assign([TopicPartition(dlq_topic(product), 0, 0)])
+    msgs = wait_until(lambda: [m for m in consumer.consume(10, 0.2) if not m.error()], 20, "dlq records")
+    headers = dict(msgs[0].headers())
+    consumer.close()
+    assert headers["reason"] == b"not_json" and headers["source_offset"] == b"1"
+
+
+def test_sigterm_of_embedded_start_stops_everything_within_10s(tmp_path):
+    """The README's main command: `start` on the embedded default, then SIGTERM."""
+    state = tmp_path / "state"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cluster",
+            "start",
+            "--products",
+            "BTC-USD,ETH-USD",
+            "--http-port",
+            "0",
+            "--state-dir",
+            str(state),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "start.log", "wb"),
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: (state / "embedded.json").exists(), 60, "the embedded servers")
+        wait_until(
+            lambda: "leader product=BTC-USD" in (tmp_path / "start.log").read_text(), 60, "a BTC-USD leader"
+        )
+        wait_until(
+            lambda: "leader product=ETH-USD" in (tmp_path / "start.log").read_text(), 60, "an ETH-USD leader"
+        )
+        servers = json.loads((state / "embedded.json").read_text())["pids"]
+        children = subprocess.run(
+            ["pgrep", "-s", str(proc.pid)], capture_output=True, text=True
+        ).stdout.split()
+        assert len(children) >= 3, f"expected start and 2 product processes; got {children}"
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert time.monotonic() - began < 10
+
+        def session_empty() -> bool:
+            return not subprocess.run(
+                ["pgrep", "-s", str(proc.pid)], capture_output=True, text=True
+            ).stdout.split()
+
+        # multiprocessing's resource tracker leaves when its pipe closes, a moment after start itself
+        wait_until(session_empty, 3, "every process of start's session to exit")
+        for name, pid in servers.items():
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+            assert name
+        assert not (state / "embedded.json").exists()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
