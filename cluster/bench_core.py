@@ -69,12 +69,19 @@ def run_bench(orders: int, seed: int, product: str = "BTC-USD") -> dict:
 
         return step
 
-    result: dict = {"orders": orders, "seed": seed, "warmup": WARMUP, "resting_after_warmup": len(warm_engine.book)}
+    result: dict = {
+        "orders": orders,
+        "seed": seed,
+        "warmup": WARMUP,
+        "resting_after_warmup": len(warm_engine.book),
+    }
     for name, make, items in (
         ("core", lambda e: e.submit, decoded),
         ("wire", wire, raws),
     ):
-        result[f"{name}_ops_per_s"] = round(_throughput(make(MatchingEngine.restore(config, snapshot)), items))
+        result[f"{name}_ops_per_s"] = round(
+            _throughput(make(MatchingEngine.restore(config, snapshot)), items)
+        )
         p50, p99 = _latencies(make(MatchingEngine.restore(config, snapshot)), items)
         result[f"{name}_p50_ns"], result[f"{name}_p99_ns"] = p50, p99
     engine = MatchingEngine.restore(config, snapshot)
@@ -106,4 +113,6 @@ def core(orders: int, seed: int, as_json: bool) -> None:
             f"{label:<20} {result[f'{name}_ops_per_s']:>10,} ops/s   p50 {result[f'{name}_p50_ns']:>6,} ns"
             f"   p99 {result[f'{name}_p99_ns']:>7,} ns"
         )
-    click.echo(f"peak traced memory {result['tracemalloc_peak_bytes'] / 1e6:.1f} MB, max RSS {result['maxrss_kib'] / 1024:.0f} MiB")
+    click.echo(
+        f"peak traced memory {result['tracemalloc_peak_bytes'] / 1e6:.1f} MB, max RSS {result['maxrss_kib'] / 1024:.0f} MiB"
+    )

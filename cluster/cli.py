@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import socket
 import sys
 from pathlib import Path
@@ -44,11 +45,16 @@ def resolve_services(kafka: str | None, redis: str | None, state_dir: Path) -> t
     """Addresses given, else those of a running embedded default (from its state file)."""
     if kafka and redis:
         return kafka, redis
-    state_file = state_dir / "embedded.json"
-    if not state_file.exists():
+    embedded = embedded_state(state_dir)
+    if not embedded:
         raise click.UsageError("give --kafka and --redis, or run `orderbook-cluster start` here first")
-    embedded = json.loads(state_file.read_text())
     return kafka or embedded["kafka"], redis or embedded["redis"]
+
+
+def embedded_state(state_dir: Path) -> dict:
+    """What a running embedded default recorded about itself ({} if none runs here)."""
+    state_file = state_dir / "embedded.json"
+    return json.loads(state_file.read_text()) if state_file.exists() else {}
 
 
 @click.group(
@@ -87,9 +93,30 @@ def cli() -> None:
     default=DEFAULT_STATE_DIR,
     help="Logs and state of the embedded default, metrics files.",
 )
+@click.option(
+    "--advertise-host", default=None, help="Host at which drills and other nodes reach this node's HTTP."
+)
+@click.option(
+    "--admin-token",
+    default=None,
+    help="Bearer token of the admin (fault-injection) endpoint; unset: off (embedded default: generated).",
+)
+@click.option("--passthrough", is_flag=True, hidden=True, help="Benchmarks only: copy input to output.")
 @click.option("--log-level", default="INFO")
 def start(
-    products, kafka, redis, config, kafka_config, node_id, http_host, http_port, state_dir, log_level
+    products,
+    kafka,
+    redis,
+    config,
+    kafka_config,
+    node_id,
+    http_host,
+    http_port,
+    state_dir,
+    advertise_host,
+    admin_token,
+    passthrough,
+    log_level,
 ) -> None:
     """Run one matching process per product on this node (leader or hot standby)."""
     from cluster.embedded import embedded_services
@@ -109,6 +136,9 @@ def start(
             http_host=http_host,
             http_port=http_port,
             state_dir=state_dir,
+            advertise_host=advertise_host,
+            passthrough=passthrough,
+            admin_token=admin_token or (None if kafka and redis else secrets.token_urlsafe(24)),
         )
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -126,12 +156,14 @@ def start(
         raise click.UsageError("give both --kafka and --redis, or neither for the embedded default")
     with embedded_services(state_dir) as services:
         state_file = state_dir / "embedded.json"
+        state_file.touch(mode=0o600)  # holds the generated admin token
         state_file.write_text(
             json.dumps(
                 {
                     "kafka": services.bootstrap,
                     "redis": services.redis_url,
                     "pids": {"broker": services.broker.pid, "redis": services.redis.pid},
+                    "admin_token": settings.admin_token,
                 }
             )
         )
@@ -219,7 +251,9 @@ def tail(kafka, state_dir, product, count, idle_timeout) -> None:
 @click.option(
     "--pause-s", type=float, default=None, help="How long `pause` stops the leader (default 2x lease TTL)."
 )
-@click.option("--admin-token", required=True, help="The nodes' admin token.")
+@click.option(
+    "--admin-token", default=None, help="The nodes' admin token (embedded default: found by itself)."
+)
 @click.option("--json", "as_json", is_flag=True)
 def drill(
     kafka, redis, kafka_config, state_dir, config, product, fault, rounds, rate, pause_s, admin_token, as_json
@@ -230,6 +264,9 @@ def drill(
     from engine.config import load_products
 
     bootstrap, redis_url = resolve_services(kafka, redis, state_dir)
+    admin_token = admin_token or embedded_state(state_dir).get("admin_token")
+    if not admin_token:
+        raise click.UsageError("give --admin-token (the nodes' ORDERBOOK_CLUSTER_START_ADMIN_TOKEN)")
     configs = load_products(config)
     if product not in configs:
         raise click.UsageError(f"{config} has no settings for {product}")

@@ -3,9 +3,11 @@
 Run it against a drill product (its whole input and output are read from offset 0 to check that
 the output equals `replay` of the input). Faults reach the leader's node through its
 authenticated admin endpoint (address and node found in Redis), so drills work across hosts.
-Takeover is measured from just before the fault request to the moment this process's consumer
-sees the first event published under a new epoch (the `epoch` header of the event record), or,
-for server restarts that need not move the lease, the first event produced after the fault.
+Takeover is measured from just before the fault request (this host's clock) to the producer
+timestamp of the first event published under a new epoch (the `epoch` header of the event
+record), or, for server restarts that need not move the lease, of the first event produced after
+the fault. With the leader on another host that mixes two clocks (NTP keeps them within a few ms);
+`seen_ms` is the same moment as this drill's consumer saw it, on one clock.
 """
 
 from __future__ import annotations
@@ -46,7 +48,10 @@ class Round:
     old_epoch: int
     new_node: str | None = None
     new_epoch: int | None = None
+    # From the fault to the new leader's first event, by that event's producer timestamp.
     takeover_ms: float | None = None
+    # From the fault to this drill's consumer seeing that event (adds fetch and consumer delay).
+    seen_ms: float | None = None
     error: str | None = None
 
 
@@ -148,6 +153,7 @@ class OutputWatcher(threading.Thread):
         self.consumer.assign([TopicPartition(message_topic(product), 0, 0)])
         self.values: list[bytes] = []
         self.first_seen: dict[int, tuple[float, str]] = {}
+        self.first_stamp: dict[int, int] = {}  # epoch -> broker timestamp (ms) of its first event
         self.max_sequence = 0
         self.last_arrival: float = 0.0
         self.produced_after: list[tuple[float, int]] = []  # (arrival, record timestamp ms)
@@ -168,6 +174,7 @@ class OutputWatcher(threading.Thread):
                     epoch = int(headers.get("epoch", b"0") or 0)
                     if epoch not in self.first_seen:
                         self.first_seen[epoch] = (now, headers.get("node", b"").decode())
+                        self.first_stamp[epoch] = msg.timestamp()[1]
                     seq = _sequence_of.decode(value).get("sequence", 0)
                     self.max_sequence = max(self.max_sequence, seq)
                     self.last_arrival = now
@@ -304,6 +311,9 @@ def one_round(number, fault, product, redis_client, watcher, admin_token, pause_
             result.error = "no new leader published within 60 s"
             return result
         result.new_epoch, arrival, result.new_node = seen
+        stamp = watcher.first_stamp.get(result.new_epoch)
+        if stamp:
+            result.takeover_ms = float(max(0, stamp - began_wall_ms))
     else:
         arrival = _wait(lambda: watcher.first_produced_after(began_wall_ms + 1), 60)
         if arrival is None:
@@ -312,10 +322,12 @@ def one_round(number, fault, product, redis_client, watcher, admin_token, pause_
         lease_after = current_lease(redis_client, product)
         if lease_after:
             result.new_epoch, result.new_node = lease_after
-    result.takeover_ms = round((arrival - began) * 1000, 1)
+    result.seen_ms = round((arrival - began) * 1000, 1)
+    if result.takeover_ms is None:
+        result.takeover_ms = result.seen_ms
     log(
         f"round {number}: {fault} of {node} (epoch {epoch}) -> {result.new_node} (epoch {result.new_epoch}) "
-        f"in {result.takeover_ms} ms"
+        f"in {result.takeover_ms} ms (seen by the drill's consumer at +{result.seen_ms} ms)"
     )
     # Let a paused ex-leader wake and demote, and the restarted process rejoin, before the next round.
     paused_for = (pause_s or 2.0) if fault == "pause" else 0.0
@@ -342,13 +354,14 @@ def format_report(report: DrillReport) -> str:
     """The operator's table."""
     lines = [
         f"drill {report.fault} on {report.product}: {len(report.rounds)} rounds, {report.orders_sent} orders",
-        f"{'ROUND':>5} {'OLD LEADER':<20} {'EPOCH':>6} {'NEW LEADER':<20} {'EPOCH':>6} {'TAKEOVER ms':>12}  ERROR",
+        f"{'ROUND':>5} {'OLD LEADER':<20} {'EPOCH':>6} {'NEW LEADER':<20} {'EPOCH':>6} {'TAKEOVER ms':>12} {'SEEN ms':>9}  ERROR",
     ]
     for r in report.rounds:
         lines.append(
             f"{r.round:>5} {r.old_node:<20} {r.old_epoch:>6} {r.new_node or '-':<20} "
             f"{r.new_epoch if r.new_epoch is not None else '-':>6} "
-            f"{r.takeover_ms if r.takeover_ms is not None else '-':>12}  {r.error or ''}"
+            f"{r.takeover_ms if r.takeover_ms is not None else '-':>12} "
+            f"{r.seen_ms if r.seen_ms is not None else '-':>9}  {r.error or ''}"
         )
     s = report.takeover_summary()
     lines.append(

@@ -45,7 +45,9 @@ class HealthSource:
         if not self.admin_token or self.admin is None or not authorization:
             return False
         scheme, _, presented = authorization.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(presented.encode(), self.admin_token.encode())
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            presented.encode(), self.admin_token.encode()
+        )
 
 
 def _handler(source: HealthSource) -> type[BaseHTTPRequestHandler]:

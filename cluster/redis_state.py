@@ -36,9 +36,9 @@ def snapshot_key(product: str) -> str:
     return f"matching_snapshot_{product}"
 
 
-def status_key(product: str, node_id: str) -> str:
-    """A product process's self-reported status, expiring when it stops reporting."""
-    return f"matching_status_{product}:{node_id}"
+def status_key(product: str) -> str:
+    """Self-reported status of the product's processes: a hash, node -> JSON with `reported_ms`."""
+    return f"matching_status_{product}"
 
 
 NODES_KEY = "matching_nodes"

@@ -32,8 +32,13 @@ def default_config_path() -> Path:
 
 @click.command()
 @click.option("--product", required=True, help="Product id, e.g. BTC-USD.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Products TOML (default: ./configs/products.toml, else the shipped one).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Products TOML (default: ./configs/products.toml, else the shipped one).",
+)
 @click.argument("source", type=click.File("rb"))
 def replay(product: str, config_path: Path | None, source) -> None:
     """Replay order messages (JSON lines, FILE or -) and print the events they produce."""
@@ -50,7 +55,9 @@ def replay(product: str, config_path: Path | None, source) -> None:
     numbered = [(n, raw) for n, raw in numbered if raw.strip()]
     records = ((raw, created_at_of(raw)) for _, raw in numbered)
     encode = msgspec.json.encode
-    for (n, _), outcome in zip(numbered, replay_outcomes(MatchingEngine(products[product]), records), strict=True):
+    for (n, _), outcome in zip(
+        numbered, replay_outcomes(MatchingEngine(products[product]), records), strict=True
+    ):
         if isinstance(outcome, DeadLetter):
             err.write(encode({"line": n, "reason": outcome.reason}) + b"\n")
         else:

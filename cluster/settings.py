@@ -21,12 +21,14 @@ class SettingsError(ValueError):
 class Timing:
     """Lease, snapshot and batching knobs. Defaults aim at sub-second failover on a LAN."""
 
-    lease_ttl_ms: int = 1000
-    lease_renew_ms: int = 150
+    lease_ttl_ms: int = 800
+    lease_renew_ms: int = 100
     # A leader stops publishing this long before its lease could expire (clock drift, GC pauses).
-    lease_safety_ms: int = 250
+    lease_safety_ms: int = 200
     standby_poll_ms: int = 50
     placement_defer_ms: int = 200
+    startup_grace_ms: int = 700
+    caught_up_slack: int = 1000
     node_heartbeat_ms: int = 250
     snapshot_every_orders: int = 20_000
     snapshot_every_s: float = 5.0

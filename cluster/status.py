@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import time
 
-from cluster.redis_state import leader_key, progress_key, snapshot_key, sync_client
+from cluster.redis_state import leader_key, progress_key, snapshot_key, status_key, sync_client
+
+STATUS_FRESH_MS = 5000
 
 
 def _products_in(client) -> list[str]:
@@ -31,11 +33,11 @@ def collect_status(redis_url: str, products: list[str] | None = None) -> dict:
         epoch, _, token = (lease_text or "0||").partition("|")
         progress = client.hgetall(progress_key(product))
         snap = client.hmget(snapshot_key(product), "sequence", "offset", "created_ms")
-        processes = []
-        for key in client.scan_iter(match=f"matching_status_{product}:*", count=500):
-            raw = client.get(key)
-            if raw:
-                processes.append(json.loads(raw))
+        processes = [
+            status
+            for raw in client.hgetall(status_key(product)).values()
+            if now_ms - (status := json.loads(raw)).get("reported_ms", 0) <= STATUS_FRESH_MS
+        ]
         processes.sort(key=lambda p: (p["role"] != "leader", p["node"]))
         leader = next((p for p in processes if p["role"] == "leader"), None)
         doc["products"][product] = {

@@ -29,7 +29,7 @@ from confluent_kafka import KafkaError, TopicPartition
 
 from cluster import kafka_io
 from cluster import metrics as m
-from cluster.redis_state import ProductRedis, SnapshotEnvelope, async_client
+from cluster.redis_state import NODES_KEY, ProductRedis, SnapshotEnvelope, async_client, status_key
 from cluster.settings import NodeSettings
 from engine.matching import DeadLetter, MatchingEngine
 from engine.messages import encode_event
@@ -103,6 +103,7 @@ class ProductWorker:
         self.pending_snapshot: SnapshotEnvelope | None = None
         self.snapshot_written_at: float | None = None
         self.lease_free_since: float | None = None
+        self.started_at = time.monotonic()
         self.events_delivered = 0
         self.counted = (0, 0, 0, 0)
         self.fatal_demotion: str | None = None
@@ -378,15 +379,43 @@ class ProductWorker:
         self.become_leader(acquired, sent)
 
     async def placement_allows(self, now: float) -> bool:
-        """The preferred live node goes first; others wait a little before taking over."""
-        cutoff_ms = int(time.time() * 1000) - 3 * self.timing.node_heartbeat_ms
-        live = [
-            n.decode() for n in await self.redis.client.zrangebyscore("matching_nodes", cutoff_ms, "+inf")
-        ]
-        preferred = preferred_node(self.product, live)
-        if preferred is None or preferred == self.settings.node_id:
+        """Who takes a free lease first: a caught-up standby on the product's preferred node.
+
+        Candidates are the caught-up standbys that reported recently; a stable hash of the product
+        over them picks the preferred one, which goes at once. Other caught-up standbys wait
+        `placement_defer_ms`, standbys still catching up wait three times that, so a hot standby
+        wins over a restarting process and leaders spread over nodes. Nobody preempts a leader.
+        """
+        waited_ms = (now - self.lease_free_since) * 1000
+        defer_ms = self.timing.placement_defer_ms
+        if not self.caught_up():
+            return waited_ms >= 3 * defer_ms
+        if (now - self.started_at) * 1000 < self.timing.startup_grace_ms and await self.other_nodes_live():
+            return False  # let the nodes starting together see each other before leases are taken
+        candidates = {self.settings.node_id} | await self.caught_up_standbys()
+        if preferred_node(self.product, sorted(candidates)) == self.settings.node_id:
             return True
-        return (now - self.lease_free_since) * 1000 >= self.timing.placement_defer_ms
+        return waited_ms >= defer_ms
+
+    async def caught_up_standbys(self) -> set[str]:
+        """Nodes whose process for this product recently reported being a caught-up standby."""
+        fresh_after = int(time.time() * 1000) - 3 * self.timing.status_every_ms
+        nodes = set()
+        for node, raw in (await self.redis.client.hgetall(status_key(self.product))).items():
+            status = json.loads(raw)
+            if status["reported_ms"] >= fresh_after and status["role"] == "standby" and status["caught_up"]:
+                nodes.add(node.decode())
+        return nodes
+
+    async def other_nodes_live(self) -> bool:
+        """Whether another node heartbeated recently."""
+        cutoff_ms = int(time.time() * 1000) - 3 * self.timing.node_heartbeat_ms
+        live = await self.redis.client.zrangebyscore(NODES_KEY, cutoff_ms, "+inf")
+        return any(n.decode() != self.settings.node_id for n in live)
+
+    def caught_up(self) -> bool:
+        """A standby is caught up when it applied input up to the leader's recorded progress."""
+        return self.progress_seen[1] - self.next_offset <= self.timing.caught_up_slack
 
     def become_leader(self, acquired, sent: float) -> None:
         """Switch to publishing: everything up to the recorded progress was already delivered."""
@@ -408,8 +437,12 @@ class ProductWorker:
             valid_until=sent + (t.lease_ttl_ms - t.lease_safety_ms) / 1000,
             delivered_seq=start_seq,
             progress=(start_seq, self.next_offset),
+            # Not part of the event: tells drills and operators which leadership published a copy.
+            headers=[("epoch", str(acquired.epoch).encode()), ("node", self.settings.node_id.encode())],
         )
         self.progress_seen = (acquired.progress_sequence, acquired.progress_offset)
+        # The stored snapshot may be far behind: take one at the next batch boundary.
+        self.last_snapshot_at = float("-inf")
         self.metric.is_leader.set(1)
         self.metric.epoch.set(acquired.epoch)
         log.info(
@@ -462,10 +495,9 @@ class ProductWorker:
             self.snapshot_written_at = time.monotonic()
 
     async def status_task(self) -> None:
-        """Tell the supervisor (pipe) and operators (Redis, expiring) how this process is doing."""
+        """Tell the supervisor (pipe) and the cluster (Redis hash) how this process is doing."""
         last_events, last_t = 0, time.monotonic()
         while not self.stopping:
-            await asyncio.sleep(self.timing.status_every_ms / 1000)
             now = time.monotonic()
             rate = (self.events_delivered - last_events) / max(now - last_t, 1e-6)
             last_events, last_t = self.events_delivered, now
@@ -475,18 +507,17 @@ class ProductWorker:
                 try:
                     self.status_conn.send(status)
                 except (BrokenPipeError, OSError):
-                    self.stopping = True
+                    self.stopping = True  # the supervisor is gone: stop like on SIGTERM
             if self.snapshot_written_at is not None:
                 self.metric.snapshot_age.set(now - self.snapshot_written_at)
             self.metric.input_lag.set(len(self.pending))
             try:
-                await self.redis.client.set(
-                    f"matching_status_{self.product}:{self.settings.node_id}",
-                    _status_json(status),
-                    px=max(3 * self.timing.status_every_ms, 2000),
+                await self.redis.client.hset(
+                    status_key(self.product), self.settings.node_id, _status_json(status)
                 )
             except Exception:  # noqa: BLE001 - status is best effort
                 pass
+            await asyncio.sleep(self.timing.status_every_ms / 1000)
 
     def sync_counters(self) -> None:
         """Move the core's and the delivery counts into Prometheus in bulk, off the hot path."""
@@ -517,7 +548,7 @@ class ProductWorker:
             "sequence": self.engine.sequence,
             "delivered_sequence": leader.delivered_seq if leader else self.progress_seen[0],
             "behind": behind,
-            "caught_up": leader is not None or behind <= 1000,
+            "caught_up": leader is not None or self.caught_up(),
             "read_ahead": len(self.pending),
             "events_per_s": round(events_per_s, 1),
             "snapshot_age_s": None

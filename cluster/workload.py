@@ -48,9 +48,17 @@ def generate_orders(
 
     def order(oid: int, user: int, side: str, kind: str, price: int, size: int, funds: int, tif: str) -> dict:
         msg = {
-            "id": oid, "created_at": ts, "product_id": product_id, "user_id": user, "client_oid": f"c{oid}",
-            "price": format_scaled(price, quote_scale), "size": format_scaled(size, base_scale),
-            "funds": format_scaled(funds, quote_scale), "type": kind, "side": side, "time_in_force": tif,
+            "id": oid,
+            "created_at": ts,
+            "product_id": product_id,
+            "user_id": user,
+            "client_oid": f"c{oid}",
+            "price": format_scaled(price, quote_scale),
+            "size": format_scaled(size, base_scale),
+            "funds": format_scaled(funds, quote_scale),
+            "type": kind,
+            "side": side,
+            "time_in_force": tif,
             "status": "new",
         }
         if rng.random() < 0.05 and tif != "FOK":
@@ -68,7 +76,11 @@ def generate_orders(
         if r < cancel_p and live:
             oid, owner, side = shadow.pick_cancel(rng)
             yield {
-                "id": oid, "created_at": ts, "product_id": product_id, "user_id": owner, "side": side,
+                "id": oid,
+                "created_at": ts,
+                "product_id": product_id,
+                "user_id": owner,
+                "side": side,
                 "status": "cancelling",
             }
             continue
@@ -107,7 +119,10 @@ class _ShadowBook:
     def __init__(self) -> None:
         self.orders: dict[int, tuple[int, str, int]] = {}  # id -> (user, side, price)
         self.ids: list[int] = []  # for uniform picks; ids of swept orders are skipped lazily
-        self.levels: dict[str, dict[int, dict[int, int]]] = {"buy": {}, "sell": {}}  # side -> price -> id -> size
+        self.levels: dict[str, dict[int, dict[int, int]]] = {
+            "buy": {},
+            "sell": {},
+        }  # side -> price -> id -> size
 
     def add(self, oid: int, user: int, side: str, price: int, size: int) -> None:
         self.orders[oid] = (user, side, price)
@@ -156,7 +171,9 @@ class _ShadowBook:
 _encoder = msgspec.json.Encoder()
 
 
-def orders_jsonl(product_id: str, n: int, seed: int, start_id: int = 1, start_ts: int = DEFAULT_START_TS, **kw) -> bytes:
+def orders_jsonl(
+    product_id: str, n: int, seed: int, start_id: int = 1, start_ts: int = DEFAULT_START_TS, **kw
+) -> bytes:
     """The same stream as JSON lines (one order per line, trailing newline)."""
     encode = _encoder.encode
     return b"".join(encode(o) + b"\n" for o in generate_orders(product_id, n, seed, start_id, start_ts, **kw))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from heapq import heapify, heappop, heappush
+from heapq import heappop, heappush
 
 BUY = "buy"
 SELL = "sell"
@@ -25,7 +25,9 @@ class RestingOrder:
 
     __slots__ = ("order_id", "user_id", "side", "price", "remaining", "time_in_force")
 
-    def __init__(self, order_id: int, user_id: int, side: str, price: int, remaining: int, time_in_force: str):
+    def __init__(
+        self, order_id: int, user_id: int, side: str, price: int, remaining: int, time_in_force: str
+    ):
         self.order_id = order_id
         self.user_id = user_id
         self.side = side

@@ -78,8 +78,14 @@ class ProductRules(msgspec.Struct, frozen=True, kw_only=True):
         min_size = _positive(pid, "min_size", cfg.min_size, cfg.base_scale, lot)
         min_funds = _positive(pid, "min_funds", cfg.min_funds, cfg.quote_scale, 1)
         return cls(
-            product_id=pid, base_scale=cfg.base_scale, quote_scale=cfg.quote_scale, tick=tick, lot=lot,
-            min_size=min_size, min_funds=min_funds, id_window=cfg.id_window,
+            product_id=pid,
+            base_scale=cfg.base_scale,
+            quote_scale=cfg.quote_scale,
+            tick=tick,
+            lot=lot,
+            min_size=min_size,
+            min_funds=min_funds,
+            id_window=cfg.id_window,
         )
 
 
@@ -89,9 +95,13 @@ def _positive(pid: str, name: str, text: str | None, scale: int, default: int) -
     try:
         value = parse_scaled(text, scale)
     except DecimalFormatError as exc:
-        raise ConfigError(f"product={pid}: {name}={text!r} is not a decimal within scale {scale} ({exc.reason})") from None
+        raise ConfigError(
+            f"product={pid}: {name}={text!r} is not a decimal within scale {scale} ({exc.reason})"
+        ) from None
     if value <= 0:
-        raise ConfigError(f"product={pid}: {name}={text!r} must be > 0 (smallest is {format_scaled(1, scale)})")
+        raise ConfigError(
+            f"product={pid}: {name}={text!r} must be > 0 (smallest is {format_scaled(1, scale)})"
+        )
     return value
 
 

@@ -177,9 +177,16 @@ class MatchingEngine:
     def _done(self, order: OrderMessage, remaining: str, price: str, reason: str, ts: int) -> Done:
         self.sequence += 1
         return Done(
-            sequence=self.sequence, product_id=self.product_id, time=ts, order_id=order.id,
-            user_id=order.user_id, remaining_size=remaining, price=price, reason=reason,
-            side=order.side, time_in_force=order.time_in_force,
+            sequence=self.sequence,
+            product_id=self.product_id,
+            time=ts,
+            order_id=order.id,
+            user_id=order.user_id,
+            remaining_size=remaining,
+            price=price,
+            reason=reason,
+            side=order.side,
+            time_in_force=order.time_in_force,
         )
 
     def _reject(self, order: OrderMessage, reason: str, price: int, size: int, ts: int) -> list[Event]:
@@ -188,11 +195,17 @@ class MatchingEngine:
         is_limit = order.type == "limit"
         return [
             Done(
-                sequence=self.sequence, product_id=self.product_id, time=ts, order_id=order.id,
+                sequence=self.sequence,
+                product_id=self.product_id,
+                time=ts,
+                order_id=order.id,
                 user_id=order.user_id,
                 remaining_size=self._size_text(size) if is_limit or order.side == SELL else self._zero_size,
                 price=self._price_text(price) if is_limit else self._zero_price,
-                reason="rejected", side=order.side, time_in_force=order.time_in_force, reject_reason=reason,
+                reason="rejected",
+                side=order.side,
+                time_in_force=order.time_in_force,
+                reject_reason=reason,
             )
         ]
 
@@ -208,9 +221,16 @@ class MatchingEngine:
         self.sequence += 1
         return [
             Done(
-                sequence=self.sequence, product_id=self.product_id, time=ts, order_id=resting.order_id,
-                user_id=resting.user_id, remaining_size=self._size_text(size), price=price_text,
-                reason="cancelled", side=resting.side, time_in_force=resting.time_in_force,
+                sequence=self.sequence,
+                product_id=self.product_id,
+                time=ts,
+                order_id=resting.order_id,
+                user_id=resting.user_id,
+                remaining_size=self._size_text(size),
+                price=price_text,
+                reason="cancelled",
+                side=resting.side,
+                time_in_force=resting.time_in_force,
             )
         ]
 
@@ -236,9 +256,15 @@ class MatchingEngine:
         book.index[oid] = level.orders[-1]
         self.sequence += 1
         return Open(
-            sequence=self.sequence, product_id=self.product_id, time=ts, order_id=oid,
-            user_id=order.user_id, remaining_size=self._size_texts.get(remaining) or self._size_text(remaining),
-            price=price_text, side=side, time_in_force=tif,
+            sequence=self.sequence,
+            product_id=self.product_id,
+            time=ts,
+            order_id=oid,
+            user_id=order.user_id,
+            remaining_size=self._size_texts.get(remaining) or self._size_text(remaining),
+            price=price_text,
+            side=side,
+            time_in_force=tif,
         )
 
     # ---- order kinds ---------------------------------------------------------------------
@@ -273,7 +299,9 @@ class MatchingEngine:
         if not remaining:
             events.append(self._done(order, self._zero_size, self._price_text(price), "filled", ts))
         elif stopped or tif == "IOC" or tif == "FOK":
-            events.append(self._done(order, self._size_text(remaining), self._price_text(price), "cancelled", ts))
+            events.append(
+                self._done(order, self._size_text(remaining), self._price_text(price), "cancelled", ts)
+            )
         else:
             events.append(self._open(order, side, price, remaining, ts))
         return events
@@ -324,7 +352,7 @@ class MatchingEngine:
                     queue.popleft()
                     continue
                 if stp is not None and maker.user_id == taker_user:
-                    if stp == "cb":
+                    if stp != "cn":
                         seq += 1
                         append(self._stp_cancel(maker, level, seq, ts))
                     if stp != "co":
@@ -337,9 +365,18 @@ class MatchingEngine:
                 trade += 1
                 append(
                     Match(
-                        sequence=seq, product_id=product_id, time=ts, trade_seq=trade, taker_order_id=taker_id,
-                        maker_order_id=maker.order_id, taker_user_id=taker_user, maker_user_id=maker.user_id,
-                        side=maker_side, price=price_text, size=fill_text, taker_time_in_force=taker_tif,
+                        sequence=seq,
+                        product_id=product_id,
+                        time=ts,
+                        trade_seq=trade,
+                        taker_order_id=taker_id,
+                        maker_order_id=maker.order_id,
+                        taker_user_id=taker_user,
+                        maker_user_id=maker.user_id,
+                        side=maker_side,
+                        price=price_text,
+                        size=fill_text,
+                        taker_time_in_force=taker_tif,
                         maker_time_in_force=maker.time_in_force,
                     )
                 )
@@ -353,9 +390,16 @@ class MatchingEngine:
                     seq += 1
                     append(
                         Done(
-                            sequence=seq, product_id=product_id, time=ts, order_id=maker.order_id,
-                            user_id=maker.user_id, remaining_size=zero_size, price=price_text, reason="filled",
-                            side=maker_side, time_in_force=maker.time_in_force,
+                            sequence=seq,
+                            product_id=product_id,
+                            time=ts,
+                            order_id=maker.order_id,
+                            user_id=maker.user_id,
+                            remaining_size=zero_size,
+                            price=price_text,
+                            reason="filled",
+                            side=maker_side,
+                            time_in_force=maker.time_in_force,
                         )
                     )
                 else:
@@ -420,17 +464,27 @@ class MatchingEngine:
         events.append(self._done(order, self._zero_size, self._zero_price, reason, ts))
         return events
 
-    def _fill(self, order: OrderMessage, maker: RestingOrder, level, fill: int, ts: int, events: list) -> None:
+    def _fill(
+        self, order: OrderMessage, maker: RestingOrder, level, fill: int, ts: int, events: list
+    ) -> None:
         """One match (and the maker's done if used up); the slow path shared by market buys."""
         self.sequence += 1
         self.trade_seq += 1
         maker_side = maker.side
         events.append(
             Match(
-                sequence=self.sequence, product_id=self.product_id, time=ts, trade_seq=self.trade_seq,
-                taker_order_id=order.id, maker_order_id=maker.order_id, taker_user_id=order.user_id,
-                maker_user_id=maker.user_id, side=maker_side, price=level.price_text,
-                size=self._size_text(fill), taker_time_in_force=order.time_in_force,
+                sequence=self.sequence,
+                product_id=self.product_id,
+                time=ts,
+                trade_seq=self.trade_seq,
+                taker_order_id=order.id,
+                maker_order_id=maker.order_id,
+                taker_user_id=order.user_id,
+                maker_user_id=maker.user_id,
+                side=maker_side,
+                price=level.price_text,
+                size=self._size_text(fill),
+                taker_time_in_force=order.time_in_force,
                 maker_time_in_force=maker.time_in_force,
             )
         )
@@ -443,9 +497,16 @@ class MatchingEngine:
             self.sequence += 1
             events.append(
                 Done(
-                    sequence=self.sequence, product_id=self.product_id, time=ts, order_id=maker.order_id,
-                    user_id=maker.user_id, remaining_size=self._zero_size, price=level.price_text,
-                    reason="filled", side=maker_side, time_in_force=maker.time_in_force,
+                    sequence=self.sequence,
+                    product_id=self.product_id,
+                    time=ts,
+                    order_id=maker.order_id,
+                    user_id=maker.user_id,
+                    remaining_size=self._zero_size,
+                    price=level.price_text,
+                    reason="filled",
+                    side=maker_side,
+                    time_in_force=maker.time_in_force,
                 )
             )
 
@@ -458,7 +519,14 @@ class MatchingEngine:
         level.size -= resting
         del self.book.index[maker.order_id]
         return Done(
-            sequence=sequence, product_id=self.product_id, time=ts, order_id=maker.order_id,
-            user_id=maker.user_id, remaining_size=self._size_text(resting), price=level.price_text,
-            reason="cancelled", side=maker.side, time_in_force=maker.time_in_force,
+            sequence=sequence,
+            product_id=self.product_id,
+            time=ts,
+            order_id=maker.order_id,
+            user_id=maker.user_id,
+            remaining_size=self._size_text(resting),
+            price=level.price_text,
+            reason="cancelled",
+            side=maker.side,
+            time_in_force=maker.time_in_force,
         )

@@ -31,7 +31,9 @@ def created_at_of(raw: bytes) -> int:
     return value if type(value) is int and 0 <= value < 2**63 else 0
 
 
-def replay_outcomes(engine: MatchingEngine, records: Iterable[tuple[bytes, int]]) -> Iterator[list[bytes] | DeadLetter]:
+def replay_outcomes(
+    engine: MatchingEngine, records: Iterable[tuple[bytes, int]]
+) -> Iterator[list[bytes] | DeadLetter]:
     """Per record, in order: the published bytes of its events, or its DeadLetter."""
     submit_raw = engine.submit_raw
     for raw, ts in records:

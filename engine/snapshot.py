@@ -80,7 +80,9 @@ def restore_into(engine: MatchingEngine, data: bytes) -> MatchingEngine:
     except msgspec.DecodeError as exc:
         raise SnapshotError("corrupt", str(exc)) from None
     if header.version != SNAPSHOT_VERSION:
-        raise SnapshotError("version_mismatch", f"snapshot v{header.version}, engine reads v{SNAPSHOT_VERSION}")
+        raise SnapshotError(
+            "version_mismatch", f"snapshot v{header.version}, engine reads v{SNAPSHOT_VERSION}"
+        )
     if engine.sequence or len(engine.book):
         raise ValueError("restore_into needs a fresh engine")
     if header.config_fingerprint != engine.fingerprint:

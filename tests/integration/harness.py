@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable
@@ -182,3 +183,31 @@ def check_stream(output: list[bytes], expected: list[bytes]) -> None:
     """The output, redelivered sequences dropped, equals the oracle; every duplicate is identical."""
     report = verify.check_stream(output, expected)
     assert report.ok, "stream invariants broken:\n" + "\n".join(report.problems)
+
+
+class NodeRestarter:
+    """Plays the StatefulSet controller: a node process that died is started again, same id."""
+
+    def __init__(self, cluster: Cluster, env: dict[str, str] | None = None) -> None:
+        self.cluster = cluster
+        self.env = env
+        self.restarts = 0
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stop_event.wait(0.2):
+            for node in list(self.cluster.nodes):
+                if node.process.poll() is not None and not any(
+                    n.node_id == node.node_id and n.process.poll() is None for n in self.cluster.nodes
+                ):
+                    self.cluster.start_node(node.node_id, self.env)
+                    self.restarts += 1
+
+    def __enter__(self) -> NodeRestarter:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        self.thread.join(5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import msgspec
+
 from engine.config import ProductConfig
 from engine.matching import MatchingEngine
 from engine.messages import DeadLetter, encode_event
@@ -25,8 +26,17 @@ def as_plain(event) -> dict:
 def order(oid: int, side: str, price: str | None = "10.00", size: str | None = "1", **kw) -> dict:
     """A wire order dict with orderbook-py's fields; keyword arguments override."""
     msg = {
-        "id": oid, "created_at": 0, "product_id": PRODUCT, "user_id": kw.pop("user_id", 1), "client_oid": "",
-        "price": price, "size": size, "funds": "0.00", "type": "limit", "side": side, "time_in_force": "GTC",
+        "id": oid,
+        "created_at": 0,
+        "product_id": PRODUCT,
+        "user_id": kw.pop("user_id", 1),
+        "client_oid": "",
+        "price": price,
+        "size": size,
+        "funds": "0.00",
+        "type": "limit",
+        "side": side,
+        "time_in_force": "GTC",
         "status": "new",
     }
     msg.update(kw)

@@ -18,7 +18,11 @@ def _dec(text, scale):
         return "invalid", None
     body = text[1:] if text.startswith("-") else text
     whole, _, frac = body.partition(".")
-    if not whole.isdigit() or not whole.isascii() or ("." in body and not (frac.isdigit() and frac.isascii())):
+    if (
+        not whole.isdigit()
+        or not whole.isascii()
+        or ("." in body and not (frac.isdigit() and frac.isascii()))
+    ):
         return "invalid", None
     value = Decimal(text)
     if value != value.quantize(Decimal(1).scaleb(-scale)) if scale else value != int(value):
@@ -29,8 +33,17 @@ def _dec(text, scale):
 class ReferenceBook:
     """The contract, executed the slow and obvious way."""
 
-    def __init__(self, product_id, base_scale, quote_scale, tick="0.01", lot="0.000001", min_size=None,
-                 min_funds=None, id_window=1_000_000):
+    def __init__(
+        self,
+        product_id,
+        base_scale,
+        quote_scale,
+        tick="0.01",
+        lot="0.000001",
+        min_size=None,
+        min_funds=None,
+        id_window=1_000_000,
+    ):
         self.product_id = product_id
         self.bs = base_scale
         self.qs = quote_scale
@@ -51,8 +64,17 @@ class ReferenceBook:
         return {"type": kind, "sequence": self.seq, "product_id": self.product_id, "time": ts, **fields}
 
     def _done(self, ts, order_id, user_id, remaining, price, reason, side, tif, reject=None):
-        ev = self._ev("done", ts, order_id=order_id, user_id=user_id, remaining_size=Decimal(remaining),
-                      price=Decimal(price), reason=reason, side=side, time_in_force=tif)
+        ev = self._ev(
+            "done",
+            ts,
+            order_id=order_id,
+            user_id=user_id,
+            remaining_size=Decimal(remaining),
+            price=Decimal(price),
+            reason=reason,
+            side=side,
+            time_in_force=tif,
+        )
         if reject:
             ev["reject_reason"] = reject
         return ev
@@ -133,7 +155,11 @@ class ReferenceBook:
             for o in self.resting:
                 if o["id"] == oid:
                     self.resting.remove(o)
-                    return [self._done(ts, oid, o["user"], o["remaining"], o["price"], "cancelled", o["side"], o["tif"])]
+                    return [
+                        self._done(
+                            ts, oid, o["user"], o["remaining"], o["price"], "cancelled", o["side"], o["tif"]
+                        )
+                    ]
             return []
         side = m.get("side")
         if side not in ("buy", "sell"):
@@ -150,7 +176,9 @@ class ReferenceBook:
         if reason:
             is_limit = m.get("type") == "limit"
             remaining = size if is_limit or side == "sell" else 0
-            return [self._done(ts, oid, user, remaining, price if is_limit else 0, "rejected", side, tif, reason)]
+            return [
+                self._done(ts, oid, user, remaining, price if is_limit else 0, "rejected", side, tif, reason)
+            ]
         events = []
         if m["type"] == "limit":
             return self._limit(m, oid, user, side, price, size, tif, ts)
@@ -172,8 +200,11 @@ class ReferenceBook:
             if best and self._crosses(side, price, best["price"]):
                 return [self._done(ts, oid, user, size, price, "cancelled", side, tif)]
         if tif == "FOK":
-            avail = sum(o["remaining"] for o in self.resting
-                        if o["side"] != side and self._crosses(side, price, o["price"]))
+            avail = sum(
+                o["remaining"]
+                for o in self.resting
+                if o["side"] != side and self._crosses(side, price, o["price"])
+            )
             if avail < size:
                 return [self._done(ts, oid, user, size, price, "cancelled", side, tif)]
         left, _, stopped = self._match(events, oid, user, side, tif, price, size, None, m.get("stp"), ts)
@@ -182,10 +213,29 @@ class ReferenceBook:
         elif stopped or tif in ("IOC", "FOK"):
             events.append(self._done(ts, oid, user, left, price, "cancelled", side, tif))
         else:
-            self.resting.append({"id": oid, "user": user, "side": side, "price": price, "remaining": left,
-                                 "tif": tif, "arrival": self.seq})
-            events.append(self._ev("open", ts, order_id=oid, user_id=user, remaining_size=left, price=price,
-                                   side=side, time_in_force=tif))
+            self.resting.append(
+                {
+                    "id": oid,
+                    "user": user,
+                    "side": side,
+                    "price": price,
+                    "remaining": left,
+                    "tif": tif,
+                    "arrival": self.seq,
+                }
+            )
+            events.append(
+                self._ev(
+                    "open",
+                    ts,
+                    order_id=oid,
+                    user_id=user,
+                    remaining_size=left,
+                    price=price,
+                    side=side,
+                    time_in_force=tif,
+                )
+            )
         return events
 
     def _match(self, events, oid, user, side, tif, limit, size, funds, stp, ts):
@@ -208,16 +258,38 @@ class ReferenceBook:
             if stp is not None and maker["user"] == user:
                 if stp in ("co", "cb"):
                     self.resting.remove(maker)
-                    events.append(self._done(ts, maker["id"], maker["user"], maker["remaining"], maker["price"],
-                                             "cancelled", maker["side"], maker["tif"]))
+                    events.append(
+                        self._done(
+                            ts,
+                            maker["id"],
+                            maker["user"],
+                            maker["remaining"],
+                            maker["price"],
+                            "cancelled",
+                            maker["side"],
+                            maker["tif"],
+                        )
+                    )
                 if stp in ("cn", "cb"):
                     return size, funds, True
                 continue
             self.trade += 1
-            events.append(self._ev("match", ts, trade_seq=self.trade, taker_order_id=oid,
-                                   maker_order_id=maker["id"], taker_user_id=user, maker_user_id=maker["user"],
-                                   side=maker["side"], price=maker["price"], size=fill,
-                                   taker_time_in_force=tif, maker_time_in_force=maker["tif"]))
+            events.append(
+                self._ev(
+                    "match",
+                    ts,
+                    trade_seq=self.trade,
+                    taker_order_id=oid,
+                    maker_order_id=maker["id"],
+                    taker_user_id=user,
+                    maker_user_id=maker["user"],
+                    side=maker["side"],
+                    price=maker["price"],
+                    size=fill,
+                    taker_time_in_force=tif,
+                    maker_time_in_force=maker["tif"],
+                )
+            )
             maker["remaining"] -= fill
             if size is not None:
                 size -= fill
@@ -225,5 +297,15 @@ class ReferenceBook:
                 funds -= fill * maker["price"]
             if maker["remaining"] == 0:
                 self.resting.remove(maker)
-                events.append(self._done(ts, maker["id"], maker["user"], 0, maker["price"], "filled",
-                                         maker["side"], maker["tif"]))
+                events.append(
+                    self._done(
+                        ts,
+                        maker["id"],
+                        maker["user"],
+                        0,
+                        maker["price"],
+                        "filled",
+                        maker["side"],
+                        maker["tif"],
+                    )
+                )

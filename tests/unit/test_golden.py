@@ -38,13 +38,22 @@ def test_worked_example_via_replay_lines():
     lines = (GOLDEN / "worked_example.in.jsonl").read_bytes().splitlines()
     out = list(replay_lines(config, [(raw, created_at_of(raw)) for raw in lines]))
     assert [_plain(b) for b in out] == _expected()
-    golden_keys = [list(msgspec.json.decode(b)) for b in (GOLDEN / "worked_example.out.jsonl").read_bytes().splitlines()]
+    golden_keys = [
+        list(msgspec.json.decode(b)) for b in (GOLDEN / "worked_example.out.jsonl").read_bytes().splitlines()
+    ]
     assert [list(msgspec.json.decode(b)) for b in out] == golden_keys  # orderbook-py's key order
 
 
 def test_replay_cli_on_worked_example():
     result = CliRunner().invoke(
-        replay, ["--product", "BTC-USD", "--config", "configs/products.toml", str(GOLDEN / "worked_example.in.jsonl")]
+        replay,
+        [
+            "--product",
+            "BTC-USD",
+            "--config",
+            "configs/products.toml",
+            str(GOLDEN / "worked_example.in.jsonl"),
+        ],
     )
     assert result.exit_code == 0, result.output
     lines = result.stdout_bytes.splitlines()

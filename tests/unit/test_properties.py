@@ -36,7 +36,9 @@ new_order = st.tuples(
     st.sampled_from([None] * 6 + ["co", "cn", "cb"]),
 )
 step = st.one_of(
-    new_order, new_order, new_order,
+    new_order,
+    new_order,
+    new_order,
     st.tuples(st.just("cancel"), st.integers(min_value=0, max_value=60)),
     st.tuples(st.just("dup"), st.integers(min_value=0, max_value=60)),
 )
@@ -49,9 +51,20 @@ def wire_stream(steps) -> list[dict]:
     for s in steps:
         if s[0] == "new":
             _, side, kind, price, size, funds, tif, user, stp = s
-            msg = {"id": next_id, "created_at": next_id * 1_000_000, "product_id": "BTC-USD", "user_id": user,
-                   "client_oid": "", "price": price, "size": f"{size / 1000:.3f}", "funds": funds, "type": kind,
-                   "side": side, "time_in_force": tif, "status": "new"}
+            msg = {
+                "id": next_id,
+                "created_at": next_id * 1_000_000,
+                "product_id": "BTC-USD",
+                "user_id": user,
+                "client_oid": "",
+                "price": price,
+                "size": f"{size / 1000:.3f}",
+                "funds": funds,
+                "type": kind,
+                "side": side,
+                "time_in_force": tif,
+                "status": "new",
+            }
             if stp:
                 msg["stp"] = stp
             out.append(msg)
@@ -136,12 +149,27 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=5,
 )
-FIELDS = ["id", "created_at", "product_id", "user_id", "client_oid", "price", "size", "funds", "type", "side",
-          "time_in_force", "status", "stp"]
+FIELDS = [
+    "id",
+    "created_at",
+    "product_id",
+    "user_id",
+    "client_oid",
+    "price",
+    "size",
+    "funds",
+    "type",
+    "side",
+    "time_in_force",
+    "status",
+    "stp",
+]
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.sampled_from(FIELDS), json_values | st.sampled_from(["buy", "sell", "limit", "new"])))
+@given(
+    st.dictionaries(st.sampled_from(FIELDS), json_values | st.sampled_from(["buy", "sell", "limit", "new"]))
+)
 def test_no_exception_for_any_object(obj):
     engine = _engine()
     out = engine.submit_raw(msgspec.json.encode(obj), 0)

@@ -202,7 +202,12 @@ def _stp_book(mode):
 
 def test_rule_11_stp_cancel_oldest():
     h, events = _stp_book("co")
-    assert kinds(events) == [("done", 1, "cancelled"), ("match", 2, None), ("done", 2, "filled"), ("open", 3, None)]
+    assert kinds(events) == [
+        ("done", 1, "cancelled"),
+        ("match", 2, None),
+        ("done", 2, "filled"),
+        ("open", 3, None),
+    ]
     assert events[0]["remaining_size"] == D(1) and events[-1]["remaining_size"] == D(1)
 
 
@@ -222,7 +227,11 @@ def test_rule_11_stp_only_when_reached(book):
     book.send(order(1, "sell", "10.00", "1", user_id=8))
     book.send(order(2, "sell", "10.01", "1", user_id=7))
     events = book.send(order(3, "buy", "10.00", "2", user_id=7, stp="cn"))
-    assert kinds(events) == [("match", 1, None), ("done", 1, "filled"), ("open", 3, None)]  # 10.01 not reached
+    assert kinds(events) == [
+        ("match", 1, None),
+        ("done", 1, "filled"),
+        ("open", 3, None),
+    ]  # 10.01 not reached
     events = book.send(order(5, "buy", None, None, type="market", funds="10.00", user_id=7, stp="cn"))
     # the market buy reaches order 2 (same user) and ends: price 0, remaining 0, cancelled
     assert kinds(events) == [("done", 5, "cancelled")] and events[0]["price"] == 0

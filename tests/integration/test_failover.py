@@ -1,0 +1,296 @@
+"""Failover with several nodes on one machine: kills, node loss, pauses, Redis restarts, drills.
+
+Every test ends with the stream check: the output, redelivered sequences dropped, equals replay
+of the input, and every duplicate is byte-identical (so two leaders never published different
+events for one sequence).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import msgspec
+import pytest
+
+from cluster.embedded import redis_server
+from cluster.kafka_io import message_topic, order_topic
+from cluster.send import produce_orders
+from cluster.verify import read_records
+from cluster.workload import generate_orders
+from engine.config import load_products
+from tests.integration.harness import (
+    Cluster,
+    NodeRestarter,
+    check_stream,
+    oracle_events,
+    read_input,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+ADMIN_TOKEN = "test-admin-token"
+
+
+class Load(threading.Thread):
+    """Steady order flow in small chunks, until stopped; counts what it sent."""
+
+    def __init__(self, bootstrap: str, product: str, total: int, chunk: int = 500) -> None:
+        super().__init__(daemon=True)
+        encoder = msgspec.json.Encoder()
+        self.orders = [encoder.encode(o) for o in generate_orders(product, total, seed=11)]
+        self.bootstrap, self.product, self.chunk = bootstrap, product, chunk
+        self.sent = 0
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while self.sent < len(self.orders) and not self.stop_event.is_set():
+            part = self.orders[self.sent : self.sent + self.chunk]
+            self.sent += produce_orders(self.bootstrap, self.product, part)
+            self.stop_event.wait(0.05)  # pacing the offered load
+
+    def finish(self) -> int:
+        self.stop_event.set()
+        self.join(60)
+        return self.sent
+
+
+def epochs_in_output(bootstrap: str, product: str) -> dict[int, list[int]]:
+    """Sequences published under each epoch (from the records' epoch header)."""
+    by_epoch: dict[int, list[int]] = {}
+    for _, value, _, headers in read_records(bootstrap, message_topic(product), idle_s=2):
+        epoch = int(dict(headers).get("epoch", b"0"))
+        by_epoch.setdefault(epoch, []).append(json.loads(value)["sequence"])
+    return by_epoch
+
+
+def verify(services, cluster: Cluster, product: str, sent: int) -> None:
+    records = read_input(services.bootstrap, order_topic(product), sent)
+    expected = oracle_events(load_products(cluster.config)[product], records)
+    output = wait_until(
+        lambda: (
+            (vals := [v for _, v, _, _ in read_records(services.bootstrap, message_topic(product), idle_s=1)])
+            and len({json.loads(v)["sequence"] for v in vals}) >= len(expected)
+            and vals
+        ),
+        120,
+        f"{len(expected)} events on {message_topic(product)}",
+        interval_s=0.5,
+    )
+    check_stream(output, expected)
+
+
+@pytest.fixture
+def cluster_factory(services, tmp_path):
+    made: list[Cluster] = []
+
+    def make(products, redis_services=None) -> Cluster:
+        cluster = Cluster(redis_services or services, tmp_path, products)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.stop_all()
+
+
+def standby_caught_up(node, product):
+    status = node.product_status(product)
+    return status.get("role") == "standby" and status.get("caught_up")
+
+
+def test_kill_leader_process_hot_standby_takes_over(services, cluster_factory, product):
+    cluster = cluster_factory([product])
+    n1, n2 = cluster.start_node("n1"), cluster.start_node("n2")
+    leader, pid = cluster.wait_leader(product)
+    other = n2 if leader is n1 else n1
+    wait_until(lambda: standby_caught_up(other, product), 30, "a caught-up standby")
+    load = Load(services.bootstrap, product, 20_000)
+    load.start()
+    wait_until(lambda: load.sent >= 5_000, 60, "load to flow")
+    os.kill(pid, signal.SIGKILL)
+    new_leader, new_pid = wait_until(
+        lambda: (found := cluster.wait_leader(product)) and found[1] != pid and found, 30, "a new leader"
+    )
+    sent = load.finish()
+    verify(services, cluster, product, sent)
+    assert len(epochs_in_output(services.bootstrap, product)) >= 2
+
+
+def test_kill_whole_leader_node(services, cluster_factory, product):
+    cluster = cluster_factory([product])
+    n1, n2 = cluster.start_node("n1"), cluster.start_node("n2")
+    leader, _ = cluster.wait_leader(product)
+    other = n2 if leader is n1 else n1
+    wait_until(lambda: standby_caught_up(other, product), 30, "a caught-up standby")
+    load = Load(services.bootstrap, product, 15_000)
+    load.start()
+    wait_until(lambda: load.sent >= 4_000, 60, "load to flow")
+    os.killpg(leader.process.pid, signal.SIGKILL)  # supervisor and its product processes, no goodbye
+    leader.process.wait(10)
+    wait_until(lambda: other.product_pid(product, role="leader"), 30, "the other node to lead")
+    sent = load.finish()
+    verify(services, cluster, product, sent)
+
+
+def test_paused_leader_is_fenced_and_comes_back_as_standby(services, cluster_factory, product):
+    cluster = cluster_factory([product])
+    n1, n2 = cluster.start_node("n1"), cluster.start_node("n2")
+    leader, pid = cluster.wait_leader(product)
+    other = n2 if leader is n1 else n1
+    wait_until(lambda: standby_caught_up(other, product), 30, "a caught-up standby")
+    load = Load(services.bootstrap, product, 15_000)
+    load.start()
+    wait_until(lambda: load.sent >= 4_000, 60, "load to flow")
+    old_epoch = leader.product_status(product)["epoch"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: other.product_pid(product, role="leader"), 30, "the standby to lead while paused")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # The woken ex-leader sees its lease clock expired, publishes nothing new and returns as standby.
+    wait_until(lambda: leader.product_pid(product) not in (None, pid), 30, "the ex-leader to restart")
+    wait_until(lambda: standby_caught_up(leader, product), 30, "the ex-leader to be a standby")
+    sent = load.finish()
+    verify(services, cluster, product, sent)
+    by_epoch = epochs_in_output(services.bootstrap, product)
+    new_epochs = [e for e in by_epoch if e > old_epoch]
+    assert new_epochs, "the standby published under a new epoch"
+    first_new = min(min(by_epoch[e]) for e in new_epochs)
+    # Anything the old epoch published at or after the takeover point is a duplicate (checked
+    # byte-identical by verify); it must not extend past what the new leader also published.
+    assert max(by_epoch[old_epoch]) < first_new + 100_000
+
+
+def test_redis_restart_under_load_recovers_by_itself(services, cluster_factory, product, tmp_path):
+    own_redis = redis_server(tmp_path / "redis")
+    own_redis.start()
+    try:
+
+        class Services:
+            bootstrap = services.bootstrap
+            redis_url = f"redis://127.0.0.1:{own_redis.port}/0"
+
+        cluster = cluster_factory([product], Services)
+        cluster.start_node("n1")
+        cluster.start_node("n2")
+        cluster.wait_leader(product)
+        load = Load(services.bootstrap, product, 15_000)
+        load.start()
+        wait_until(lambda: load.sent >= 4_000, 60, "load to flow")
+        own_redis.kill()
+        own_redis.start()
+        wait_until(lambda: load.sent >= 10_000, 60, "load to continue")
+        sent = load.finish()
+        verify(Services, cluster, product, sent)
+        cluster.wait_leader(product)
+    finally:
+        own_redis.stop()
+
+
+def test_drill_kill_reports_takeover_and_a_clean_stream(services, cluster_factory, product, tmp_path):
+    cluster = cluster_factory([product])
+    env = {"ORDERBOOK_CLUSTER_START_ADMIN_TOKEN": ADMIN_TOKEN}
+    n1, n2 = cluster.start_node("n1", env), cluster.start_node("n2", env)
+    leader, _ = cluster.wait_leader(product)
+    other = n2 if leader is n1 else n1
+    wait_until(lambda: standby_caught_up(other, product), 30, "a caught-up standby")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cluster",
+            "drill",
+            "--kafka",
+            services.bootstrap,
+            "--redis",
+            services.redis_url,
+            "--config",
+            str(cluster.config),
+            "--product",
+            product,
+            "--fault",
+            "kill",
+            "--rounds",
+            "5",
+            "--rate",
+            "300",
+            "--admin-token",
+            ADMIN_TOKEN,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    report = json.loads(result.stdout)
+    assert report["stream"]["ok"], report["stream"]
+    assert report["takeover"]["rounds_ok"] == 5
+    assert all(r["new_epoch"] > r["old_epoch"] for r in report["rounds"])
+    print("drill kill takeover ms:", report["takeover"])  # the figure goes to the note, not an assertion
+
+
+def test_admin_endpoint_refuses_without_the_token(services, cluster_factory, product):
+    cluster = cluster_factory([product])
+    node = cluster.start_node("n1", {"ORDERBOOK_CLUSTER_START_ADMIN_TOKEN": ADMIN_TOKEN})
+    _, pid = cluster.wait_leader(product)
+    import urllib.request
+
+    body = json.dumps({"fault": "kill", "product": product}).encode()
+    for token in (None, "wrong"):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{node.http_port}/admin/fault", data=body, headers=headers, method="POST"
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+        assert refused.value.code == 403
+    assert node.product_pid(product) == pid, "a refused fault must not touch the process"
+
+
+def test_drill_node_kill_with_nodes_restarted_like_a_statefulset(services, cluster_factory, product):
+    cluster = cluster_factory([product])
+    env = {"ORDERBOOK_CLUSTER_START_ADMIN_TOKEN": ADMIN_TOKEN}
+    for node_id in ("n1", "n2", "n3"):
+        cluster.start_node(node_id, env)
+    cluster.wait_leader(product)
+    with NodeRestarter(cluster, env) as restarter:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cluster",
+                "drill",
+                "--kafka",
+                services.bootstrap,
+                "--redis",
+                services.redis_url,
+                "--config",
+                str(cluster.config),
+                "--product",
+                product,
+                "--fault",
+                "node-kill",
+                "--rounds",
+                "5",
+                "--rate",
+                "300",
+                "--admin-token",
+                ADMIN_TOKEN,
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    report = json.loads(result.stdout)
+    assert report["stream"]["ok"], report["stream"]
+    assert report["takeover"]["rounds_ok"] == 5
+    assert restarter.restarts >= 5
+    print("drill node-kill takeover ms:", report["takeover"], [(r["takeover_ms"], r["seen_ms"]) for r in report["rounds"]])
