@@ -16,24 +16,25 @@ from collections import deque
 from collections.abc import Iterator
 from heapq import heappop, heappush
 
+import msgspec
+
 BUY = "buy"
 SELL = "sell"
 
 
-class RestingOrder:
-    """A limit order on the book; `remaining` is mutable, 0 means it has left the queue."""
+class RestingOrder(msgspec.Struct, gc=False):
+    """A limit order on the book; `remaining` is mutable, 0 means it has left the queue.
 
-    __slots__ = ("order_id", "user_id", "side", "price", "remaining", "time_in_force")
+    A msgspec Struct rather than a __slots__ class: it is built once per resting order and
+    msgspec builds it about twice as fast; gc=False is safe as it holds only ints and strs.
+    """
 
-    def __init__(
-        self, order_id: int, user_id: int, side: str, price: int, remaining: int, time_in_force: str
-    ):
-        self.order_id = order_id
-        self.user_id = user_id
-        self.side = side
-        self.price = price
-        self.remaining = remaining
-        self.time_in_force = time_in_force
+    order_id: int
+    user_id: int
+    side: str
+    price: int
+    remaining: int
+    time_in_force: str
 
 
 class Level:

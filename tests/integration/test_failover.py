@@ -293,4 +293,8 @@ def test_drill_node_kill_with_nodes_restarted_like_a_statefulset(services, clust
     assert report["stream"]["ok"], report["stream"]
     assert report["takeover"]["rounds_ok"] == 5
     assert restarter.restarts >= 5
-    print("drill node-kill takeover ms:", report["takeover"], [(r["takeover_ms"], r["seen_ms"]) for r in report["rounds"]])
+    print(
+        "drill node-kill takeover ms:",
+        report["takeover"],
+        [(r["takeover_ms"], r["seen_ms"]) for r in report["rounds"]],
+    )
