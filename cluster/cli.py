@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from cluster.bench_core import core as bench_core
+from cluster.bench_e2e import e2e as bench_e2e
 from cluster.http_api import DEFAULT_HTTP_PORT
 from cluster.replay import replay
 from cluster.settings import SettingsError, redact_url
@@ -298,6 +299,7 @@ def bench() -> None:
 
 
 bench.add_command(bench_core, "core")
+bench.add_command(bench_e2e, "e2e")
 cli.add_command(replay)
 
 __all__ = ["cli", "main", "redact_url"]

@@ -153,7 +153,8 @@ class OutputWatcher(threading.Thread):
         self.consumer.assign([TopicPartition(message_topic(product), 0, 0)])
         self.values: list[bytes] = []
         self.first_seen: dict[int, tuple[float, str]] = {}
-        self.first_stamp: dict[int, int] = {}  # epoch -> broker timestamp (ms) of its first event
+        self.first_stamp: dict[int, int] = {}
+        self.epoch = 0  # of the latest record that carried an epoch header  # epoch -> broker timestamp (ms) of its first event
         self.max_sequence = 0
         self.last_arrival: float = 0.0
         self.produced_after: list[tuple[float, int]] = []  # (arrival, record timestamp ms)
@@ -171,7 +172,9 @@ class OutputWatcher(threading.Thread):
                     value = msg.value() or b""
                     self.values.append(value)
                     headers = dict(msg.headers() or [])
-                    epoch = int(headers.get("epoch", b"0") or 0)
+                    if "epoch" in headers:  # on the first event of each leader batch
+                        self.epoch = int(headers["epoch"])
+                    epoch = self.epoch
                     if epoch not in self.first_seen:
                         self.first_seen[epoch] = (now, headers.get("node", b"").decode())
                         self.first_stamp[epoch] = msg.timestamp()[1]

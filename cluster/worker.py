@@ -163,7 +163,9 @@ class ProductWorker:
             submit_raw = engine.submit_raw
             produce = self.producer.produce
             topic = self.message_topic
-            headers = leader.headers if leader else None
+            # The epoch/node headers go on the first event of each batch only: they cost more
+            # than the rest of produce(), and a batch has one leader.
+            mark = leader.headers if leader else None
             suppress = leader.suppress_upto if leader else None
             for offset, raw, ts in records:
                 result = submit_raw(raw, ts)
@@ -175,10 +177,16 @@ class ProductWorker:
                 if leader is not None:
                     for event in result:
                         if event.sequence > suppress:
+                            value = encode_event(event)
                             try:
-                                produce(topic, encode_event(event), headers=headers)
+                                if mark is None:
+                                    produce(topic, value)
+                                else:
+                                    produce(topic, value, headers=mark)
+                                    mark = None
                             except BufferError:
-                                self._produce_when_room(topic, encode_event(event), headers)
+                                self._produce_when_room(topic, value, mark)
+                                mark = None
         count = len(records)
         self.next_offset = records[-1][0] + 1
         self.orders_since_snapshot += count

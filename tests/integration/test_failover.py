@@ -62,8 +62,9 @@ class Load(threading.Thread):
 def epochs_in_output(bootstrap: str, product: str) -> dict[int, list[int]]:
     """Sequences published under each epoch (from the records' epoch header)."""
     by_epoch: dict[int, list[int]] = {}
+    epoch = 0
     for _, value, _, headers in read_records(bootstrap, message_topic(product), idle_s=2):
-        epoch = int(dict(headers).get("epoch", b"0"))
+        epoch = int(dict(headers).get("epoch", epoch))  # headed: the first event of each batch
         by_epoch.setdefault(epoch, []).append(json.loads(value)["sequence"])
     return by_epoch
 

@@ -1,0 +1,43 @@
+"""`bench e2e --json` runs end to end on tiny sizes and reports every figure, consistently.
+
+Figures only: no timing thresholds here (the targets are benchmark figures, see docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from cluster.bench_e2e import e2e
+
+pytestmark = pytest.mark.integration
+
+PRODUCT_FIELDS = {"orders_per_s", "seconds", "events", "cpu_cores", "cpu_us_per_order", "peak_rss_mb", "pid"}
+LATENCY_FIELDS = {"offered_per_product_per_s", "p50_ms", "p99_ms", "p999_ms", "max_ms", "orders_measured"}
+
+
+def test_bench_e2e_json_has_every_figure(services):
+    args = ["--products", "2", "--orders", "2000", "--rate", "500", "--seconds", "1", "--json"]
+    args += ["--kafka", services.bootstrap, "--redis", services.redis_url]
+    result = CliRunner().invoke(e2e, args)
+    assert result.exit_code == 0, result.stderr + str(result.exception)
+    report = json.loads(result.stdout)
+    assert report["products"] == 2 and report["orders_per_product"] == 2000
+    for mode in ("passthrough", "engine"):
+        run = report[mode]
+        assert len(run["products"]) == 2, f"{mode}: {run['products']}"
+        for product, figures in run["products"].items():
+            assert PRODUCT_FIELDS <= figures.keys(), f"{mode} {product}: {figures}"
+            assert figures["orders_per_s"] > 0 and figures["peak_rss_mb"] > 0, f"{mode} {product}: {figures}"
+            assert figures["events"] >= (2000 if mode == "passthrough" else 1), f"{mode} {product}: {figures}"
+        assert run["total_orders_per_s"] == sum(f["orders_per_s"] for f in run["products"].values())
+        latency = run["latency"]
+        assert LATENCY_FIELDS <= latency.keys(), f"{mode}: {latency}"
+        assert latency["orders_measured"] > 0, f"{mode}: {latency}"
+        assert 0 <= latency["p50_ms"] <= latency["p99_ms"] <= latency["p999_ms"] <= latency["max_ms"], latency
+    comparison = report["comparison"]
+    assert comparison["throughput_engine_over_passthrough"] > 0
+    assert isinstance(comparison["throughput_at_least_half_of_passthrough"], bool)
+    assert isinstance(comparison["p99_at_most_twice_passthrough"], bool)
