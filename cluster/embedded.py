@@ -14,7 +14,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +85,7 @@ class LocalServer:
     port: int
     log_path: Path
     is_ready: Callable[[], bool]
+    env: dict[str, str] | None = None
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> None:
@@ -95,6 +98,7 @@ class LocalServer:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                env={**os.environ, **self.env} if self.env else None,
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -163,10 +167,16 @@ def _redis_answers(port: int) -> bool:
         return False
 
 
-def tansu_server(state_dir: Path, port: int | None = None) -> LocalServer:
-    """A Tansu broker on 127.0.0.1 (memory storage: its data lives as long as the process)."""
+def tansu_server(state_dir: Path, port: int | None = None, s3_endpoint: str | None = None) -> LocalServer:
+    """A Tansu broker on 127.0.0.1.
+
+    Memory storage by default: its data lives as long as the process. With `s3_endpoint` (a local
+    S3 server, see `s3_server`) its data survives a broker restart, for restart drills and tests;
+    fetches then slow down as stored batches pile up, so it is not the embedded default.
+    """
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
+    storage = "s3://tansu/" if s3_endpoint else "memory://tansu/"
     argv = [
         find_tansu_binary(),
         "broker",
@@ -175,15 +185,47 @@ def tansu_server(state_dir: Path, port: int | None = None) -> LocalServer:
         "--advertised-listener-url",
         url,
         "--storage-engine",
-        "memory://tansu/",
+        storage,
     ]
+    env = None
+    if s3_endpoint:
+        # Local, throwaway credentials: without them the S3 client looks for cloud credentials.
+        env = {
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT": s3_endpoint,
+            "AWS_ALLOW_HTTP": "true",
+        }
     bootstrap = f"127.0.0.1:{port}"
     return LocalServer(
         "tansu",
         argv,
         port,
-        state_dir / "tansu.log",
+        state_dir / f"tansu-{port}.log",
         is_ready=lambda: _tcp_open(port) and _kafka_answers(bootstrap),
+        env=env,
+    )
+
+
+def s3_server(state_dir: Path, port: int | None = None, bucket: str = "tansu") -> LocalServer:
+    """A local S3 server (moto, from the `test` extra) holding the broker's data in its memory."""
+    port = port or free_port()
+    binary = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    endpoint = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if not _tcp_open(port):
+            return False
+        request = urllib.request.Request(f"{endpoint}/{bucket}", method="PUT")
+        try:
+            with urllib.request.urlopen(request, timeout=1) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    return LocalServer(
+        "s3", [binary, "-H", "127.0.0.1", "-p", str(port)], port, state_dir / f"s3-{port}.log", ready
     )
 
 

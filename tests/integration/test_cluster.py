@@ -274,3 +274,65 @@ def test_sigterm_of_embedded_start_stops_everything_within_10s(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+
+
+def test_drill_redis_restart_on_the_embedded_default(tmp_path):
+    """The newcomer's path: `start` on the embedded default, then a drill that restarts its Redis."""
+    state = tmp_path / "state"
+    log = open(tmp_path / "start.log", "wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cluster",
+            "start",
+            "--products",
+            "DRILL-USD",
+            "--http-port",
+            "0",
+            "--state-dir",
+            str(state),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: (state / "embedded.json").exists(), 60, "the embedded servers")
+        wait_until(lambda: "leader product=DRILL-USD" in (tmp_path / "start.log").read_text(), 60, "a leader")
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cluster",
+                "drill",
+                "--state-dir",
+                str(state),
+                "--product",
+                "DRILL-USD",
+                "--fault",
+                "redis-restart",
+                "--rounds",
+                "2",
+                "--rate",
+                "300",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+        report = json.loads(result.stdout)
+        assert report["stream"]["ok"] and report["stream"]["distinct"] > 0, report["stream"]
+        assert report["takeover"]["rounds_ok"] == 2
+        assert (tmp_path / "start.log").read_text().count("fault: server restarted name=redis") == 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        log.close()

@@ -17,7 +17,7 @@ import threading
 import msgspec
 import pytest
 
-from cluster.embedded import redis_server
+from cluster.embedded import redis_server, s3_server, tansu_server
 from cluster.kafka_io import message_topic, order_topic
 from cluster.send import produce_orders
 from cluster.verify import read_records
@@ -193,7 +193,42 @@ def test_redis_restart_under_load_recovers_by_itself(services, cluster_factory, 
         own_redis.stop()
 
 
-def test_drill_kill_reports_takeover_and_a_clean_stream(services, cluster_factory, product, tmp_path):
+def test_broker_restart_under_load_recovers_by_itself(services, cluster_factory, product, tmp_path):
+    """A broker whose data survives restarts (S3 storage); stopped and started again under load.
+
+    The restart is a clean stop: this broker build can lose acknowledged records when SIGKILLed
+    mid-write, a broker bug no client can make up for (see the note in docs/exactly-once.md).
+    """
+    s3 = s3_server(tmp_path)
+    s3.start()
+    broker = tansu_server(tmp_path, s3_endpoint=f"http://127.0.0.1:{s3.port}")
+    broker.start()
+    try:
+
+        class Services:
+            bootstrap = f"127.0.0.1:{broker.port}"
+            redis_url = services.redis_url
+
+        cluster = cluster_factory([product], Services)
+        cluster.start_node("n1")
+        cluster.start_node("n2")
+        cluster.wait_leader(product)
+        load = Load(Services.bootstrap, product, 3_000, chunk=300)
+        load.start()
+        wait_until(lambda: load.sent >= 900, 60, "load to flow")
+        broker.stop()
+        broker.start()
+        wait_until(lambda: load.sent >= 2_400, 90, "load to continue after the restart")
+        sent = load.finish()
+        verify(Services, cluster, product, sent)
+        cluster.wait_leader(product)
+    finally:
+        broker.stop()
+        s3.stop()
+
+
+@pytest.mark.parametrize("fault", ["kill", "pause"])
+def test_drill_reports_takeover_and_a_clean_stream(services, cluster_factory, product, fault):
     cluster = cluster_factory([product])
     env = {"ORDERBOOK_CLUSTER_START_ADMIN_TOKEN": ADMIN_TOKEN}
     n1, n2 = cluster.start_node("n1", env), cluster.start_node("n2", env)
@@ -215,7 +250,7 @@ def test_drill_kill_reports_takeover_and_a_clean_stream(services, cluster_factor
             "--product",
             product,
             "--fault",
-            "kill",
+            fault,
             "--rounds",
             "5",
             "--rate",
@@ -233,7 +268,7 @@ def test_drill_kill_reports_takeover_and_a_clean_stream(services, cluster_factor
     assert report["stream"]["ok"], report["stream"]
     assert report["takeover"]["rounds_ok"] == 5
     assert all(r["new_epoch"] > r["old_epoch"] for r in report["rounds"])
-    print("drill kill takeover ms:", report["takeover"])  # the figure goes to the note, not an assertion
+    print(f"drill {fault} takeover ms:", report["takeover"])  # the figure goes to the note, not an assertion
 
 
 def test_admin_endpoint_refuses_without_the_token(services, cluster_factory, product):
