@@ -21,7 +21,7 @@ from cluster.bench_core import core as bench_core
 from cluster.bench_e2e import e2e as bench_e2e
 from cluster.http_api import DEFAULT_HTTP_PORT
 from cluster.replay import replay
-from cluster.settings import SettingsError, redact_url
+from cluster.settings import SettingsError, parse_timing, redact_url
 
 DEFAULT_STATE_DIR = Path(".orderbook-cluster")
 PACKAGED_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "products.toml"
@@ -102,6 +102,13 @@ def cli() -> None:
     default=None,
     help="Bearer token of the admin (fault-injection) endpoint; unset: off (embedded default: generated).",
 )
+@click.option(
+    "--tune",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Override a timing knob, e.g. snapshot_every_orders=50000, lease_ttl_ms=1000, consume_batch=5000 "
+    "(see cluster/settings.py Timing; an unknown name is an error).",
+)
 @click.option("--passthrough", is_flag=True, hidden=True, help="Benchmarks only: copy input to output.")
 @click.option("--log-level", default="INFO")
 def start(
@@ -116,6 +123,7 @@ def start(
     state_dir,
     advertise_host,
     admin_token,
+    tune,
     passthrough,
     log_level,
 ) -> None:
@@ -139,6 +147,7 @@ def start(
             state_dir=state_dir,
             advertise_host=advertise_host,
             passthrough=passthrough,
+            timing=parse_timing(tune),
             admin_token=admin_token or (None if kafka and redis else secrets.token_urlsafe(24)),
         )
     except SettingsError as exc:

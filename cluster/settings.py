@@ -6,7 +6,7 @@ Secrets (SASL passwords, Redis AUTH) live here but never in logs: `redacted()` i
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -44,6 +44,26 @@ class Timing:
             raise SettingsError("lease_renew_ms must be at most a third of lease_ttl_ms")
         if self.lease_safety_ms + self.lease_renew_ms >= self.lease_ttl_ms:
             raise SettingsError("lease_safety_ms + lease_renew_ms must be below lease_ttl_ms")
+
+
+def parse_timing(overrides: tuple[str, ...] | list[str]) -> Timing:
+    """Timing with `name=value` overrides; unknown names and bad values are errors."""
+    known = {f.name: f.type for f in fields(Timing)}
+    values: dict[str, int | float] = {}
+    for item in overrides:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or name not in known:
+            raise SettingsError(
+                f"--tune {item!r}: expected NAME=VALUE with NAME one of {', '.join(sorted(known))}"
+            )
+        try:
+            values[name] = float(text) if known[name] in (float, "float") else int(text)
+        except ValueError as exc:
+            raise SettingsError(f"--tune {item!r}: {text!r} is not a number") from exc
+        if values[name] <= 0:
+            raise SettingsError(f"--tune {item!r}: must be positive")
+    return Timing(**values)
 
 
 @dataclass(frozen=True)

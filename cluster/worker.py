@@ -22,14 +22,13 @@ import logging
 import os
 import signal
 import time
-import zlib
-from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, TopicPartition
 
 from cluster import kafka_io
 from cluster import metrics as m
-from cluster.redis_state import NODES_KEY, ProductRedis, SnapshotEnvelope, async_client, status_key
+from cluster.lease import Demoted, Leadership, LeaseKeeper
+from cluster.redis_state import ProductRedis, SnapshotEnvelope, async_client, status_key
 from cluster.settings import NodeSettings
 from engine.matching import DeadLetter, MatchingEngine
 from engine.messages import encode_event
@@ -44,39 +43,8 @@ SNAPSHOT_FORMAT = 1
 STANDBY_READ_AHEAD = 200_000
 
 
-class Demoted(Exception):
-    """The lease is gone or can no longer be trusted: restart as a standby."""
-
-
 class ConfigMismatch(Exception):
     """State in Redis was made under other product settings: refuse to lead from it."""
-
-
-def preferred_node(product: str, live_nodes: list[str]) -> str | None:
-    """Spread leaders over nodes: a stable hash of the product picks one live node."""
-    if not live_nodes:
-        return None
-    ordered = sorted(live_nodes)
-    return ordered[zlib.crc32(product.encode()) % len(ordered)]
-
-
-@dataclass
-class Leadership:
-    """What a leader knows: its lease value and where publishing resumes."""
-
-    epoch: int
-    lease_value: str
-    suppress_upto: int
-    dlq_from_offset: int
-    valid_until: float
-    delivered_seq: int
-    headers: list = field(default_factory=list)
-    dlq_produced: int = 0
-    dlq_delivered: int = 0
-    # (next input offset, last sequence, dlq records produced) at each batch end, oldest first
-    batch_marks: collections.deque = field(default_factory=collections.deque)
-    progress: tuple[int, int] = (0, 0)
-    written_progress: tuple[int, int] = (-1, -1)
 
 
 class ProductWorker:
@@ -102,8 +70,6 @@ class ProductWorker:
         self.last_snapshot_at = time.monotonic()
         self.pending_snapshot: SnapshotEnvelope | None = None
         self.snapshot_written_at: float | None = None
-        self.lease_free_since: float | None = None
-        self.started_at = time.monotonic()
         self.events_delivered = 0
         self.counted = (0, 0, 0, 0)
         self.fatal_demotion: str | None = None
@@ -343,91 +309,12 @@ class ProductWorker:
         if self.leader is not None and time.monotonic() > self.leader.valid_until:
             raise Demoted("lease renewal overdue")
 
-    # ---- lease, progress, snapshot, status: background tasks --------------------------------
-    async def lease_task(self) -> None:
-        """Renew as leader; as standby, follow progress and take the lease when it is free."""
-        t = self.timing
-        while not self.stopping:
-            if self.leader is not None:
-                sent = time.monotonic()
-                try:
-                    still_ours = await self.redis.renew(self.leader.lease_value, t.lease_ttl_ms)
-                except Exception as exc:  # noqa: BLE001 - Redis unreachable: the clock decides
-                    log.warning("lease renew failed product=%s error=%s", self.product, exc)
-                else:
-                    if not still_ours:
-                        self.fatal_demotion = "lease lost"
-                        self.stopping = True
-                        return
-                    self.leader.valid_until = sent + (t.lease_ttl_ms - t.lease_safety_ms) / 1000
-                await asyncio.sleep(t.lease_renew_ms / 1000)
-                continue
-            try:
-                await self.standby_step()
-            except Exception as exc:  # noqa: BLE001 - keep following when Redis comes back
-                log.warning("standby step failed product=%s error=%s", self.product, exc)
-            await asyncio.sleep(t.standby_poll_ms / 1000)
-
-    async def standby_step(self) -> None:
-        """Read the leader's progress; acquire the lease when it is free and placement allows."""
-        seq, offset, _ = await self.redis.read_progress()
-        self.progress_seen = (seq, offset)
-        if await self.redis.holder() is not None:
-            self.lease_free_since = None
-            return
-        now = time.monotonic()
-        if self.lease_free_since is None:
-            self.lease_free_since = now
-        if not await self.placement_allows(now):
-            return
-        sent = time.monotonic()
-        acquired = await self.redis.try_acquire(self.token, self.timing.lease_ttl_ms)
-        if acquired is None:
-            return
-        self.become_leader(acquired, sent)
-
-    async def placement_allows(self, now: float) -> bool:
-        """Who takes a free lease first: a caught-up standby on the product's preferred node.
-
-        Candidates are the caught-up standbys that reported recently; a stable hash of the product
-        over them picks the preferred one, which goes at once. Other caught-up standbys wait
-        `placement_defer_ms`, standbys still catching up wait three times that, so a hot standby
-        wins over a restarting process and leaders spread over nodes. Nobody preempts a leader.
-        """
-        waited_ms = (now - self.lease_free_since) * 1000
-        defer_ms = self.timing.placement_defer_ms
-        if not self.caught_up():
-            return waited_ms >= 3 * defer_ms
-        if (now - self.started_at) * 1000 < self.timing.startup_grace_ms and await self.other_nodes_live():
-            return False  # let the nodes starting together see each other before leases are taken
-        candidates = {self.settings.node_id} | await self.caught_up_standbys()
-        if preferred_node(self.product, sorted(candidates)) == self.settings.node_id:
-            return True
-        return waited_ms >= defer_ms
-
-    async def caught_up_standbys(self) -> set[str]:
-        """Nodes whose process for this product recently reported being a caught-up standby."""
-        fresh_after = int(time.time() * 1000) - 3 * self.timing.status_every_ms
-        nodes = set()
-        for node, raw in (await self.redis.client.hgetall(status_key(self.product))).items():
-            status = json.loads(raw)
-            if status["reported_ms"] >= fresh_after and status["role"] == "standby" and status["caught_up"]:
-                nodes.add(node.decode())
-        return nodes
-
-    async def other_nodes_live(self) -> bool:
-        """Whether another node heartbeated recently."""
-        cutoff_ms = int(time.time() * 1000) - 3 * self.timing.node_heartbeat_ms
-        live = await self.redis.client.zrangebyscore(NODES_KEY, cutoff_ms, "+inf")
-        return any(n.decode() != self.settings.node_id for n in live)
-
     def caught_up(self) -> bool:
         """A standby is caught up when it applied input up to the leader's recorded progress."""
         return self.progress_seen[1] - self.next_offset <= self.timing.caught_up_slack
 
-    def become_leader(self, acquired, sent: float) -> None:
+    def become_leader(self, acquired, valid_until: float) -> None:
         """Switch to publishing: everything up to the recorded progress was already delivered."""
-        t = self.timing
         if self.engine.sequence > acquired.progress_sequence:
             # Only possible if Redis lost the progress record: state we restored was delivered.
             log.warning(
@@ -442,7 +329,7 @@ class ProductWorker:
             lease_value=acquired.lease_value,
             suppress_upto=start_seq,
             dlq_from_offset=acquired.progress_offset,
-            valid_until=sent + (t.lease_ttl_ms - t.lease_safety_ms) / 1000,
+            valid_until=valid_until,
             delivered_seq=start_seq,
             progress=(start_seq, self.next_offset),
             # Not part of the event: tells drills and operators which leadership published a copy.
@@ -471,8 +358,7 @@ class ProductWorker:
             try:
                 await self.write_progress()
             except Demoted:
-                self.fatal_demotion = "progress write refused"
-                self.stopping = True
+                self.demote("progress write refused")
                 return
             except Exception as exc:  # noqa: BLE001 - Redis down: retry; the lease clock fences us
                 log.warning("progress write failed product=%s error=%s", self.product, exc)
@@ -579,9 +465,8 @@ class ProductWorker:
             log.error("refusing to run product=%s reason=%s", self.product, exc)
             return EXIT_CONFIG
         self.open_kafka()
-        tasks = [
-            asyncio.create_task(c) for c in (self.lease_task(), self.progress_task(), self.status_task())
-        ]
+        lease = LeaseKeeper(self)
+        tasks = [asyncio.create_task(c) for c in (lease.run(), self.progress_task(), self.status_task())]
         code = EXIT_OK
         try:
             await self.main_loop()
@@ -635,6 +520,11 @@ class ProductWorker:
             log.info("released lease product=%s epoch=%d", self.product, self.leader.epoch)
         except Exception as exc:  # noqa: BLE001 - the lease expires by itself
             log.warning("drain incomplete product=%s error=%s", self.product, exc)
+
+    def demote(self, reason: str) -> None:
+        """Leave the loop and exit for a restart as standby (the lease is not ours any more)."""
+        self.fatal_demotion = reason
+        self.stopping = True
 
     def request_stop(self) -> None:
         """Signal handler: only record the request; the loop acts on it."""
