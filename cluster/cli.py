@@ -109,6 +109,12 @@ def cli() -> None:
     help="Override a timing knob, e.g. snapshot_every_orders=50000, lease_ttl_ms=1000, consume_batch=5000 "
     "(see cluster/settings.py Timing; an unknown name is an error).",
 )
+@click.option(
+    "--kafka-transactions",
+    is_flag=True,
+    help="Publish each batch in a Kafka transaction (transactional.id per product), so the broker "
+    "fences a zombie leader too. Needs a broker with transactions; consumers read_committed.",
+)
 @click.option("--passthrough", is_flag=True, hidden=True, help="Benchmarks only: copy input to output.")
 @click.option("--log-level", default="INFO")
 def start(
@@ -124,6 +130,7 @@ def start(
     advertise_host,
     admin_token,
     tune,
+    kafka_transactions,
     passthrough,
     log_level,
 ) -> None:
@@ -147,6 +154,7 @@ def start(
             state_dir=state_dir,
             advertise_host=advertise_host,
             passthrough=passthrough,
+            kafka_transactions=kafka_transactions,
             timing=parse_timing(tune),
             admin_token=admin_token or (None if kafka and redis else secrets.token_urlsafe(24)),
         )

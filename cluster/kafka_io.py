@@ -90,6 +90,7 @@ def make_producer(
     on_delivery=None,
     linger_ms: int = 2,
     batch_bytes: int = 1_000_000,
+    transactional_id: str | None = None,
 ) -> Producer:
     """The event producer: idempotent, acks=all, lz4, ordered (max 5 in flight keeps order with idempotence)."""
     config = base_config(bootstrap, extra)
@@ -111,4 +112,8 @@ def make_producer(
     )
     if on_delivery is not None:
         config["on_delivery"] = on_delivery
+    if transactional_id is not None:
+        # One id per product: a new leader's init_transactions() fences the old one at the broker.
+        config["transactional.id"] = transactional_id
+        config["transaction.timeout.ms"] = config["message.timeout.ms"]
     return Producer(config)

@@ -114,7 +114,10 @@ class LeaseKeeper:
         sent = time.monotonic()
         acquired = await self.redis.try_acquire(self.worker.token, self.timing.lease_ttl_ms)
         if acquired is not None:
-            self.worker.become_leader(acquired, self.valid_until(sent))
+            try:
+                await self.worker.start_publishing(acquired, self.valid_until(sent))
+            except Demoted as exc:
+                self.worker.demote(str(exc))
 
     async def placement_allows(self, now: float) -> bool:
         """Whether this standby may try for the free lease now (see the module docstring)."""

@@ -84,6 +84,8 @@ class NodeSettings:
     advertise_host: str | None = None
     # Benchmarks only: copy input to output instead of matching, to measure the Kafka loop's limit.
     passthrough: bool = False
+    # Publish each batch in a Kafka transaction (transactional.id per product): fencing at the broker.
+    kafka_transactions: bool = False
 
     def product_config(self, product: str) -> ProductConfig:
         """The product's matching settings; every product here was checked at load time."""
@@ -167,6 +169,7 @@ def build_settings(
     timing: Timing | None = None,
     advertise_host: str | None = None,
     passthrough: bool = False,
+    kafka_transactions: bool = False,
 ) -> NodeSettings:
     """Validate the CLI's options into one NodeSettings (unknown products are an error)."""
     names = parse_products(products)
@@ -188,4 +191,5 @@ def build_settings(
         admin_token=admin_token,
         advertise_host=advertise_host,
         passthrough=passthrough,
+        kafka_transactions=kafka_transactions,
     )

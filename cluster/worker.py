@@ -23,7 +23,7 @@ import os
 import signal
 import time
 
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from cluster import kafka_io
 from cluster import metrics as m
@@ -114,6 +114,7 @@ class ProductWorker:
             self._on_delivery,
             self.timing.producer_linger_ms,
             self.timing.producer_batch_bytes,
+            transactional_id=f"orderbook-cluster-{self.product}" if s.kafka_transactions else None,
         )
         self.message_topic = kafka_io.message_topic(self.product)
         self.dlq_topic = kafka_io.dlq_topic(self.product)
@@ -211,6 +212,8 @@ class ProductWorker:
         leader = self.leader
         if leader is None:
             return
+        if self.settings.kafka_transactions:
+            return  # counted when the batch's transaction commits
         if msg.topic() == self.message_topic:
             leader.delivered_seq += 1
             self.events_delivered += 1
@@ -298,11 +301,41 @@ class ProductWorker:
             self.check_lease_clock()
             batch = self.take_applicable()
             if batch:
-                self.apply(batch)
+                if self.leader is not None and self.settings.kafka_transactions:
+                    await self.apply_in_transaction(batch)
+                else:
+                    self.apply(batch)
                 self.maybe_take_snapshot()
             producer.poll(0)
             if self.leader is not None:
                 self.settle_progress()
+
+    async def apply_in_transaction(self, batch: list) -> None:
+        """One batch, one transaction: committed as a whole, or the process restarts (fenced or failed)."""
+        leader = self.leader
+        producer = self.producer
+        produced_before = leader.dlq_produced
+        try:
+            producer.begin_transaction()
+            self.apply(batch)
+            await asyncio.get_running_loop().run_in_executor(None, producer.commit_transaction, 10.0)
+        except KafkaException as exc:
+            raise Demoted(f"transaction failed: {exc}") from exc
+        committed = self.engine.sequence - leader.delivered_seq
+        if committed > 0:
+            self.events_delivered += committed
+        leader.delivered_seq = max(leader.delivered_seq, self.engine.sequence)
+        leader.dlq_delivered += leader.dlq_produced - produced_before
+
+    async def start_publishing(self, acquired, valid_until: float) -> None:
+        """Called with the lease just acquired; with transactions, fence the previous leader first."""
+        if self.settings.kafka_transactions:
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.run_in_executor(None, self.producer.init_transactions, 10.0)
+            except KafkaException as exc:
+                raise Demoted(f"init_transactions failed: {exc}") from exc
+        self.become_leader(acquired, valid_until)
 
     def check_lease_clock(self) -> None:
         """A leader whose last renewal is too old stops before it could overlap a successor."""
