@@ -158,11 +158,11 @@ def _kafka_answers(bootstrap: str) -> bool:
         return False
 
 
-def _redis_answers(port: int) -> bool:
+def _redis_answers(port: int, password: str | None = None) -> bool:
     import redis
 
     try:
-        return bool(redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5).ping())
+        return bool(redis.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=0.5).ping())
     except redis.RedisError:
         return False
 
@@ -229,7 +229,7 @@ def s3_server(state_dir: Path, port: int | None = None, bucket: str = "tansu") -
     )
 
 
-def redis_server(state_dir: Path, port: int | None = None) -> LocalServer:
+def redis_server(state_dir: Path, port: int | None = None, password: str | None = None) -> LocalServer:
     """A redis-server on 127.0.0.1 with an fsync-always append-only file in state_dir.
 
     Durable on purpose: lease epochs must never go backwards across a Redis restart.
@@ -256,8 +256,10 @@ def redis_server(state_dir: Path, port: int | None = None) -> LocalServer:
         "--protected-mode",
         "yes",
     ]
+    if password:
+        argv += ["--requirepass", password]
     return LocalServer(
-        "redis", argv, port, state_dir / f"redis-{port}.log", is_ready=lambda: _redis_answers(port)
+        "redis", argv, port, state_dir / f"redis-{port}.log", is_ready=lambda: _redis_answers(port, password)
     )
 
 

@@ -32,3 +32,20 @@ def services(tmp_path_factory) -> EmbeddedServices:
 def product() -> str:
     """A product name no other test uses: its topics and Redis keys are fresh."""
     return f"T{uuid.uuid4().hex[:10].upper()}-USD"
+
+
+@pytest.fixture
+def cluster_factory(services, tmp_path):
+    """Make clusters of real nodes (optionally against other servers); all stopped after the test."""
+    from tests.integration.harness import Cluster
+
+    made = []
+
+    def make(products, other_services=None):
+        cluster = Cluster(other_services or services, tmp_path, products)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.stop_all()

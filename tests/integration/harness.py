@@ -211,3 +211,38 @@ class NodeRestarter:
     def __exit__(self, *exc: object) -> None:
         self.stop_event.set()
         self.thread.join(5)
+
+
+def run_drill_cli(
+    services, cluster: Cluster, product: str, fault: str, admin_token: str, rounds: int = 5
+) -> dict:
+    """`orderbook-cluster drill ... --json` against the cluster; its report, after it succeeded."""
+    argv = [
+        sys.executable,
+        "-m",
+        "cluster",
+        "drill",
+        "--kafka",
+        services.bootstrap,
+        "--redis",
+        services.redis_url,
+        "--config",
+        str(cluster.config),
+        "--product",
+        product,
+        "--fault",
+        fault,
+        "--rounds",
+        str(rounds),
+        "--rate",
+        "300",
+        "--admin-token",
+        admin_token,
+        "--json",
+    ]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    report = json.loads(result.stdout)
+    assert report["stream"]["ok"], report["stream"]
+    assert report["takeover"]["rounds_ok"] == rounds
+    return report

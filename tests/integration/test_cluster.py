@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -20,7 +21,7 @@ from cluster.kafka_io import dlq_topic, message_topic, order_topic
 from cluster.send import consume_topic, produce_orders
 from cluster.workload import generate_orders
 from engine.config import load_products
-from tests.integration.harness import Cluster, check_stream, oracle_events, read_input, wait_until
+from tests.integration.harness import check_stream, oracle_events, read_input, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -53,20 +54,6 @@ def output_values(bootstrap: str, product: str, count: int, timeout_s: float = 6
     finally:
         consumer.close()
     return values
-
-
-@pytest.fixture
-def cluster_factory(services, tmp_path):
-    made: list[Cluster] = []
-
-    def make(products: list[str]) -> Cluster:
-        cluster = Cluster(services, tmp_path, products)
-        made.append(cluster)
-        return cluster
-
-    yield make
-    for cluster in made:
-        cluster.stop_all()
 
 
 def test_worked_example_through_kafka(services, cluster_factory):
@@ -238,34 +225,45 @@ def session_members(session_id: int) -> list[int]:
     return members
 
 
-def test_sigterm_of_embedded_start_stops_everything_within_10s(tmp_path):
-    """The README's main command: `start` on the embedded default, then SIGTERM."""
+@contextlib.contextmanager
+def embedded_start(tmp_path: Path, products: str):
+    """`orderbook-cluster start --products ...` on the embedded default, leaders up; always stopped."""
     state = tmp_path / "state"
-    proc = subprocess.Popen(
-        [
+    log_path = tmp_path / "start.log"
+    with open(log_path, "wb") as log:
+        argv = [
             sys.executable,
             "-m",
             "cluster",
             "start",
             "--products",
-            "BTC-USD,ETH-USD",
+            products,
             "--http-port",
             "0",
             "--state-dir",
             str(state),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "start.log", "wb"),
-        start_new_session=True,
-    )
+        ]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     try:
         wait_until(lambda: (state / "embedded.json").exists(), 60, "the embedded servers")
-        wait_until(
-            lambda: "leader product=BTC-USD" in (tmp_path / "start.log").read_text(), 60, "a BTC-USD leader"
-        )
-        wait_until(
-            lambda: "leader product=ETH-USD" in (tmp_path / "start.log").read_text(), 60, "an ETH-USD leader"
-        )
+        for product in products.split(","):
+            wait_until(
+                lambda p=product: f"leader product={p}" in log_path.read_text(), 60, f"a {product} leader"
+            )
+        yield proc, state, log_path
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+
+def test_sigterm_of_embedded_start_stops_everything_within_10s(tmp_path):
+    """The README's main command: `start` on the embedded default, then SIGTERM."""
+    with embedded_start(tmp_path, "BTC-USD,ETH-USD") as (proc, state, _):
         servers = json.loads((state / "embedded.json").read_text())["pids"]
         children = session_members(proc.pid)
         assert len(children) >= 3, f"expected start and 2 product processes; got {children}"
@@ -279,74 +277,35 @@ def test_sigterm_of_embedded_start_stops_everything_within_10s(tmp_path):
 
         # multiprocessing's resource tracker leaves when its pipe closes, a moment after start itself
         wait_until(session_empty, 3, "every process of start's session to exit")
-        for name, pid in servers.items():
+        for pid in servers.values():
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
-            assert name
         assert not (state / "embedded.json").exists()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 def test_drill_redis_restart_on_the_embedded_default(tmp_path):
     """The newcomer's path: `start` on the embedded default, then a drill that restarts its Redis."""
-    state = tmp_path / "state"
-    log = open(tmp_path / "start.log", "wb")
-    proc = subprocess.Popen(
-        [
+    with embedded_start(tmp_path, "DRILL-USD") as (_, state, log_path):
+        argv = [
             sys.executable,
             "-m",
             "cluster",
-            "start",
-            "--products",
-            "DRILL-USD",
-            "--http-port",
-            "0",
+            "drill",
             "--state-dir",
             str(state),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-        start_new_session=True,
-    )
-    try:
-        wait_until(lambda: (state / "embedded.json").exists(), 60, "the embedded servers")
-        wait_until(lambda: "leader product=DRILL-USD" in (tmp_path / "start.log").read_text(), 60, "a leader")
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "cluster",
-                "drill",
-                "--state-dir",
-                str(state),
-                "--product",
-                "DRILL-USD",
-                "--fault",
-                "redis-restart",
-                "--rounds",
-                "2",
-                "--rate",
-                "300",
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+            "--product",
+            "DRILL-USD",
+            "--fault",
+            "redis-restart",
+            "--rounds",
+            "2",
+            "--rate",
+            "300",
+            "--json",
+        ]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
         report = json.loads(result.stdout)
         assert report["stream"]["ok"] and report["stream"]["distinct"] > 0, report["stream"]
         assert report["takeover"]["rounds_ok"] == 2
-        assert (tmp_path / "start.log").read_text().count("fault: server restarted name=redis") == 2
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        log.close()
+        assert log_path.read_text().count("fault: server restarted name=redis") == 2

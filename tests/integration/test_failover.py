@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 
 import msgspec
@@ -29,6 +27,7 @@ from tests.integration.harness import (
     check_stream,
     oracle_events,
     read_input,
+    run_drill_cli,
     wait_until,
 )
 
@@ -83,20 +82,6 @@ def verify(services, cluster: Cluster, product: str, sent: int) -> None:
         interval_s=0.5,
     )
     check_stream(output, expected)
-
-
-@pytest.fixture
-def cluster_factory(services, tmp_path):
-    made: list[Cluster] = []
-
-    def make(products, redis_services=None) -> Cluster:
-        cluster = Cluster(redis_services or services, tmp_path, products)
-        made.append(cluster)
-        return cluster
-
-    yield make
-    for cluster in made:
-        cluster.stop_all()
 
 
 def standby_caught_up(node, product):
@@ -235,38 +220,7 @@ def test_drill_reports_takeover_and_a_clean_stream(services, cluster_factory, pr
     leader, _ = cluster.wait_leader(product)
     other = n2 if leader is n1 else n1
     wait_until(lambda: standby_caught_up(other, product), 30, "a caught-up standby")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cluster",
-            "drill",
-            "--kafka",
-            services.bootstrap,
-            "--redis",
-            services.redis_url,
-            "--config",
-            str(cluster.config),
-            "--product",
-            product,
-            "--fault",
-            fault,
-            "--rounds",
-            "5",
-            "--rate",
-            "300",
-            "--admin-token",
-            ADMIN_TOKEN,
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
-    report = json.loads(result.stdout)
-    assert report["stream"]["ok"], report["stream"]
-    assert report["takeover"]["rounds_ok"] == 5
+    report = run_drill_cli(services, cluster, product, fault, ADMIN_TOKEN)
     assert all(r["new_epoch"] > r["old_epoch"] for r in report["rounds"])
     print(f"drill {fault} takeover ms:", report["takeover"])  # the figure goes to the note, not an assertion
 
@@ -296,41 +250,35 @@ def test_drill_node_kill_with_nodes_restarted_like_a_statefulset(services, clust
         cluster.start_node(node_id, env)
     cluster.wait_leader(product)
     with NodeRestarter(cluster, env) as restarter:
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "cluster",
-                "drill",
-                "--kafka",
-                services.bootstrap,
-                "--redis",
-                services.redis_url,
-                "--config",
-                str(cluster.config),
-                "--product",
-                product,
-                "--fault",
-                "node-kill",
-                "--rounds",
-                "5",
-                "--rate",
-                "300",
-                "--admin-token",
-                ADMIN_TOKEN,
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
-    report = json.loads(result.stdout)
-    assert report["stream"]["ok"], report["stream"]
-    assert report["takeover"]["rounds_ok"] == 5
+        report = run_drill_cli(services, cluster, product, "node-kill", ADMIN_TOKEN)
     assert restarter.restarts >= 5
     print(
         "drill node-kill takeover ms:",
         report["takeover"],
         [(r["takeover_ms"], r["seen_ms"]) for r in report["rounds"]],
     )
+
+
+def test_redis_with_auth_works_and_the_password_never_reaches_logs(
+    services, cluster_factory, product, tmp_path
+):
+    password = "pw-" + product.lower()
+    own_redis = redis_server(tmp_path / "redis-auth", password=password)
+    own_redis.start()
+    try:
+
+        class Services:
+            bootstrap = services.bootstrap
+            redis_url = f"redis://:{password}@127.0.0.1:{own_redis.port}/0"
+
+        cluster = cluster_factory([product], Services)
+        node = cluster.start_node("n1")
+        cluster.wait_leader(product)
+        load = Load(services.bootstrap, product, 2_000)
+        load.start()
+        sent = load.finish()
+        verify(Services, cluster, product, sent)
+        assert password not in node.log_text()
+        assert "redis://:***@127.0.0.1" in node.log_text()
+    finally:
+        own_redis.stop()
