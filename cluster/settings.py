@@ -35,6 +35,7 @@ class Timing:
     progress_every_ms: int = 20
     consume_batch: int = 2000
     consume_timeout_ms: int = 20
+    fetch_wait_ms: int = 20
     producer_linger_ms: int = 2
     producer_batch_bytes: int = 1_000_000
     status_every_ms: int = 500

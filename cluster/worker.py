@@ -105,7 +105,9 @@ class ProductWorker:
         """Consumer assigned at our offset; producer for events and dead letters."""
         s = self.settings
         client_id = f"obc-{self.product}-{s.node_id}"
-        self.consumer = kafka_io.make_consumer(s.kafka_bootstrap, s.kafka_extra, client_id)
+        self.consumer = kafka_io.make_consumer(
+            s.kafka_bootstrap, s.kafka_extra, client_id, fetch_wait_ms=self.timing.fetch_wait_ms
+        )
         self.consumer.assign([TopicPartition(kafka_io.order_topic(self.product), 0, self.next_offset)])
         self.producer = kafka_io.make_producer(
             s.kafka_bootstrap,
