@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import threading
+from types import SimpleNamespace
 
 import msgspec
 import pytest
@@ -152,28 +153,32 @@ def test_paused_leader_is_fenced_and_comes_back_as_standby(services, cluster_fac
     assert max(by_epoch[old_epoch]) < first_new + 100_000
 
 
+def survive_restart_under_load(cluster_factory, product, servers, restart, total, chunk, restart_at) -> None:
+    """Two nodes under steady load; `restart` a server mid-way; the stream must come out whole."""
+    cluster = cluster_factory([product], servers)
+    cluster.start_node("n1")
+    cluster.start_node("n2")
+    cluster.wait_leader(product)
+    load = Load(servers.bootstrap, product, total, chunk=chunk)
+    load.start()
+    wait_until(lambda: load.sent >= restart_at, 60, "load to flow")
+    restart()
+    wait_until(lambda: load.sent >= total - 2 * chunk, 90, "load to continue after the restart")
+    verify(servers, cluster, product, load.finish())
+    cluster.wait_leader(product)
+
+
 def test_redis_restart_under_load_recovers_by_itself(services, cluster_factory, product, tmp_path):
     own_redis = redis_server(tmp_path / "redis")
     own_redis.start()
-    try:
 
-        class Services:
-            bootstrap = services.bootstrap
-            redis_url = f"redis://127.0.0.1:{own_redis.port}/0"
-
-        cluster = cluster_factory([product], Services)
-        cluster.start_node("n1")
-        cluster.start_node("n2")
-        cluster.wait_leader(product)
-        load = Load(services.bootstrap, product, 15_000)
-        load.start()
-        wait_until(lambda: load.sent >= 4_000, 60, "load to flow")
-        own_redis.kill()
+    def restart() -> None:
+        own_redis.kill()  # SIGKILL: the fsync-always AOF keeps epochs, progress and snapshots
         own_redis.start()
-        wait_until(lambda: load.sent >= 10_000, 60, "load to continue")
-        sent = load.finish()
-        verify(Services, cluster, product, sent)
-        cluster.wait_leader(product)
+
+    servers = SimpleNamespace(bootstrap=services.bootstrap, redis_url=f"redis://127.0.0.1:{own_redis.port}/0")
+    try:
+        survive_restart_under_load(cluster_factory, product, servers, restart, 15_000, 500, 4_000)
     finally:
         own_redis.stop()
 
@@ -188,25 +193,14 @@ def test_broker_restart_under_load_recovers_by_itself(services, cluster_factory,
     s3.start()
     broker = tansu_server(tmp_path, s3_endpoint=f"http://127.0.0.1:{s3.port}")
     broker.start()
-    try:
 
-        class Services:
-            bootstrap = f"127.0.0.1:{broker.port}"
-            redis_url = services.redis_url
-
-        cluster = cluster_factory([product], Services)
-        cluster.start_node("n1")
-        cluster.start_node("n2")
-        cluster.wait_leader(product)
-        load = Load(Services.bootstrap, product, 3_000, chunk=300)
-        load.start()
-        wait_until(lambda: load.sent >= 900, 60, "load to flow")
+    def restart() -> None:
         broker.stop()
         broker.start()
-        wait_until(lambda: load.sent >= 2_400, 90, "load to continue after the restart")
-        sent = load.finish()
-        verify(Services, cluster, product, sent)
-        cluster.wait_leader(product)
+
+    servers = SimpleNamespace(bootstrap=f"127.0.0.1:{broker.port}", redis_url=services.redis_url)
+    try:
+        survive_restart_under_load(cluster_factory, product, servers, restart, 3_000, 300, 900)
     finally:
         broker.stop()
         s3.stop()
@@ -266,18 +260,16 @@ def test_redis_with_auth_works_and_the_password_never_reaches_logs(
     own_redis = redis_server(tmp_path / "redis-auth", password=password)
     own_redis.start()
     try:
-
-        class Services:
-            bootstrap = services.bootstrap
-            redis_url = f"redis://:{password}@127.0.0.1:{own_redis.port}/0"
-
-        cluster = cluster_factory([product], Services)
+        servers = SimpleNamespace(
+            bootstrap=services.bootstrap, redis_url=f"redis://:{password}@127.0.0.1:{own_redis.port}/0"
+        )
+        cluster = cluster_factory([product], servers)
         node = cluster.start_node("n1")
         cluster.wait_leader(product)
         load = Load(services.bootstrap, product, 2_000)
         load.start()
         sent = load.finish()
-        verify(Services, cluster, product, sent)
+        verify(servers, cluster, product, sent)
         assert password not in node.log_text()
         assert "redis://:***@127.0.0.1" in node.log_text()
     finally:
