@@ -183,12 +183,14 @@ def preload(bootstrap: str, products: list[str], orders: int, seed: int) -> None
 class OutputCounter:
     """Counts each product's output records as they arrive, with the product process's CPU then.
 
-    Marks are (records so far, arrival ns, process CPU s), one per consumed batch, so the window
-    from the first output record to the last expected one can be cut afterwards.
+    Marks are (records so far, producer timestamp ns of the batch's last record, process CPU s),
+    one per consumed batch, so the window from the first output record to the last expected one
+    can be cut afterwards.
     """
 
     pids: dict[str, int]
     marks: dict[str, list[tuple[int, int, float]]] = field(default_factory=dict)
+    first_stamp: dict[str, int] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def consume(self, bootstrap: str) -> None:
@@ -207,15 +209,19 @@ class OutputCounter:
         try:
             while not self.stop.is_set():
                 msgs = consumer.consume(10_000, 0.05)
-                now = time.time_ns()
                 arrived = dict.fromkeys(self.pids, 0)
+                stamped: dict[str, int] = {}  # producer timestamp (ns) of the batch's last record
                 for msg in msgs:
                     if msg.error() is None:
-                        arrived[topics[msg.topic()]] += 1
+                        product = topics[msg.topic()]
+                        arrived[product] += 1
+                        stamp_ns = msg.timestamp()[1] * 1_000_000
+                        stamped[product] = stamp_ns
+                        self.first_stamp.setdefault(product, stamp_ns)
                 for product, n in arrived.items():
                     if n:
                         counts[product] += n
-                        mark = (counts[product], now, cpu_seconds(self.pids[product]))
+                        mark = (counts[product], stamped[product], cpu_seconds(self.pids[product]))
                         self.marks.setdefault(product, []).append(mark)
         finally:
             consumer.close()
@@ -226,11 +232,13 @@ class OutputCounter:
         return marks[-1][0] if marks else 0
 
     def window(self, product: str, records: int) -> tuple[float, float]:
-        """(seconds, process CPU s) from the first output record to the `records`-th."""
+        """(seconds, process CPU s) from the first output record to the `records`-th, by the
+        records' producer timestamps (ms): when the product process produced them, not when this
+        process read them, so the benchmark's own consumer speed does not count."""
         marks = self.marks[product]
         first = marks[0]
         last = next(m for m in marks if m[0] >= records)
-        return max((last[1] - first[1]) / 1e9, 1e-3), last[2] - first[2]
+        return max((last[1] - self.first_stamp[product]) / 1e9, 1e-3), last[2] - first[2]
 
 
 def throughput_phase(node: BenchNode, bootstrap: str, orders: int, passthrough: bool) -> tuple[dict, dict]:
