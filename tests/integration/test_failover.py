@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 from types import SimpleNamespace
 
@@ -274,3 +276,30 @@ def test_redis_with_auth_works_and_the_password_never_reaches_logs(
         assert "redis://:***@127.0.0.1" in node.log_text()
     finally:
         own_redis.stop()
+
+
+def test_status_shows_leader_and_standbys(services, cluster_factory, product):
+    cluster = cluster_factory([product])
+    n1, n2 = cluster.start_node("n1"), cluster.start_node("n2")
+    leader, pid = cluster.wait_leader(product)
+    other = n2 if leader is n1 else n1
+    wait_until(lambda: standby_caught_up(other, product), 30, "a caught-up standby")
+    argv = [
+        sys.executable,
+        "-m",
+        "cluster",
+        "status",
+        "--kafka",
+        services.bootstrap,
+        "--redis",
+        services.redis_url,
+        "--products",
+        product,
+    ]
+    doc = json.loads(subprocess.run([*argv, "--json"], capture_output=True, text=True, timeout=30).stdout)
+    shown = doc["products"][product]
+    assert (shown["leader_node"], shown["leader_pid"], shown["epoch"]) == (leader.node_id, pid, 1)
+    roles = {p["node"]: p["role"] for p in shown["processes"]}
+    assert roles == {leader.node_id: "leader", other.node_id: "standby"}
+    table = subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+    assert product in table and f"{other.node_id}(0)" in table

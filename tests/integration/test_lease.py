@@ -1,0 +1,73 @@
+"""The lease and the fenced writes, against the real redis-server: what zombies cannot do."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from cluster.redis_state import ProductRedis, SnapshotEnvelope, async_client
+
+pytestmark = pytest.mark.integration
+
+
+def envelope(product: str, sequence: int, offset: int) -> SnapshotEnvelope:
+    return SnapshotEnvelope(
+        format=1,
+        product=product,
+        epoch=1,
+        next_offset=offset,
+        sequence=sequence,
+        fingerprint="f",
+        engine=b"x",
+    )
+
+
+def test_epochs_grow_and_stale_leaders_are_refused(services, product):
+    async def scenario() -> None:
+        client = async_client(services.redis_url)
+        store = ProductRedis(client, product)
+        first = await store.try_acquire("node-a:p:1", 10_000)
+        assert first is not None and first.epoch == 1
+        assert await store.try_acquire("node-b:p:2", 10_000) is None, "one holder at a time"
+        assert not await store.renew("1|someone-else", 10_000)
+        assert await store.renew(first.lease_value, 10_000)
+
+        assert await store.write_progress(first.lease_value, 1, 10, 5, "f") == 1
+        assert await store.write_progress(first.lease_value, 1, 9, 5, "f") == -2, "progress never goes back"
+        assert await store.write_snapshot(first.lease_value, envelope(product, 10, 5)) == 1
+        assert await store.write_snapshot(first.lease_value, envelope(product, 10, 5)) == -2, "only newer"
+
+        assert await store.release("node-a:p:1")
+        second = await store.try_acquire("node-b:p:2", 10_000)
+        assert second is not None and second.epoch == 2
+        assert (second.progress_sequence, second.progress_offset) == (10, 5), "read with the acquisition"
+
+        # The old leader wakes up and writes late: refused, nothing changes.
+        assert await store.write_progress(first.lease_value, 1, 99, 50, "f") == -1
+        assert await store.write_snapshot(first.lease_value, envelope(product, 99, 50)) == -1
+        assert not await store.renew(first.lease_value, 10_000)
+        assert not await store.release("node-a:p:1"), "a stale owner cannot release the new lease"
+        assert await store.read_progress() == (10, 5, "f")
+        assert (await store.read_snapshot()).sequence == 10
+        assert await store.holder() == second.lease_value
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_the_lease_expires_by_itself(services, product):
+    async def scenario() -> None:
+        client = async_client(services.redis_url)
+        store = ProductRedis(client, product)
+        held = await store.try_acquire("node-a:p:1", 200)
+        assert held is not None
+        deadline = asyncio.get_running_loop().time() + 5
+        while await store.holder() is not None:
+            assert asyncio.get_running_loop().time() < deadline, "the lease did not expire"
+            await asyncio.sleep(0.05)
+        taken = await store.try_acquire("node-b:p:2", 200)
+        assert taken is not None and taken.epoch == held.epoch + 1
+        await client.aclose()
+
+    asyncio.run(scenario())
