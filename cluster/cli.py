@@ -261,7 +261,7 @@ def tail(kafka, state_dir, product, count, idle_timeout) -> None:
 )
 @click.option(
     "--fault",
-    type=click.Choice(["kill", "pause", "node-kill", "redis-restart", "broker-restart"]),
+    type=click.Choice(["kill", "pause", "node-kill", "redis-restart"]),
     required=True,
 )
 @click.option("--rounds", type=int, default=5, show_default=True)

@@ -269,7 +269,6 @@ class EmbeddedServices:
 
     broker: LocalServer
     redis: LocalServer
-    durable_broker: bool = False
 
     @property
     def bootstrap(self) -> str:

@@ -129,16 +129,18 @@ class Node:
             log.warning("fault injected fault=node-kill node=%s", self.settings.node_id)
             threading.Timer(0.05, self._kill_node).start()
             return 200, {"ok": True, "fault": fault, "node": self.settings.node_id, "at_ms": at_ms}
-        if fault in ("redis-restart", "broker-restart"):
+        if fault == "redis-restart":
             if self.embedded is None:
-                return 409, {"error": f"{self.settings.node_id} does not run the embedded servers"}
-            server = self.embedded.redis if fault == "redis-restart" else self.embedded.broker
-            if fault == "broker-restart" and not self.embedded.durable_broker:
-                return 409, {
-                    "error": "the embedded broker keeps data in memory only; a restart would lose it"
-                }
-            threading.Thread(target=_restart_server, args=(server,), daemon=True).start()
-            return 200, {"ok": True, "fault": fault, "node": self.settings.node_id, "at_ms": at_ms}
+                return 409, {"error": f"{self.settings.node_id} does not run the embedded Redis"}
+            _restart_redis(self.embedded.redis)  # answered when it is back, so drills can time recovery
+            back_ms = int(time.time() * 1000)
+            return 200, {
+                "ok": True,
+                "fault": fault,
+                "node": self.settings.node_id,
+                "at_ms": at_ms,
+                "back_ms": back_ms,
+            }
         return 400, {"error": f"unknown fault {fault!r}"}
 
     def _kill_node(self) -> None:
@@ -194,8 +196,9 @@ def _continue(pid: int) -> None:
         pass
 
 
-def _restart_server(server) -> None:
-    """Kill a local server and start it again on the same port (a drill's fault)."""
+def _restart_redis(server) -> None:
+    """SIGKILL the local redis-server and start it again on the same port (its fsync-always AOF
+    keeps epochs, progress and snapshots)."""
     server.kill()
     server.start()
     log.warning("fault: server restarted name=%s port=%d", server.name, server.port)
