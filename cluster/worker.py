@@ -17,9 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import json
 import logging
-import os
 import signal
 import time
 
@@ -28,7 +26,8 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from cluster import kafka_io
 from cluster import metrics as m
 from cluster.lease import Demoted, Leadership, LeaseKeeper
-from cluster.redis_state import ProductRedis, SnapshotEnvelope, async_client, status_key
+from cluster.redis_state import ProductRedis, SnapshotEnvelope, async_client
+from cluster.reporting import StatusReporter
 from cluster.settings import NodeSettings
 from engine.matching import DeadLetter, MatchingEngine
 from engine.messages import encode_event
@@ -71,7 +70,6 @@ class ProductWorker:
         self.pending_snapshot: SnapshotEnvelope | None = None
         self.snapshot_written_at: float | None = None
         self.events_delivered = 0
-        self.counted = (0, 0, 0, 0)
         self.fatal_demotion: str | None = None
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"consume-{product}")
 
@@ -423,69 +421,6 @@ class ProductWorker:
             self.pending_snapshot = None
             self.snapshot_written_at = time.monotonic()
 
-    async def status_task(self) -> None:
-        """Tell the supervisor (pipe) and the cluster (Redis hash) how this process is doing."""
-        last_events, last_t = 0, time.monotonic()
-        while not self.stopping:
-            now = time.monotonic()
-            rate = (self.events_delivered - last_events) / max(now - last_t, 1e-6)
-            last_events, last_t = self.events_delivered, now
-            status = self.status(rate)
-            self.sync_counters()
-            if self.status_conn is not None:
-                try:
-                    self.status_conn.send(status)
-                except (BrokenPipeError, OSError):
-                    self.stopping = True  # the supervisor is gone: stop like on SIGTERM
-            if self.snapshot_written_at is not None:
-                self.metric.snapshot_age.set(now - self.snapshot_written_at)
-            self.metric.input_lag.set(len(self.pending))
-            try:
-                await self.redis.client.hset(
-                    status_key(self.product), self.settings.node_id, _status_json(status)
-                )
-            except Exception:  # noqa: BLE001 - status is best effort
-                pass
-            await asyncio.sleep(self.timing.status_every_ms / 1000)
-
-    def sync_counters(self) -> None:
-        """Move the core's and the delivery counts into Prometheus in bulk, off the hot path."""
-        counts = self.engine.counters
-        now = (self.events_delivered, counts.rejected, counts.duplicates, counts.unknown_cancels)
-        before = self.counted
-        metric = self.metric
-        for counter, delta in zip(
-            (metric.events_out, metric.rejects, metric.duplicates, metric.unknown_cancels),
-            (a - b for a, b in zip(now, before, strict=True)),
-            strict=True,
-        ):
-            if delta > 0:
-                counter.inc(delta)
-        self.counted = now
-
-    def status(self, events_per_s: float) -> dict:
-        """A plain dict for the supervisor, `status` and readiness."""
-        leader = self.leader
-        behind = max(0, self.progress_seen[1] - self.next_offset) if leader is None else 0
-        return {
-            "product": self.product,
-            "node": self.settings.node_id,
-            "pid": os.getpid(),
-            "role": "leader" if leader else "standby",
-            "epoch": leader.epoch if leader else 0,
-            "offset": self.next_offset,
-            "sequence": self.engine.sequence,
-            "delivered_sequence": leader.delivered_seq if leader else self.progress_seen[0],
-            "behind": behind,
-            "caught_up": leader is not None or self.caught_up(),
-            "read_ahead": len(self.pending),
-            "events_per_s": round(events_per_s, 1),
-            "snapshot_age_s": None
-            if self.snapshot_written_at is None
-            else round(time.monotonic() - self.snapshot_written_at, 1),
-            "reported_ms": int(time.time() * 1000),
-        }
-
     # ---- lifecycle ---------------------------------------------------------------------------
     async def run(self) -> int:
         """Recover, follow or lead, and stop cleanly on SIGTERM. Returns the exit code."""
@@ -501,7 +436,8 @@ class ProductWorker:
             return EXIT_CONFIG
         self.open_kafka()
         lease = LeaseKeeper(self)
-        tasks = [asyncio.create_task(c) for c in (lease.run(), self.progress_task(), self.status_task())]
+        reporter = StatusReporter(self)
+        tasks = [asyncio.create_task(c) for c in (lease.run(), self.progress_task(), reporter.run())]
         code = EXIT_OK
         try:
             await self.main_loop()
@@ -564,10 +500,6 @@ class ProductWorker:
     def request_stop(self) -> None:
         """Signal handler: only record the request; the loop acts on it."""
         self.stopping = True
-
-
-def _status_json(status: dict) -> bytes:
-    return json.dumps(status, separators=(",", ":")).encode()
 
 
 def run_product(settings: NodeSettings, product: str, token: str, status_conn=None) -> int:
