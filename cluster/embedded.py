@@ -211,7 +211,8 @@ def tansu_server(state_dir: Path, port: int | None = None, s3_endpoint: str | No
 def s3_server(state_dir: Path, port: int | None = None, bucket: str = "tansu") -> LocalServer:
     """A local S3 server (moto, from the `test` extra) holding the broker's data in its memory."""
     port = port or free_port()
-    binary = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    beside_python = Path(sys.executable).parent / "moto_server"  # this environment's, before PATH's
+    binary = str(beside_python) if beside_python.exists() else shutil.which("moto_server") or "moto_server"
     endpoint = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:

@@ -49,3 +49,18 @@ def cluster_factory(services, tmp_path):
     yield make
     for cluster in made:
         cluster.stop_all()
+
+
+@pytest.fixture
+def start_local():
+    """Start extra local servers (cluster/embedded.py) for one test; every one is stopped after it."""
+    started = []
+
+    def start(server):
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in reversed(started):
+        server.stop()

@@ -170,42 +170,36 @@ def survive_restart_under_load(cluster_factory, product, servers, restart, total
     cluster.wait_leader(product)
 
 
-def test_redis_restart_under_load_recovers_by_itself(services, cluster_factory, product, tmp_path):
-    own_redis = redis_server(tmp_path / "redis")
-    own_redis.start()
+def test_redis_restart_under_load_recovers_by_itself(
+    services, cluster_factory, product, tmp_path, start_local
+):
+    own_redis = start_local(redis_server(tmp_path / "redis"))
 
     def restart() -> None:
         own_redis.kill()  # SIGKILL: the fsync-always AOF keeps epochs, progress and snapshots
         own_redis.start()
 
     servers = SimpleNamespace(bootstrap=services.bootstrap, redis_url=f"redis://127.0.0.1:{own_redis.port}/0")
-    try:
-        survive_restart_under_load(cluster_factory, product, servers, restart, 15_000, 500, 4_000)
-    finally:
-        own_redis.stop()
+    survive_restart_under_load(cluster_factory, product, servers, restart, 15_000, 500, 4_000)
 
 
-def test_broker_restart_under_load_recovers_by_itself(services, cluster_factory, product, tmp_path):
+def test_broker_restart_under_load_recovers_by_itself(
+    services, cluster_factory, product, tmp_path, start_local
+):
     """A broker whose data survives restarts (S3 storage); stopped and started again under load.
 
     The restart is a clean stop: this broker build can lose acknowledged records when SIGKILLed
     mid-write, a broker bug no client can make up for (see the note in docs/exactly-once.md).
     """
-    s3 = s3_server(tmp_path)
-    s3.start()
-    broker = tansu_server(tmp_path, s3_endpoint=f"http://127.0.0.1:{s3.port}")
-    broker.start()
+    s3 = start_local(s3_server(tmp_path))
+    broker = start_local(tansu_server(tmp_path, s3_endpoint=f"http://127.0.0.1:{s3.port}"))
 
     def restart() -> None:
         broker.stop()
         broker.start()
 
     servers = SimpleNamespace(bootstrap=f"127.0.0.1:{broker.port}", redis_url=services.redis_url)
-    try:
-        survive_restart_under_load(cluster_factory, product, servers, restart, 3_000, 300, 900)
-    finally:
-        broker.stop()
-        s3.stop()
+    survive_restart_under_load(cluster_factory, product, servers, restart, 3_000, 300, 900)
 
 
 @pytest.mark.parametrize("fault", ["kill", "pause"])
@@ -256,26 +250,21 @@ def test_drill_node_kill_with_nodes_restarted_like_a_statefulset(services, clust
 
 
 def test_redis_with_auth_works_and_the_password_never_reaches_logs(
-    services, cluster_factory, product, tmp_path
+    services, start_local, cluster_factory, product, tmp_path
 ):
     password = "pw-" + product.lower()
-    own_redis = redis_server(tmp_path / "redis-auth", password=password)
-    own_redis.start()
-    try:
-        servers = SimpleNamespace(
-            bootstrap=services.bootstrap, redis_url=f"redis://:{password}@127.0.0.1:{own_redis.port}/0"
-        )
-        cluster = cluster_factory([product], servers)
-        node = cluster.start_node("n1")
-        cluster.wait_leader(product)
-        load = Load(services.bootstrap, product, 2_000)
-        load.start()
-        sent = load.finish()
-        verify(servers, cluster, product, sent)
-        assert password not in node.log_text()
-        assert "redis://:***@127.0.0.1" in node.log_text()
-    finally:
-        own_redis.stop()
+    own_redis = start_local(redis_server(tmp_path / "redis-auth", password=password))
+    servers = SimpleNamespace(
+        bootstrap=services.bootstrap, redis_url=f"redis://:{password}@127.0.0.1:{own_redis.port}/0"
+    )
+    cluster = cluster_factory([product], servers)
+    node = cluster.start_node("n1")
+    cluster.wait_leader(product)
+    load = Load(services.bootstrap, product, 2_000)
+    load.start()
+    verify(servers, cluster, product, load.finish())
+    assert password not in node.log_text()
+    assert "redis://:***@127.0.0.1" in node.log_text()
 
 
 def test_status_shows_leader_and_standbys(services, cluster_factory, product):
