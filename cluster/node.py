@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cluster import http_api
 from cluster.embedded import EmbeddedServices
-from cluster.redis_state import NODE_ADDRESSES_KEY, NODES_KEY, release_sync, sync_client
+from cluster.redis_state import NODE_ADDRESSES_KEY, NODES_KEY, durability_problems, release_sync, sync_client
 from cluster.settings import NodeSettings
 from cluster.worker import run_product
 from supervisor import ChildSpec, Supervisor
@@ -152,6 +152,8 @@ class Node:
 
     def run(self) -> int:
         """Serve HTTP, supervise until stopped; the return is the process's exit code."""
+        for problem in durability_problems(self.redis):
+            log.warning("redis durability: %s", problem)
         source = http_api.HealthSource(
             self.supervisor.alive,
             self.ready,

@@ -205,3 +205,25 @@ def async_client(url: str, timeout_s: float = 1.0) -> aredis.Redis:
 def release_sync(client: redis.Redis, product: str, token: str) -> bool:
     """Release a dead child's lease from the supervisor, so failover need not wait for the TTL."""
     return bool(client.eval(RELEASE, 1, leader_key(product), token))
+
+
+def durability_problems(client: redis.Redis) -> list[str]:
+    """What in this Redis's configuration could let epochs or progress go backwards or vanish.
+
+    Managed Redis services often refuse CONFIG; then nothing can be checked and we say so.
+    """
+    try:
+        config = client.config_get("appendonly") | client.config_get("appendfsync")
+        config |= client.config_get("maxmemory-policy")
+    except redis.RedisError as exc:
+        return [f"could not read the configuration ({exc}); make sure it is durable"]
+    problems = []
+    if config.get("appendonly") != "yes":
+        problems.append("appendonly is not yes: a restart can lose leases, epochs and progress")
+    elif config.get("appendfsync") != "always":
+        problems.append(
+            f"appendfsync is {config.get('appendfsync')}, not always: a crash can lose the last writes"
+        )
+    if config.get("maxmemory-policy", "noeviction") != "noeviction":
+        problems.append(f"maxmemory-policy is {config.get('maxmemory-policy')}: keys may be evicted")
+    return problems

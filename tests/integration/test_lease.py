@@ -71,3 +71,18 @@ def test_the_lease_expires_by_itself(services, product):
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_redis_durability_is_checked(services, start_local, tmp_path):
+    from cluster.embedded import redis_server
+    from cluster.redis_state import durability_problems, sync_client
+
+    assert durability_problems(sync_client(services.redis_url)) == []
+    loose = start_local(redis_server(tmp_path / "loose"))
+    client = sync_client(f"redis://127.0.0.1:{loose.port}/0")
+    client.config_set("appendfsync", "everysec")
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    problems = durability_problems(client)
+    assert len(problems) == 2 and "appendfsync is everysec" in problems[0] and "allkeys-lru" in problems[1]
+    client.config_set("appendonly", "no")
+    assert "appendonly is not yes" in durability_problems(client)[0]
