@@ -42,14 +42,14 @@ def setup_logging(level: str) -> None:
     )
 
 
-def resolve_services(kafka: str | None, redis: str | None, state_dir: Path) -> tuple[str, str]:
-    """Addresses given, else those of a running embedded default (from its state file)."""
-    if kafka and redis:
-        return kafka, redis
+def service_address(given: str | None, service: str, state_dir: Path) -> str:
+    """The address given for `service` ("kafka" or "redis"), else the running embedded default's."""
+    if given:
+        return given
     embedded = embedded_state(state_dir)
     if not embedded:
-        raise click.UsageError("give --kafka and --redis, or run `orderbook-cluster start` here first")
-    return kafka or embedded["kafka"], redis or embedded["redis"]
+        raise click.UsageError(f"give --{service}, or run `orderbook-cluster start` here first")
+    return embedded[service]
 
 
 def embedded_state(state_dir: Path) -> dict:
@@ -198,16 +198,15 @@ def start(
 
 
 @cli.command()
-@click.option("--kafka", default=None)
 @click.option("--redis", default=None)
 @click.option("--state-dir", type=click.Path(path_type=Path), default=DEFAULT_STATE_DIR)
 @click.option("--products", default=None, help="Products to show (default: every product found in Redis).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
-def status(kafka, redis, state_dir, products, as_json) -> None:
+def status(redis, state_dir, products, as_json) -> None:
     """Per product: leader, standbys, epoch, offsets, sequence, snapshot age, events/s."""
     from cluster.status import collect_status, format_status
 
-    _, redis_url = resolve_services(kafka or "-", redis, state_dir)
+    redis_url = service_address(redis, "redis", state_dir)
     doc = collect_status(redis_url, products.split(",") if products else None)
     click.echo(json.dumps(doc, indent=2, sort_keys=True) if as_json else format_status(doc))
 
@@ -226,7 +225,7 @@ def send(kafka, state_dir, product, generate, seed, start_id, source) -> None:
     """Send orders (JSON lines from SOURCE or -, or --generate N) to the product's order topic."""
     from cluster.send import send_orders
 
-    bootstrap, _ = resolve_services(kafka, "-", state_dir)
+    bootstrap = service_address(kafka, "kafka", state_dir)
     if (source is None) == (generate is None):
         raise click.UsageError("give a SOURCE file (or -) or --generate N")
     sent = send_orders(bootstrap, product, source=source, generate=generate, seed=seed, start_id=start_id)
@@ -245,7 +244,7 @@ def tail(kafka, state_dir, product, count, idle_timeout) -> None:
     """Print a product's events from the start, dropping redelivered sequences."""
     from cluster.send import tail_events
 
-    bootstrap, _ = resolve_services(kafka, "-", state_dir)
+    bootstrap = service_address(kafka, "kafka", state_dir)
     for line in tail_events(bootstrap, product, count=count, idle_timeout=idle_timeout):
         click.echo(line)
 
@@ -281,7 +280,8 @@ def drill(
     from cluster.settings import load_kafka_properties
     from engine.config import load_products
 
-    bootstrap, redis_url = resolve_services(kafka, redis, state_dir)
+    bootstrap = service_address(kafka, "kafka", state_dir)
+    redis_url = service_address(redis, "redis", state_dir)
     admin_token = admin_token or embedded_state(state_dir).get("admin_token")
     if not admin_token:
         raise click.UsageError("give --admin-token (the nodes' ORDERBOOK_CLUSTER_START_ADMIN_TOKEN)")

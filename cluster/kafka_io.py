@@ -8,8 +8,10 @@ offsets_for_times and transactions are not used for correctness (the test broker
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 log = logging.getLogger(__name__)
@@ -117,3 +119,49 @@ def make_producer(
         config["transactional.id"] = transactional_id
         config["transaction.timeout.ms"] = config["message.timeout.ms"]
     return Producer(config)
+
+
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    *,
+    idle_s: float | None = 5.0,
+    count: int | None = None,
+    timeout_s: float | None = None,
+    extra: dict | None = None,
+) -> Iterator[tuple[int, bytes, int, list]]:
+    """(offset, value, timestamp ms, headers) of a one-partition topic from offset 0.
+
+    Reads until `count` records, or nothing arrived for `idle_s`, or `timeout_s` passed (each
+    None for no bound). From offset 0 on purpose: the test broker's watermarks are wrong.
+    """
+    consumer = Consumer(
+        {
+            **base_config(bootstrap, extra or {}),
+            "group.id": "orderbook-cluster-reader",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 20,
+            "fetch.queue.backoff.ms": 10,
+        }
+    )
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    seen = 0
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    last = time.monotonic()
+    try:
+        while (count is None or seen < count) and (deadline is None or time.monotonic() < deadline):
+            msgs = consumer.consume(5000, 0.1)
+            if not msgs:
+                if idle_s is not None and time.monotonic() - last > idle_s:
+                    return
+                continue
+            last = time.monotonic()
+            for msg in msgs:
+                if msg.error() is not None:
+                    continue
+                seen += 1
+                yield msg.offset(), msg.value() or b"", msg.timestamp()[1], msg.headers() or []
+                if count is not None and seen >= count:
+                    return
+    finally:
+        consumer.close()

@@ -60,7 +60,7 @@ class Leadership:
 
 
 class LeaseKeeper:
-    """The lease task of a product process; it flips the worker to leader via `become_leader`."""
+    """The lease task of a product process; it hands an acquired lease to `start_publishing`."""
 
     def __init__(self, worker: ProductWorker) -> None:
         self.worker = worker

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 import click
 import msgspec
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
-from cluster.kafka_io import message_topic, order_topic
+from cluster.kafka_io import message_topic, order_topic, read_topic
 
 _created_at = msgspec.json.Decoder(dict)
 
@@ -91,46 +90,6 @@ def send_orders(
     return produce_orders(bootstrap, product, source)
 
 
-def consume_topic(
-    bootstrap: str,
-    topic: str,
-    *,
-    idle_timeout: float | None,
-    count: int | None = None,
-) -> Iterator[tuple[int, bytes, int]]:
-    """(offset, value, timestamp ms) of a one-partition topic from its start, until idle or count."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "orderbook-cluster-tail",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 20,
-            "fetch.queue.backoff.ms": 10,
-            "enable.partition.eof": False,
-        }
-    )
-    consumer.assign([TopicPartition(topic, 0, 0)])
-    seen = 0
-    last = time.monotonic()
-    try:
-        while count is None or seen < count:
-            msgs = consumer.consume(1000, 0.1)
-            if not msgs:
-                if idle_timeout is not None and time.monotonic() - last > idle_timeout:
-                    return
-                continue
-            last = time.monotonic()
-            for msg in msgs:
-                if msg.error():
-                    continue
-                seen += 1
-                yield msg.offset(), msg.value(), msg.timestamp()[1]
-                if count is not None and seen >= count:
-                    return
-    finally:
-        consumer.close()
-
-
 _sequence = msgspec.json.Decoder(dict)
 
 
@@ -148,7 +107,8 @@ def tail_events(
     bootstrap: str, product: str, *, count: int | None, idle_timeout: float | None
 ) -> Iterator[str]:
     """The `tail` command: events as JSON lines, each sequence once."""
-    values = (v for _, v, _ in consume_topic(bootstrap, message_topic(product), idle_timeout=idle_timeout))
+    records = read_topic(bootstrap, message_topic(product), idle_s=idle_timeout)
+    values = (value for _, value, _, _ in records)
     for n, value in enumerate(dedupe_by_sequence(values), 1):
         yield value.decode()
         if count is not None and n >= count:

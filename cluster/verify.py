@@ -7,13 +7,12 @@ broker's watermarks: both topics are read from offset 0 until the expected count
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import msgspec
-from confluent_kafka import Consumer, TopicPartition
 
+from cluster.kafka_io import read_topic
 from engine.config import ProductConfig
 from engine.replay import replay_lines
 
@@ -45,40 +44,13 @@ def read_records(
     timeout_s: float = 120.0,
     extra: dict | None = None,
 ) -> list[tuple[int, bytes, int, list]]:
-    """(offset, value, timestamp ms, headers) of a one-partition topic from offset 0.
+    """(offset, value, timestamp ms, headers) of a one-partition topic from offset 0, as a list.
 
     Stops at `until_count` records, or when nothing arrived for `idle_s`, or at `timeout_s`.
     """
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "orderbook-cluster-verify",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 20,
-            "fetch.queue.backoff.ms": 10,
-            **(extra or {}),
-        }
+    return list(
+        read_topic(bootstrap, topic, idle_s=idle_s, count=until_count, timeout_s=timeout_s, extra=extra)
     )
-    consumer.assign([TopicPartition(topic, 0, 0)])
-    records: list[tuple[int, bytes, int, list]] = []
-    deadline = time.monotonic() + timeout_s
-    last = time.monotonic()
-    try:
-        while time.monotonic() < deadline and (until_count is None or len(records) < until_count):
-            msgs = consumer.consume(5000, 0.1)
-            if not msgs:
-                if time.monotonic() - last > idle_s:
-                    break
-                continue
-            last = time.monotonic()
-            for msg in msgs:
-                if msg.error() is None:
-                    records.append(
-                        (msg.offset(), msg.value() or b"", msg.timestamp()[1], msg.headers() or [])
-                    )
-    finally:
-        consumer.close()
-    return records
 
 
 def expected_events(config: ProductConfig, inputs: Iterable[tuple[bytes, int]]) -> list[bytes]:

@@ -26,19 +26,20 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from cluster import kafka_io
 from cluster import metrics as m
 from cluster.lease import Demoted, Leadership, LeaseKeeper
-from cluster.redis_state import ProductRedis, SnapshotEnvelope, async_client
+from cluster.redis_state import SNAPSHOT_FORMAT, ProductRedis, SnapshotEnvelope, async_client
 from cluster.reporting import StatusReporter
 from cluster.settings import NodeSettings
 from engine.matching import DeadLetter, MatchingEngine
 from engine.messages import encode_event
+from supervisor import EXIT_DO_NOT_RESTART, EXIT_RESTART_AT_ONCE
 
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
-EXIT_DEMOTED = 75
-EXIT_CONFIG = 78
+# The exit codes are the supervisor's protocol: come back as standby at once / do not restart.
+EXIT_DEMOTED = EXIT_RESTART_AT_ONCE
+EXIT_CONFIG = EXIT_DO_NOT_RESTART
 
-SNAPSHOT_FORMAT = 1
 STANDBY_READ_AHEAD = 200_000
 
 
@@ -230,13 +231,16 @@ class ProductWorker:
         leader.progress = (leader.delivered_seq, offset)
 
     def maybe_take_snapshot(self) -> None:
-        """Capture state at a batch boundary; it is written once its events are delivered."""
+        """Capture state at a batch boundary when due; it is written once its events are delivered."""
         t = self.timing
         due = self.orders_since_snapshot >= t.snapshot_every_orders or (
             self.orders_since_snapshot and time.monotonic() - self.last_snapshot_at >= t.snapshot_every_s
         )
-        if not due or self.leader is None or self.pending_snapshot is not None:
-            return
+        if due and self.leader is not None and self.pending_snapshot is None:
+            self.take_snapshot()
+
+    def take_snapshot(self) -> None:
+        """Capture the engine's state now, as the snapshot waiting for its events' delivery."""
         self.pending_snapshot = SnapshotEnvelope(
             format=SNAPSHOT_FORMAT,
             product=self.product,
@@ -481,11 +485,7 @@ class ProductWorker:
             return
         try:
             if remaining == 0 and time.monotonic() < self.leader.valid_until:
-                self.orders_since_snapshot = max(
-                    self.orders_since_snapshot, self.timing.snapshot_every_orders
-                )
-                self.pending_snapshot = None
-                self.maybe_take_snapshot()
+                self.take_snapshot()  # replaces any pending one: this one is newer
                 await self.write_progress()
             await self.redis.release(self.token)
             log.info("released lease product=%s epoch=%d", self.product, self.leader.epoch)

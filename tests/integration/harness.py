@@ -6,6 +6,7 @@ of the test, whatever happened. Waiting is on conditions with deadlines, never o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from cluster import verify
 from cluster.embedded import free_port
+from cluster.kafka_io import message_topic, read_topic
 from cluster.verify import expected_events, read_records, record_time_ns
 from engine.config import ProductConfig
 
@@ -172,6 +174,22 @@ def read_input(bootstrap: str, topic: str, count: int) -> list[tuple[bytes, int]
     records = read_records(bootstrap, topic, until_count=count, idle_s=20)
     assert len(records) == count, f"{topic}: read {len(records)} of {count} records"
     return [(value, record_time_ns(ts)) for _, value, ts, _ in records]
+
+
+def output_values(bootstrap: str, product: str, count: int, timeout_s: float = 60) -> list[bytes]:
+    """The output topic, duplicates kept, read until `count` distinct sequences have arrived."""
+    values: list[bytes] = []
+    distinct: set[int] = set()
+    if count <= 0:
+        return values
+    records = read_topic(bootstrap, message_topic(product), idle_s=None, timeout_s=timeout_s)
+    with contextlib.closing(records):
+        for _, value, _, _ in records:
+            values.append(value)
+            distinct.add(json.loads(value)["sequence"])
+            if len(distinct) >= count:
+                return values
+    raise AssertionError(f"{product}: {len(distinct)} of {count} events after {timeout_s:.0f}s")
 
 
 def oracle_events(config: ProductConfig, records: list[tuple[bytes, int]]) -> list[bytes]:

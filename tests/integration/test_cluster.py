@@ -15,45 +15,16 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
-from cluster.kafka_io import dlq_topic, message_topic, order_topic
-from cluster.send import consume_topic, produce_orders
+from cluster.kafka_io import dlq_topic, order_topic, read_topic
+from cluster.send import produce_orders
 from cluster.workload import generate_orders
 from engine.config import load_products
-from tests.integration.harness import check_stream, oracle_events, read_input, wait_until
+from tests.integration.harness import check_stream, oracle_events, output_values, read_input, wait_until
 
 pytestmark = pytest.mark.integration
 
 GOLDEN = Path(__file__).parents[1] / "unit" / "golden"
-
-
-def output_values(bootstrap: str, product: str, count: int, timeout_s: float = 60) -> list[bytes]:
-    """Read the output topic until `count` distinct sequences have arrived (duplicates kept)."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "test-output",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 20,
-        }
-    )
-    consumer.assign([TopicPartition(message_topic(product), 0, 0)])
-    values: list[bytes] = []
-    distinct: set[int] = set()
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(distinct) < count:
-            assert time.monotonic() < deadline, (
-                f"{product}: {len(distinct)} of {count} events after {timeout_s}s"
-            )
-            for msg in consumer.consume(5000, 0.2):
-                if not msg.error():
-                    values.append(msg.value())
-                    distinct.add(json.loads(msg.value())["sequence"])
-    finally:
-        consumer.close()
-    return values
 
 
 def test_worked_example_through_kafka(services, cluster_factory):
@@ -199,13 +170,9 @@ def test_bad_input_goes_to_dlq_or_rejected_and_nothing_else_changes(services, cl
     assert set(rejected) == {3, 4, 5, 6, 7, 8}
     assert [e["type"] for e in events if e.get("reason") != "rejected"] == ["open", "match", "done", "done"]
 
-    dlq = list(consume_topic(services.bootstrap, dlq_topic(product), idle_timeout=10, count=3))
-    assert [value for _, value, _ in dlq] == [lines[1], lines[2], lines[3]]
-    consumer = Consumer({"bootstrap.servers": services.bootstrap, "group.id": "dlq-headers"})
-    consumer.assign([TopicPartition(dlq_topic(product), 0, 0)])
-    msgs = wait_until(lambda: [m for m in consumer.consume(10, 0.2) if not m.error()], 20, "dlq records")
-    headers = dict(msgs[0].headers())
-    consumer.close()
+    dlq = list(read_topic(services.bootstrap, dlq_topic(product), idle_s=10, count=3))
+    assert [value for _, value, _, _ in dlq] == [lines[1], lines[2], lines[3]]
+    headers = dict(dlq[0][3])
     assert headers["reason"] == b"not_json" and headers["source_offset"] == b"1"
 
 

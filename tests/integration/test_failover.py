@@ -29,6 +29,7 @@ from tests.integration.harness import (
     NodeRestarter,
     check_stream,
     oracle_events,
+    output_values,
     read_input,
     run_drill_cli,
     wait_until,
@@ -74,16 +75,7 @@ def epochs_in_output(bootstrap: str, product: str) -> dict[int, list[int]]:
 def verify(services, cluster: Cluster, product: str, sent: int) -> None:
     records = read_input(services.bootstrap, order_topic(product), sent)
     expected = oracle_events(load_products(cluster.config)[product], records)
-    output = wait_until(
-        lambda: (
-            (vals := [v for _, v, _, _ in read_records(services.bootstrap, message_topic(product), idle_s=1)])
-            and len({json.loads(v)["sequence"] for v in vals}) >= len(expected)
-            and vals
-        ),
-        120,
-        f"{len(expected)} events on {message_topic(product)}",
-        interval_s=0.5,
-    )
+    output = output_values(services.bootstrap, product, len(expected), timeout_s=120)
     check_stream(output, expected)
 
 
@@ -92,18 +84,26 @@ def standby_caught_up(node, product):
     return status.get("role") == "standby" and status.get("caught_up")
 
 
-def test_kill_leader_process_hot_standby_takes_over(services, cluster_factory, product):
-    cluster = cluster_factory([product])
-    n1, n2 = cluster.start_node("n1"), cluster.start_node("n2")
+def leader_and_hot_standby(cluster, product, env=None):
+    """Two nodes for `product`: (leader node, its product pid, the other node once caught up)."""
+    n1, n2 = cluster.start_node("n1", env), cluster.start_node("n2", env)
     leader, pid = cluster.wait_leader(product)
     other = n2 if leader is n1 else n1
     wait_until(lambda: standby_caught_up(other, product), 30, "a caught-up standby")
+    return leader, pid, other
+
+
+def test_kill_leader_process_hot_standby_takes_over(services, cluster_factory, product):
+    cluster = cluster_factory([product])
+    leader, pid, other = leader_and_hot_standby(cluster, product)
     load = Load(services.bootstrap, product, 20_000)
     load.start()
     wait_until(lambda: load.sent >= 5_000, 60, "load to flow")
     os.kill(pid, signal.SIGKILL)
-    new_leader, new_pid = wait_until(
-        lambda: (found := cluster.wait_leader(product)) and found[1] != pid and found, 30, "a new leader"
+    wait_until(
+        lambda: any(n.product_pid(product, role="leader") not in (None, pid) for n in (leader, other)),
+        30,
+        "a new leader",
     )
     sent = load.finish()
     verify(services, cluster, product, sent)
@@ -112,10 +112,7 @@ def test_kill_leader_process_hot_standby_takes_over(services, cluster_factory, p
 
 def test_kill_whole_leader_node(services, cluster_factory, product):
     cluster = cluster_factory([product])
-    n1, n2 = cluster.start_node("n1"), cluster.start_node("n2")
-    leader, _ = cluster.wait_leader(product)
-    other = n2 if leader is n1 else n1
-    wait_until(lambda: standby_caught_up(other, product), 30, "a caught-up standby")
+    leader, _, other = leader_and_hot_standby(cluster, product)
     load = Load(services.bootstrap, product, 15_000)
     load.start()
     wait_until(lambda: load.sent >= 4_000, 60, "load to flow")
@@ -128,10 +125,7 @@ def test_kill_whole_leader_node(services, cluster_factory, product):
 
 def test_paused_leader_is_fenced_and_comes_back_as_standby(services, cluster_factory, product):
     cluster = cluster_factory([product])
-    n1, n2 = cluster.start_node("n1"), cluster.start_node("n2")
-    leader, pid = cluster.wait_leader(product)
-    other = n2 if leader is n1 else n1
-    wait_until(lambda: standby_caught_up(other, product), 30, "a caught-up standby")
+    leader, pid, other = leader_and_hot_standby(cluster, product)
     load = Load(services.bootstrap, product, 15_000)
     load.start()
     wait_until(lambda: load.sent >= 4_000, 60, "load to flow")
@@ -206,10 +200,7 @@ def test_broker_restart_under_load_recovers_by_itself(
 def test_drill_reports_takeover_and_a_clean_stream(services, cluster_factory, product, fault):
     cluster = cluster_factory([product])
     env = {"ORDERBOOK_CLUSTER_START_ADMIN_TOKEN": ADMIN_TOKEN}
-    n1, n2 = cluster.start_node("n1", env), cluster.start_node("n2", env)
-    leader, _ = cluster.wait_leader(product)
-    other = n2 if leader is n1 else n1
-    wait_until(lambda: standby_caught_up(other, product), 30, "a caught-up standby")
+    leader_and_hot_standby(cluster, product, env)
     report = run_drill_cli(services, cluster, product, fault, ADMIN_TOKEN)
     assert all(r["new_epoch"] > r["old_epoch"] for r in report["rounds"])
     print(f"drill {fault} takeover ms:", report["takeover"])  # the figure goes to the note, not an assertion
@@ -269,17 +260,12 @@ def test_redis_with_auth_works_and_the_password_never_reaches_logs(
 
 def test_status_shows_leader_and_standbys(services, cluster_factory, product):
     cluster = cluster_factory([product])
-    n1, n2 = cluster.start_node("n1"), cluster.start_node("n2")
-    leader, pid = cluster.wait_leader(product)
-    other = n2 if leader is n1 else n1
-    wait_until(lambda: standby_caught_up(other, product), 30, "a caught-up standby")
+    leader, pid, other = leader_and_hot_standby(cluster, product)
     argv = [
         sys.executable,
         "-m",
         "cluster",
         "status",
-        "--kafka",
-        services.bootstrap,
         "--redis",
         services.redis_url,
         "--products",
