@@ -41,17 +41,17 @@ from pathlib import Path
 
 import click
 import msgspec
-from confluent_kafka import Consumer, TopicPartition
 
 from cluster.bench_latency import BenchError, latency_phase
 from cluster.embedded import embedded_services, free_port
-from cluster.kafka_io import ensure_topics, message_topic, product_topics
+from cluster.kafka_io import ensure_topics, message_topic, product_topics, read_topic
 from cluster.send import produce_orders
 from cluster.workload import generate_orders
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 NODE_START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
+CPU_SAMPLE_S = 0.005
 _encoder = msgspec.json.Encoder()
 
 
@@ -163,72 +163,56 @@ def preload(bootstrap: str, products: list[str], orders: int, seed: int) -> None
 
 
 @dataclass
-class OutputCounter:
-    """Counts each product's output records as they arrive, with the product process's CPU then.
+class CpuSampler:
+    """Samples each product process's CPU seconds on the wall clock (ms), every few ms.
 
-    Marks are (records so far, producer timestamp ns of the batch's last record, process CPU s),
-    one per consumed batch, so the window from the first output record to the last expected one
-    can be cut afterwards.
+    Reading /proc costs the benchmark a few µs per sample and the node nothing, so the CPU of a
+    window cut afterwards by the output records' producer timestamps can be read off these samples.
     """
 
     pids: dict[str, int]
-    marks: dict[str, list[tuple[int, int, float]]] = field(default_factory=dict)
-    first_stamp: dict[str, int] = field(default_factory=dict)
+    samples: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
 
-    def consume(self, bootstrap: str) -> None:
-        """Consumer thread: every output topic from offset 0, until stopped."""
-        consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": "obc-bench-throughput",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 10,
-            }
-        )
-        topics = {message_topic(p): p for p in self.pids}
-        consumer.assign([TopicPartition(t, 0, 0) for t in topics])
-        counts = dict.fromkeys(self.pids, 0)
-        try:
-            while not self.stop.is_set():
-                msgs = consumer.consume(10_000, 0.05)
-                arrived = dict.fromkeys(self.pids, 0)
-                stamped: dict[str, int] = {}  # producer timestamp (ns) of the batch's last record
-                for msg in msgs:
-                    if msg.error() is None:
-                        product = topics[msg.topic()]
-                        arrived[product] += 1
-                        stamp_ns = msg.timestamp()[1] * 1_000_000
-                        stamped[product] = stamp_ns
-                        self.first_stamp.setdefault(product, stamp_ns)
-                for product, n in arrived.items():
-                    if n:
-                        counts[product] += n
-                        mark = (counts[product], stamped[product], cpu_seconds(self.pids[product]))
-                        self.marks.setdefault(product, []).append(mark)
-        finally:
-            consumer.close()
+    def run(self) -> None:
+        """Sampler thread: until stopped."""
+        while not self.stop.wait(CPU_SAMPLE_S):
+            now_ms = time.time() * 1000.0
+            for product, pid in self.pids.items():
+                self.samples.setdefault(product, []).append((now_ms, cpu_seconds(pid)))
 
-    def count(self, product: str) -> int:
-        """Output records of `product` seen so far."""
-        marks = self.marks.get(product)
-        return marks[-1][0] if marks else 0
+    def cpu_between(self, product: str, start_ms: float, end_ms: float) -> float:
+        """CPU seconds the process used from the last sample at or before start_ms to the first
+        sample at or after end_ms (so the window is covered, give or take one sample period)."""
+        samples = self.samples.get(product, [])
+        before = [cpu for t, cpu in samples if t <= start_ms]
+        after = [cpu for t, cpu in samples if t >= end_ms]
+        if not before or not after:
+            return float("nan")
+        return after[0] - before[-1]
 
-    def window(self, product: str, records: int) -> tuple[float, float]:
-        """(seconds, process CPU s) from the first output record to the `records`-th, by the
-        records' producer timestamps (ms): when the product process produced them, not when this
-        process read them, so the benchmark's own consumer speed does not count."""
-        marks = self.marks[product]
-        first = marks[0]
-        last = next(m for m in marks if m[0] >= records)
-        return max((last[1] - self.first_stamp[product]) / 1e9, 1e-3), last[2] - first[2]
+
+def output_window(bootstrap: str, product: str, records: int) -> tuple[int, int]:
+    """(producer timestamp ms of the first output record, of the `records`-th), read back after the run."""
+    first = last = None
+    seen = 0
+    for _offset, _value, stamp_ms, _headers in read_topic(
+        bootstrap, message_topic(product), count=records, idle_s=30.0
+    ):
+        seen += 1
+        if first is None:
+            first = stamp_ms
+        last = stamp_ms
+    if seen < records or first is None or last is None:
+        raise BenchError(f"{product}: read {seen} of {records} output records")
+    return first, last
 
 
 def throughput_phase(node: BenchNode, bootstrap: str, orders: int, passthrough: bool) -> tuple[dict, dict]:
     """Drain the preloaded topics; (per-product figures, status at the end)."""
     started = wait_for(node, lambda s: bool(s.get("pid")), NODE_START_TIMEOUT_S, "product processes")
-    counter = OutputCounter({p: started[p]["pid"] for p in node.products})
-    thread = threading.Thread(target=counter.consume, args=(bootstrap,), daemon=True)
+    sampler = CpuSampler({p: started[p]["pid"] for p in node.products})
+    thread = threading.Thread(target=sampler.run, daemon=True)
     thread.start()
 
     def drained(s: dict) -> bool:
@@ -237,21 +221,17 @@ def throughput_phase(node: BenchNode, bootstrap: str, orders: int, passthrough: 
 
     try:
         done = wait_for(node, drained, 30 + orders / 2000, "the preloaded orders to be drained")
-        for product in node.products:
-            wanted = done[product]["delivered_sequence"]
-            deadline = time.monotonic() + 60
-            while counter.count(product) < wanted:
-                if time.monotonic() > deadline:
-                    raise BenchError(f"{product}: read {counter.count(product)} of {wanted} output records")
-                time.sleep(0.05)
+        time.sleep(2 * CPU_SAMPLE_S)  # one more sample after the last record
     finally:
-        counter.stop.set()
+        sampler.stop.set()
         thread.join(10)
     figures = {}
     for product in node.products:
         events = done[product]["delivered_sequence"]
-        seconds, cpu = counter.window(product, events)
-        pid = counter.pids[product]
+        first_ms, last_ms = output_window(bootstrap, product, events)
+        seconds = max((last_ms - first_ms) / 1000, 1e-3)
+        cpu = sampler.cpu_between(product, first_ms, last_ms)
+        pid = sampler.pids[product]
         figures[product] = {
             "orders_per_s": round(orders / seconds),
             "seconds": round(seconds, 3),
@@ -363,6 +343,10 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 @click.command()
 @click.option(
     "--products",
@@ -401,6 +385,7 @@ def e2e(n, orders, rate, seconds, seed, kafka, redis, as_json) -> None:
     """End to end: sustained orders/s, order-to-event latency, CPU and memory, vs the passthrough limit."""
     if bool(kafka) != bool(redis):
         raise click.UsageError("give both --kafka and --redis, or neither for local servers")
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so the nodes and local servers are stopped
     try:
         if kafka:
             report = run_bench(kafka, redis, n, orders, rate, seconds, seed, broker=kafka)

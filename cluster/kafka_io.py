@@ -94,7 +94,10 @@ def make_producer(
     batch_bytes: int = 1_000_000,
     transactional_id: str | None = None,
 ) -> Producer:
-    """The event producer: idempotent, acks=all, lz4, ordered (max 5 in flight keeps order with idempotence)."""
+    """The event producer: idempotent, acks=all, lz4, ordered (max 5 in flight keeps order with idempotence).
+
+    `on_delivery` hears of failed deliveries only.
+    """
     config = base_config(bootstrap, extra)
     config.update(
         {
@@ -113,7 +116,10 @@ def make_producer(
         }
     )
     if on_delivery is not None:
+        # Failures only: a Python call per delivered event costs ~0.25 µs of the loop. Success is
+        # read off len(producer) instead (see worker.settle_delivery).
         config["on_delivery"] = on_delivery
+        config["delivery.report.only.error"] = True
     if transactional_id is not None:
         # One id per product: a new leader's init_transactions() fences the old one at the broker.
         config["transactional.id"] = transactional_id

@@ -50,6 +50,8 @@ class Leadership:
     dlq_from_offset: int
     valid_until: float
     delivered_seq: int
+    # Last sequence handed to the producer (passthrough: records copied); delivered_seq trails it.
+    produced_seq: int = 0
     headers: list = field(default_factory=list)
     dlq_produced: int = 0
     dlq_delivered: int = 0

@@ -40,6 +40,11 @@ snapshot_age = Gauge(
 is_leader = Gauge(
     "obc_is_leader", "1 while this process holds the product's lease", LABELS, multiprocess_mode="liveall"
 )
+producer_waits = Counter(
+    "obc_producer_waits",
+    "Loop turns spent waiting for the broker: more undelivered events than producer_max_outstanding",
+    LABELS,
+)
 epoch = Gauge("obc_epoch", "Lease epoch of this process (0 as standby)", LABELS, multiprocess_mode="liveall")
 
 
@@ -61,6 +66,7 @@ class Bound:
         self.rejects = rejects.labels(**labels)
         self.duplicates = duplicates.labels(**labels)
         self.unknown_cancels = unknown_cancels.labels(**labels)
+        self.producer_waits = producer_waits.labels(**labels)
 
 
 def bind(product: str, node: str) -> Bound:

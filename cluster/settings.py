@@ -38,6 +38,9 @@ class Timing:
     fetch_wait_ms: int = 20
     producer_linger_ms: int = 2
     producer_batch_bytes: int = 1_000_000
+    # Past this many undelivered messages the loop stops applying (and keeps renewing) until
+    # the broker catches up: backpressure that never blocks the event loop.
+    producer_max_outstanding: int = 200_000
     status_every_ms: int = 500
 
     def __post_init__(self) -> None:

@@ -6,8 +6,8 @@ Invariants (the argument is in docs/exactly-once.md):
 - Start-up and crash recovery are one path (crash-only): restore the latest snapshot, read the
   order topic from its offset, trail the recorded progress as a standby, take the lease when it
   is free, then publish only events whose sequence is above the progress read with the lease.
-- Progress (last delivered sequence, next input offset) is written only after delivery reports,
-  and only while holding exactly our lease value; snapshots are of delivered state only.
+- Progress (last delivered sequence, next input offset) is written only for events the broker
+  acknowledged, and only while holding exactly our lease value; snapshots are of delivered state only.
 - A leader stops publishing before its lease can expire by its own monotonic clock; losing the
   lease ends the process (exit 75) so it comes back as a standby through the same path.
 """
@@ -135,10 +135,13 @@ class ProductWorker:
             # than the rest of produce(), and a batch has one leader.
             mark = leader.headers if leader else None
             suppress = leader.suppress_upto if leader else None
-            for offset, raw, ts in records:
-                result = submit_raw(raw, ts)
+            for msg in records:
+                raw = msg.value() or b""
+                ts_ms = msg.timestamp()[1]
+                result = submit_raw(raw, ts_ms * 1_000_000 if ts_ms > 0 else 0)
                 if type(result) is DeadLetter:
                     self.metric.dead_letters.inc()
+                    offset = msg.offset()
                     if leader is not None and offset >= leader.dlq_from_offset:
                         self._produce_dead_letter(offset, raw, result.reason)
                     continue
@@ -156,14 +159,16 @@ class ProductWorker:
                                 self._produce_when_room(topic, value, mark)
                                 mark = None
         count = len(records)
-        self.next_offset = records[-1][0] + 1
+        self.next_offset = records[-1].offset() + 1
         self.orders_since_snapshot += count
         self.metric.orders_in.inc(count)
         self.metric.batch_size.observe(count)
         if leader is not None:
-            leader.batch_marks.append((self.next_offset, self.engine.sequence, leader.dlq_produced))
+            if not self.settings.passthrough and self.engine.sequence > leader.produced_seq:
+                leader.produced_seq = self.engine.sequence
+            leader.batch_marks.append((self.next_offset, leader.produced_seq, leader.dlq_produced))
             now_ms = time.time() * 1000.0
-            self.metric.order_to_event.observe(max(0.0, now_ms - records[-1][2] / 1e6) / 1000)
+            self.metric.order_to_event.observe(max(0.0, now_ms - records[-1].timestamp()[1]) / 1000)
 
     def copy_through(self, records: list) -> None:
         """The benchmark's passthrough limit: the same loop with matching replaced by a copy."""
@@ -171,11 +176,13 @@ class ProductWorker:
             return
         produce = self.producer.produce
         topic = self.message_topic
-        for _offset, raw, _ts in records:
+        for msg in records:
+            raw = msg.value() or b""
             try:
                 produce(topic, raw)
             except BufferError:
                 self._produce_when_room(topic, raw, None)
+        self.leader.produced_seq += len(records)
 
     def _produce_when_room(self, topic: str, value: bytes, headers) -> None:
         """The producer queue is full: serve delivery reports until it takes the message."""
@@ -202,27 +209,40 @@ class ProductWorker:
                 self.producer.poll(0.01)
 
     def _on_delivery(self, err, msg) -> None:
-        """Delivery reports of one partition arrive in produce order (idempotent producer).
+        """The producer reports failed deliveries only (delivery.report.only.error).
 
         Any failure ends the process: publishing on past a hole would break the sequence, and
         the restart republishes from the recorded progress.
         """
         if err is not None:
             self.fatal = f"delivery to {msg.topic()} failed: {err}"
-            return
+
+    def settle_delivery(self) -> None:
+        """Count as delivered what was produced and is no longer held by the producer.
+
+        len(producer) counts messages queued, in flight, and failure reports not yet served.
+        It is read *before* poll() serves those reports, so a failure either is still counted
+        there or has made the process fatal, and then the count is not used. With idempotence a
+        message is never acknowledged before an earlier one of its partition fails, so what
+        is not outstanding is a delivered prefix of each topic; counting all outstanding
+        messages against each topic only under-counts, the safe direction.
+        """
+        outstanding = len(self.producer)
+        self.producer.poll(0)
         leader = self.leader
-        if leader is None:
-            return
-        if self.settings.kafka_transactions:
-            return  # counted when the batch's transaction commits
-        if msg.topic() == self.message_topic:
-            leader.delivered_seq += 1
-            self.events_delivered += 1
-        else:
-            leader.dlq_delivered += 1
+        if self.fatal or leader is None or self.settings.kafka_transactions:
+            return  # with transactions, counted when the batch's transaction commits
+        delivered = leader.produced_seq - outstanding
+        if delivered > leader.delivered_seq:
+            self.events_delivered += delivered - leader.delivered_seq
+            leader.delivered_seq = delivered
+        dlq_delivered = leader.dlq_produced - outstanding
+        if dlq_delivered > leader.dlq_delivered:
+            leader.dlq_delivered = dlq_delivered
 
     def settle_progress(self) -> None:
         """Advance (delivered sequence, next offset) past every batch fully delivered."""
+        self.settle_delivery()
         leader = self.leader
         marks = leader.batch_marks
         offset = leader.progress[1]
@@ -254,26 +274,30 @@ class ProductWorker:
         self.last_snapshot_at = time.monotonic()
 
     async def fetch(self) -> None:
-        """Read a batch into `pending` without blocking the loop."""
+        """Read a batch into `pending` without blocking the loop: at once what is there, else wait
+        in the consumer thread."""
         if len(self.pending) >= STANDBY_READ_AHEAD:
             await asyncio.sleep(self.timing.consume_timeout_ms / 1000)
             return
-        loop = asyncio.get_running_loop()
-        msgs = await loop.run_in_executor(
-            self.executor,
-            self.consumer.consume,
-            self.timing.consume_batch,
-            self.timing.consume_timeout_ms / 1000,
-        )
+        # What librdkafka has already fetched is taken here, without a thread hop: a second Python
+        # thread building Message objects would fight this one for the GIL on every poll().
+        msgs = self.consumer.consume(self.timing.consume_batch, 0)
+        if msgs:
+            await asyncio.sleep(0)  # still yield once per batch: lease renewals must run
+        else:
+            msgs = await asyncio.get_running_loop().run_in_executor(
+                self.executor,
+                self.consumer.consume,
+                self.timing.consume_batch,
+                self.timing.consume_timeout_ms / 1000,
+            )
         append = self.pending.append
         for msg in msgs:
             err = msg.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consume error product=%s error=%s", self.product, err)
-                continue
-            ts_type, ts_ms = msg.timestamp()
-            append((msg.offset(), msg.value() or b"", ts_ms * 1_000_000 if ts_ms > 0 else 0))
+            if err is None:
+                append(msg)  # the Message itself: a tuple per record would cost more than it saves
+            elif err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consume error product=%s error=%s", self.product, err)
 
     def take_applicable(self) -> list:
         """The next pending records this process may apply: as leader all, as standby those below
@@ -283,21 +307,31 @@ class ProductWorker:
         batch: list = []
         take = min(len(pending), self.timing.consume_batch)
         popleft = pending.popleft
-        while take and (limit is None or pending[0][0] < limit):
+        while take and (limit is None or pending[0].offset() < limit):
             batch.append(popleft())
             take -= 1
         return batch
 
     def applicable(self) -> bool:
         """Whether the oldest pending record may be applied now."""
-        return bool(self.pending) and (self.leader is not None or self.pending[0][0] < self.progress_seen[1])
+        return bool(self.pending) and (
+            self.leader is not None or self.pending[0].offset() < self.progress_seen[1]
+        )
 
     async def main_loop(self) -> None:
         """Fetch, apply, publish, until asked to stop or something fatal happens."""
         producer = self.producer
+        max_outstanding = self.timing.producer_max_outstanding
         while not self.stopping:
             if self.fatal:
                 raise RuntimeError(self.fatal)
+            if self.leader is not None and len(producer) >= max_outstanding:
+                # The broker is behind: wait for it here, where the lease keeps being renewed.
+                self.metric.producer_waits.inc()
+                await asyncio.sleep(0.001)
+                self.check_lease_clock()
+                self.settle_progress()
+                continue
             if len(self.pending) < self.timing.consume_batch or self.leader is None and not self.applicable():
                 await self.fetch()
             else:
@@ -310,9 +344,10 @@ class ProductWorker:
                 else:
                     self.apply(batch)
                 self.maybe_take_snapshot()
-            producer.poll(0)
             if self.leader is not None:
                 self.settle_progress()
+            else:
+                producer.poll(0)
 
     async def apply_in_transaction(self, batch: list) -> None:
         """One batch, one transaction: committed as a whole, or the process restarts (fenced or failed)."""
@@ -368,6 +403,7 @@ class ProductWorker:
             dlq_from_offset=acquired.progress_offset,
             valid_until=valid_until,
             delivered_seq=start_seq,
+            produced_seq=start_seq,
             progress=(start_seq, self.next_offset),
             # Not part of the event: tells drills and operators which leadership published a copy.
             headers=[("epoch", str(acquired.epoch).encode()), ("node", self.settings.node_id.encode())],
@@ -404,6 +440,8 @@ class ProductWorker:
         """Record progress, then a snapshot whose events are all delivered."""
         leader = self.leader
         self.settle_progress()
+        if self.fatal:
+            return  # a failed delivery: the loop ends the process; record nothing past it
         if leader.progress != leader.written_progress:
             seq, offset = leader.progress
             rc = await self.redis.write_progress(

@@ -122,6 +122,42 @@ def test_sigkills_with_kafka_transactions(services, cluster_factory, product):
     assert kills >= 3
 
 
+def test_backpressure_waits_for_a_stalled_broker_without_losing_the_lease(services, cluster_factory, product):
+    """The broker stops answering for longer than the lease TTL while events are queued: the loop
+    stops applying (producer_max_outstanding) but keeps renewing, so the leader neither blocks nor
+    is demoted, and nothing is lost or doubled once the broker answers again."""
+    cluster = cluster_factory([product])
+    tune = "producer_max_outstanding=50 consume_batch=100"  # a delivery round trip per 100 orders
+    node = cluster.start_node("n1", {"ORDERBOOK_CLUSTER_START_TUNE": tune})
+    _, leader_pid = cluster.wait_leader(product)
+    encoder = msgspec.json.Encoder()
+    orders = [encoder.encode(o) for o in generate_orders(product, 30_000, seed=11)]
+    produce_orders(services.bootstrap, product, orders)
+    wait_until(lambda: node.product_status(product).get("offset", 0) >= 1000, 30, "matching to start")
+    broker = services.broker.process.pid
+    os.kill(broker, signal.SIGSTOP)
+    try:
+        # The stall under test: 2.5x the lease TTL with events waiting for the broker. /status is
+        # reported every 500 ms, so the first reading is taken once it reflects the stall.
+        time.sleep(0.8)
+        applied_at_stall = node.product_status(product)["offset"]
+        time.sleep(1.2)
+        applied_after_stall = node.product_status(product)["offset"]
+    finally:
+        os.kill(broker, signal.SIGCONT)
+    assert applied_at_stall < len(orders), "the stall must come while there is input left to match"
+    assert applied_after_stall - applied_at_stall <= 200, "no more than a batch or two applied while stalled"
+    records = read_input(services.bootstrap, order_topic(product), len(orders))
+    expected = oracle_events(load_products(cluster.config)[product], records)
+    check_stream(output_values(services.bootstrap, product, len(expected)), expected)
+    status = node.product_status(product)
+    assert status["pid"] == leader_pid and status["role"] == "leader", "the leader kept its lease"
+    assert "demoted" not in node.log_text()
+    _, metrics = node.get("/metrics")
+    waits = [line for line in metrics.splitlines() if line.startswith("obc_producer_waits_total{")]
+    assert waits and float(waits[0].rsplit(" ", 1)[1]) > 100, "the loop waited for the broker"
+
+
 def test_bad_input_goes_to_dlq_or_rejected_and_nothing_else_changes(services, cluster_factory, product):
     cluster = cluster_factory([product])
     cluster.start_node("n1")
