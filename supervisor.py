@@ -177,6 +177,8 @@ class Supervisor:
         for child in self.children.values():
             if child.process is not None and child.process.is_alive():
                 os.kill(child.process.pid, signal.SIGTERM)
+                # A stopped child (a pause drill, a debugger) would hold the SIGTERM until continued.
+                os.kill(child.process.pid, signal.SIGCONT)
         deadline = time.monotonic() + DRAIN_TIMEOUT_S - 1.0
         clean = True
         for child in self.children.values():

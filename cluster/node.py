@@ -112,7 +112,9 @@ class Node:
             else:
                 pause_s = float(request.get("pause_s") or 2 * self.settings.timing.lease_ttl_ms / 1000)
                 os.kill(pid, signal.SIGSTOP)
-                threading.Timer(min(pause_s, 60.0), _continue, (pid,)).start()
+                resume = threading.Timer(min(pause_s, 60.0), _continue, (pid,))
+                resume.daemon = True  # a node stopping meanwhile continues its children itself
+                resume.start()
             log.warning("fault injected fault=%s product=%s pid=%d", fault, product, pid)
             return 200, {
                 "ok": True,
