@@ -23,6 +23,7 @@ a deadline); the embedded broker and Redis stop with their context manager.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import math
@@ -276,6 +277,7 @@ def run_mode(
     finally:
         node.stop()
     return {
+        "restart_reasons": restart_reasons(node.log_path.read_text(errors="replace")),
         "products": per_product,
         "total_orders_per_s": total,
         "median_product_orders_per_s": round(
@@ -283,6 +285,17 @@ def run_mode(
         ),
         "latency": latency,
     }
+
+
+def restart_reasons(log_text: str) -> dict[str, int]:
+    """Why product processes restarted during a run, from the node's log: reason -> count."""
+    reasons: collections.Counter[str] = collections.Counter()
+    for line in log_text.splitlines():
+        if " demoted " in line:
+            reasons[line.partition(" reason=")[2].strip() or "demoted"] += 1
+        elif " child exited " in line and not line.rstrip().endswith(("code=0", "code=75")):
+            reasons[f"exit {line.rpartition('code=')[2].strip()}"] += 1
+    return dict(reasons)
 
 
 def compare(passthrough: dict, engine: dict) -> dict:
@@ -335,6 +348,8 @@ def format_report(report: dict) -> str:
             f"at {lat['offered_per_product_per_s']:,}/s: p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, "
             f"p99.9 {lat['p999_ms']} ms"
         )
+        if run["restart_reasons"]:
+            lines.append(f"{'':>11}  restarts: {run['restart_reasons']}")
     cmp = report["comparison"]
     lines.append(
         f"engine/passthrough: throughput {cmp['throughput_engine_over_passthrough']}, "

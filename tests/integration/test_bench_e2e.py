@@ -10,7 +10,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from cluster.bench_e2e import e2e
+from cluster.bench_e2e import e2e, restart_reasons
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +32,7 @@ def test_bench_e2e_json_has_every_figure(services):
             assert PRODUCT_FIELDS <= figures.keys(), f"{mode} {product}: {figures}"
             assert figures["orders_per_s"] > 0 and figures["peak_rss_mb"] > 0, f"{mode} {product}: {figures}"
             assert figures["events"] >= (2000 if mode == "passthrough" else 1), f"{mode} {product}: {figures}"
+        assert run["restart_reasons"] == {}, f"{mode}: a small run on an idle box restarts nothing"
         assert run["total_orders_per_s"] == sum(f["orders_per_s"] for f in run["products"].values())
         latency = run["latency"]
         assert LATENCY_FIELDS <= latency.keys(), f"{mode}: {latency}"
@@ -41,3 +42,16 @@ def test_bench_e2e_json_has_every_figure(services):
     assert comparison["throughput_engine_over_passthrough"] > 0
     assert isinstance(comparison["throughput_at_least_half_of_passthrough"], bool)
     assert isinstance(comparison["p99_at_most_twice_passthrough"], bool)
+
+
+def test_restart_reasons_are_read_from_the_node_log():
+    log_text = "\n".join(
+        [
+            "2026-11-25 16:04:28,756 WARNING cluster.worker pid=4002 demoted product=A reason=lease renewal overdue",
+            "2026-11-25 16:04:28,760 INFO supervisor pid=1 child exited name=A pid=4002 code=75",
+            "2026-11-25 16:04:29,756 WARNING cluster.worker pid=4003 demoted product=A reason=lease renewal overdue",
+            "2026-11-25 16:04:30,001 INFO supervisor pid=1 child exited name=B pid=4010 code=-9",
+            "2026-11-25 16:04:31,001 INFO supervisor pid=1 child exited name=C pid=4011 code=0",
+        ]
+    )
+    assert restart_reasons(log_text) == {"lease renewal overdue": 2, "exit -9": 1}
