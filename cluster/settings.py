@@ -34,7 +34,9 @@ class Timing:
     snapshot_every_s: float = 5.0
     progress_every_ms: int = 20
     consume_batch: int = 2000
-    consume_timeout_ms: int = 20
+    # How long the consumer thread waits for a first record when there is none. It returns as
+    # soon as one arrives, so this sets the idle wake-up rate, not latency.
+    consume_timeout_ms: int = 100
     fetch_wait_ms: int = 20
     producer_linger_ms: int = 2
     producer_batch_bytes: int = 1_000_000

@@ -41,6 +41,7 @@ EXIT_DEMOTED = EXIT_RESTART_AT_ONCE
 EXIT_CONFIG = EXIT_DO_NOT_RESTART
 
 STANDBY_READ_AHEAD = 200_000
+READ_AHEAD_FULL_WAIT_S = 0.02
 
 
 class ConfigMismatch(Exception):
@@ -277,7 +278,7 @@ class ProductWorker:
         """Read a batch into `pending` without blocking the loop: at once what is there, else wait
         in the consumer thread."""
         if len(self.pending) >= STANDBY_READ_AHEAD:
-            await asyncio.sleep(self.timing.consume_timeout_ms / 1000)
+            await asyncio.sleep(READ_AHEAD_FULL_WAIT_S)
             return
         # What librdkafka has already fetched is taken here, without a thread hop: a second Python
         # thread building Message objects would fight this one for the GIL on every poll().
@@ -285,12 +286,7 @@ class ProductWorker:
         if msgs:
             await asyncio.sleep(0)  # still yield once per batch: lease renewals must run
         else:
-            msgs = await asyncio.get_running_loop().run_in_executor(
-                self.executor,
-                self.consumer.consume,
-                self.timing.consume_batch,
-                self.timing.consume_timeout_ms / 1000,
-            )
+            msgs = await asyncio.get_running_loop().run_in_executor(self.executor, self._wait_for_records)
         append = self.pending.append
         for msg in msgs:
             err = msg.error()
@@ -298,6 +294,17 @@ class ProductWorker:
                 append(msg)  # the Message itself: a tuple per record would cost more than it saves
             elif err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consume error product=%s error=%s", self.product, err)
+
+    def _wait_for_records(self) -> list:
+        """Consumer thread: wait for the first record, then take what else is there.
+
+        Not consume(n, timeout): that waits for n records or the whole timeout, which at a low
+        rate adds the timeout to every order's latency.
+        """
+        first = self.consumer.poll(self.timing.consume_timeout_ms / 1000)
+        if first is None:
+            return []
+        return [first, *self.consumer.consume(self.timing.consume_batch - 1, 0)]
 
     def take_applicable(self) -> list:
         """The next pending records this process may apply: as leader all, as standby those below
