@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from cluster.kafka_io import dlq_topic, order_topic, read_topic
+from cluster.kafka_io import dlq_topic, ensure_topics, order_topic, product_topics, read_topic
 from cluster.send import produce_orders
 from cluster.workload import generate_orders
 from engine.config import load_products
@@ -120,6 +120,24 @@ def test_sigkills_with_kafka_transactions(services, cluster_factory, product):
     env = {"ORDERBOOK_CLUSTER_START_KAFKA_TRANSACTIONS": "1"}
     kills = kill_leader_while_matching(services, cluster_factory([product]), product, 20_000, 5, 4, env)
     assert kills >= 3
+
+
+def test_a_leader_draining_a_backlog_keeps_its_lease(services, cluster_factory, product):
+    """300,000 orders are waiting when the leader starts: it matches them flat out for seconds,
+    yet renews its lease between batches, so it is never demoted on the way."""
+    encoder = msgspec.json.Encoder()
+    orders = [encoder.encode(o) for o in generate_orders(product, 300_000, seed=17)]
+    cluster = cluster_factory([product])
+    ensure_topics(services.bootstrap, {}, product_topics(product))
+    produce_orders(services.bootstrap, product, orders)
+    node = cluster.start_node("n1")
+    _, leader_pid = cluster.wait_leader(product)
+    wait_until(
+        lambda: node.product_status(product).get("offset", 0) >= len(orders), 120, "the backlog drained"
+    )
+    status = node.product_status(product)
+    assert status["pid"] == leader_pid and status["role"] == "leader", "the leader kept its lease"
+    assert "demoted" not in node.log_text()
 
 
 def test_backpressure_waits_for_a_stalled_broker_without_losing_the_lease(services, cluster_factory, product):
