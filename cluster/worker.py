@@ -40,8 +40,8 @@ EXIT_OK = 0
 EXIT_DEMOTED = EXIT_RESTART_AT_ONCE
 EXIT_CONFIG = EXIT_DO_NOT_RESTART
 
-STANDBY_READ_AHEAD = 200_000
-READ_AHEAD_FULL_WAIT_S = 0.02
+STANDBY_READ_AHEAD = 200_000  # records a standby holds ahead of the leader's recorded progress
+READ_AHEAD_FULL_WAIT_S = 0.02  # then it waits this long before looking again
 
 
 class ConfigMismatch(Exception):
