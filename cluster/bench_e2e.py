@@ -178,9 +178,13 @@ class CpuSampler:
     def run(self) -> None:
         """Sampler thread: until stopped."""
         while not self.stop.wait(CPU_SAMPLE_S):
-            now_ms = time.time() * 1000.0
-            for product, pid in self.pids.items():
-                self.samples.setdefault(product, []).append((now_ms, cpu_seconds(pid)))
+            self.sample()
+
+    def sample(self) -> None:
+        """One reading of every process, stamped with the wall clock."""
+        now_ms = time.time() * 1000.0
+        for product, pid in self.pids.items():
+            self.samples.setdefault(product, []).append((now_ms, cpu_seconds(pid)))
 
     def cpu_between(self, product: str, start_ms: float, end_ms: float) -> float:
         """CPU seconds the process used from the last sample at or before start_ms to the first
@@ -222,10 +226,10 @@ def throughput_phase(node: BenchNode, bootstrap: str, orders: int, passthrough: 
 
     try:
         done = wait_for(node, drained, 30 + orders / 2000, "the preloaded orders to be drained")
-        time.sleep(2 * CPU_SAMPLE_S)  # one more sample after the last record
     finally:
         sampler.stop.set()
         thread.join(10)
+    sampler.sample()  # a reading after the last record, which closes every window
     figures = {}
     for product in node.products:
         events = done[product]["delivered_sequence"]

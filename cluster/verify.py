@@ -58,11 +58,6 @@ def expected_events(config: ProductConfig, inputs: Iterable[tuple[bytes, int]]) 
     return [item for item in replay_lines(config, inputs) if isinstance(item, bytes)]
 
 
-def record_time_ns(timestamp_ms: int) -> int:
-    """An event's `time` for an input record's Kafka timestamp."""
-    return timestamp_ms * 1_000_000 if timestamp_ms > 0 else 0
-
-
 def check_stream(output: list[bytes], expected: list[bytes], max_problems: int = 10) -> StreamReport:
     """Compare the raw output topic with the oracle, as a consumer that drops old sequences."""
     problems: list[str] = []

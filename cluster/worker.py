@@ -130,6 +130,7 @@ class ProductWorker:
         else:
             engine = self.engine
             submit_raw = engine.submit_raw
+            time_ns = kafka_io.record_time_ns
             produce = self.producer.produce
             topic = self.message_topic
             # The epoch/node headers go on the first event of each batch only: they cost more
@@ -138,8 +139,7 @@ class ProductWorker:
             suppress = leader.suppress_upto if leader else None
             for msg in records:
                 raw = msg.value() or b""
-                ts_ms = msg.timestamp()[1]
-                result = submit_raw(raw, ts_ms * 1_000_000 if ts_ms > 0 else 0)
+                result = submit_raw(raw, time_ns(msg.timestamp()[1]))
                 if type(result) is DeadLetter:
                     self.metric.dead_letters.inc()
                     offset = msg.offset()

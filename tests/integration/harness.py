@@ -21,8 +21,8 @@ from pathlib import Path
 
 from cluster import verify
 from cluster.embedded import free_port
-from cluster.kafka_io import message_topic, read_topic
-from cluster.verify import expected_events, read_records, record_time_ns
+from cluster.kafka_io import message_topic, read_topic, record_time_ns
+from cluster.verify import expected_events, read_records
 from engine.config import ProductConfig
 
 

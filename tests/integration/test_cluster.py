@@ -16,7 +16,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from cluster.kafka_io import dlq_topic, ensure_topics, order_topic, product_topics, read_topic
+from cluster.bench_e2e import preload
+from cluster.kafka_io import dlq_topic, order_topic, read_topic
 from cluster.send import produce_orders
 from cluster.workload import generate_orders
 from engine.config import load_products
@@ -125,16 +126,12 @@ def test_sigkills_with_kafka_transactions(services, cluster_factory, product):
 def test_a_leader_draining_a_backlog_keeps_its_lease(services, cluster_factory, product):
     """300,000 orders are waiting when the leader starts: it matches them flat out for seconds,
     yet renews its lease between batches, so it is never demoted on the way."""
-    encoder = msgspec.json.Encoder()
-    orders = [encoder.encode(o) for o in generate_orders(product, 300_000, seed=17)]
+    backlog = 300_000
     cluster = cluster_factory([product])
-    ensure_topics(services.bootstrap, {}, product_topics(product))
-    produce_orders(services.bootstrap, product, orders)
+    preload(services.bootstrap, [product], backlog, seed=17)
     node = cluster.start_node("n1")
     _, leader_pid = cluster.wait_leader(product)
-    wait_until(
-        lambda: node.product_status(product).get("offset", 0) >= len(orders), 120, "the backlog drained"
-    )
+    wait_until(lambda: node.product_status(product).get("offset", 0) >= backlog, 120, "the backlog drained")
     status = node.product_status(product)
     assert status["pid"] == leader_pid and status["role"] == "leader", "the leader kept its lease"
     assert "demoted" not in node.log_text()
