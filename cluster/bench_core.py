@@ -2,8 +2,9 @@
 
 Builds the workload (cluster/workload.py), warms a book with the first WARMUP orders, snapshots
 it, and runs every pass from that same warm snapshot:
-  (a) core: `submit` on pre-decoded OrderMessages;
-  (b) wire: `submit_raw` on the bytes plus `encode_events` (decode + core + encode).
+  (a) core: `submit` on pre-decoded OrderMessages (the Python core);
+  (b) wire: `submit_raw` on the bytes plus `encode_events` (decode + core + encode);
+  (c) native_wire: the C core's `submit_encoded` on the bytes (decode + core + encode), when built.
 Throughput comes from an untimed-per-op pass; p50/p99 from a separate pass timing each order
 with perf_counter_ns (so timer overhead never pollutes ops/s). Peak memory is tracemalloc's
 peak during a further pass of (b) over a warm book, plus the process's max RSS.
@@ -24,6 +25,7 @@ from cluster.workload import generate_orders
 from engine.config import load_products
 from engine.matching import MatchingEngine
 from engine.messages import DeadLetter, OrderMessage, encode_events
+from engine.native import NativeEngine, native_available
 
 WARMUP = 20_000
 
@@ -75,14 +77,15 @@ def run_bench(orders: int, seed: int, product: str = "BTC-USD") -> dict:
         "warmup": WARMUP,
         "resting_after_warmup": len(warm_engine.book),
     }
-    for name, make, items in (
-        ("core", lambda e: e.submit, decoded),
-        ("wire", wire, raws),
-    ):
-        result[f"{name}_ops_per_s"] = round(
-            _throughput(make(MatchingEngine.restore(config, snapshot)), items)
-        )
-        p50, p99 = _latencies(make(MatchingEngine.restore(config, snapshot)), items)
+    passes = [
+        ("core", MatchingEngine, lambda e: e.submit, decoded),
+        ("wire", MatchingEngine, wire, raws),
+    ]
+    if native_available():
+        passes.append(("native_wire", NativeEngine, lambda e: e.submit_encoded, raws))
+    for name, engine_cls, make, items in passes:
+        result[f"{name}_ops_per_s"] = round(_throughput(make(engine_cls.restore(config, snapshot)), items))
+        p50, p99 = _latencies(make(engine_cls.restore(config, snapshot)), items)
         result[f"{name}_p50_ns"], result[f"{name}_p99_ns"] = p50, p99
     engine = MatchingEngine.restore(config, snapshot)
     tracemalloc.start()
@@ -108,7 +111,13 @@ def core(orders: int, seed: int, as_json: bool) -> None:
         click.echo(json.dumps(result))
         return
     click.echo(f"orders={orders} seed={seed} warm book: {result['resting_after_warmup']} resting orders")
-    for name, label in (("core", "core (submit)"), ("wire", "decode+core+encode")):
+    for name, label in (
+        ("core", "core (submit)"),
+        ("wire", "decode+core+encode"),
+        ("native_wire", "C core, same"),
+    ):
+        if f"{name}_ops_per_s" not in result:
+            continue
         click.echo(
             f"{label:<20} {result[f'{name}_ops_per_s']:>10,} ops/s   p50 {result[f'{name}_p50_ns']:>6,} ns"
             f"   p99 {result[f'{name}_p99_ns']:>7,} ns"

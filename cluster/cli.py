@@ -115,6 +115,15 @@ def cli() -> None:
     help="Publish each batch in a Kafka transaction (transactional.id per product), so the broker "
     "fences a zombie leader too. Needs a broker with transactions; consumers read_committed.",
 )
+@click.option(
+    "--core",
+    type=click.Choice(["auto", "native", "python"]),
+    default="auto",
+    show_default=True,
+    envvar="OBC_CORE",
+    help="Matching core: native (C, engine/_native.c), python (engine/matching.py, the reference) or "
+    "auto (native when built). Both give byte-identical events and snapshots.",
+)
 @click.option("--passthrough", is_flag=True, hidden=True, help="Benchmarks only: copy input to output.")
 @click.option("--log-level", default="INFO")
 def start(
@@ -131,6 +140,7 @@ def start(
     admin_token,
     tune,
     kafka_transactions,
+    core,
     passthrough,
     log_level,
 ) -> None:
@@ -155,6 +165,7 @@ def start(
             advertise_host=advertise_host,
             passthrough=passthrough,
             kafka_transactions=kafka_transactions,
+            core=core,
             timing=parse_timing(tune),
             admin_token=admin_token or (None if kafka and redis else secrets.token_urlsafe(24)),
         )

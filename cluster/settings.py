@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from engine.config import ProductConfig, load_products
+from engine.native import resolve_core
 
 
 class SettingsError(ValueError):
@@ -92,6 +93,8 @@ class NodeSettings:
     passthrough: bool = False
     # Publish each batch in a Kafka transaction (transactional.id per product): fencing at the broker.
     kafka_transactions: bool = False
+    # The matching core: auto (C when built), native (C, or refuse to start) or python (the oracle).
+    core: str = "auto"
 
     def product_config(self, product: str) -> ProductConfig:
         """The product's matching settings; every product here was checked at load time."""
@@ -176,6 +179,7 @@ def build_settings(
     advertise_host: str | None = None,
     passthrough: bool = False,
     kafka_transactions: bool = False,
+    core: str = "auto",
 ) -> NodeSettings:
     """Validate the CLI's options into one NodeSettings (unknown products are an error)."""
     names = parse_products(products)
@@ -183,6 +187,10 @@ def build_settings(
     missing = [p for p in names if p not in configs]
     if missing:
         raise SettingsError(f"{config_path} has no settings for {', '.join(missing)}")
+    try:
+        resolve_core(core)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
     return NodeSettings(
         node_id=node_id,
         products=names,
@@ -198,4 +206,5 @@ def build_settings(
         advertise_host=advertise_host,
         passthrough=passthrough,
         kafka_transactions=kafka_transactions,
+        core=core,
     )

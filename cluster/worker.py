@@ -29,8 +29,8 @@ from cluster.lease import Demoted, Leadership, LeaseKeeper
 from cluster.redis_state import SNAPSHOT_FORMAT, ProductRedis, SnapshotEnvelope, async_client
 from cluster.reporting import StatusReporter
 from cluster.settings import NodeSettings
-from engine.matching import DeadLetter, MatchingEngine
-from engine.messages import encode_event
+from engine.messages import DeadLetter
+from engine.native import make_engine, restore_engine
 from supervisor import EXIT_DO_NOT_RESTART, EXIT_RESTART_AT_ONCE
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class ProductWorker:
         self.config = settings.product_config(product)
         self.fingerprint = self.config.fingerprint()
         self.metric = m.bind(product, settings.node_id)
-        self.engine = MatchingEngine(self.config)
+        self.engine = make_engine(self.config, settings.core)
         self.next_offset = 0
         self.pending: collections.deque = collections.deque()
         self.progress_seen = (0, 0)  # (sequence, offset) of the leader, as last read
@@ -85,7 +85,7 @@ class ProductWorker:
                     f"snapshot of {self.product} was made with other product settings "
                     f"({snapshot.fingerprint} != {self.fingerprint})"
                 )
-            self.engine = MatchingEngine.restore(self.config, snapshot.engine)
+            self.engine = restore_engine(self.config, snapshot.engine, self.settings.core)
             self.next_offset = snapshot.next_offset
         seq, offset, fingerprint = await self.redis.read_progress()
         if fingerprint is not None and fingerprint != self.fingerprint:
@@ -121,6 +121,19 @@ class ProductWorker:
         self.message_topic = kafka_io.message_topic(self.product)
         self.dlq_topic = kafka_io.dlq_topic(self.product)
 
+    def warm_producer(self) -> None:
+        """Fetch the output topics' metadata now, while still a standby.
+
+        A cold producer's first send waits for that lookup: on Tansu nothing was delivered for the
+        first 0.4-1.1 s, so a new leader's first events were late by that much after a takeover.
+        Best effort: on failure the producer simply looks the topics up on its first send.
+        """
+        for topic in (self.message_topic, self.dlq_topic):
+            try:
+                self.producer.list_topics(topic, timeout=self.timing.lease_ttl_ms / 1000)
+            except KafkaException as exc:
+                log.warning("producer warm-up failed product=%s topic=%s error=%s", self.product, topic, exc)
+
     # ---- the hot loop --------------------------------------------------------------------
     def apply(self, records: list) -> None:
         """Feed records to the core in offset order; publish what a leader must publish."""
@@ -129,36 +142,42 @@ class ProductWorker:
             self.copy_through(records)
         else:
             engine = self.engine
-            submit_raw = engine.submit_raw
+            submit = engine.submit_encoded
             time_ns = kafka_io.record_time_ns
             produce = self.producer.produce
             topic = self.message_topic
             # The epoch/node headers go on the first event of each batch only: they cost more
             # than the rest of produce(), and a batch has one leader.
             mark = leader.headers if leader else None
-            suppress = leader.suppress_upto if leader else None
+            # Events up to suppress_upto were published by an earlier leader (only right after a
+            # takeover); sequences only grow, so most batches need no per-event check.
+            suppress = (
+                leader.suppress_upto if leader is not None and leader.suppress_upto > engine.sequence else 0
+            )
             for msg in records:
                 raw = msg.value() or b""
-                result = submit_raw(raw, time_ns(msg.timestamp()[1]))
+                result = submit(raw, time_ns(msg.timestamp()[1]))
                 if type(result) is DeadLetter:
                     self.metric.dead_letters.inc()
                     offset = msg.offset()
                     if leader is not None and offset >= leader.dlq_from_offset:
                         self._produce_dead_letter(offset, raw, result.reason)
                     continue
-                if leader is not None:
-                    for event in result:
-                        if event.sequence > suppress:
-                            value = encode_event(event)
-                            try:
-                                if mark is None:
-                                    produce(topic, value)
-                                else:
-                                    produce(topic, value, headers=mark)
-                                    mark = None
-                            except BufferError:
-                                self._produce_when_room(topic, value, mark)
+                if leader is not None and result:
+                    if suppress:
+                        published = suppress - (engine.sequence - len(result))
+                        if published > 0:
+                            result = result[published:]
+                    for value in result:
+                        try:
+                            if mark is None:
+                                produce(topic, value)
+                            else:
+                                produce(topic, value, headers=mark)
                                 mark = None
+                        except BufferError:
+                            self._produce_when_room(topic, value, mark)
+                            mark = None
         count = len(records)
         self.next_offset = records[-1].offset() + 1
         self.orders_since_snapshot += count
@@ -484,6 +503,7 @@ class ProductWorker:
             log.error("refusing to run product=%s reason=%s", self.product, exc)
             return EXIT_CONFIG
         self.open_kafka()
+        await loop.run_in_executor(self.executor, self.warm_producer)
         lease = LeaseKeeper(self)
         reporter = StatusReporter(self)
         tasks = [asyncio.create_task(c) for c in (lease.run(), self.progress_task(), reporter.run())]

@@ -22,7 +22,7 @@ from engine.config import ProductConfig
 from engine.decimals import format_scaled
 from engine.id_window import DUPLICATE, FRESH, IdWindow
 from engine.intake import MAX_ID, salvage_order
-from engine.messages import DeadLetter, Done, Event, Match, Open, OrderMessage, decode_order
+from engine.messages import DeadLetter, Done, Event, Match, Open, OrderMessage, decode_order, encode_events
 from engine.snapshot import restore_into, take_snapshot
 from engine.validation import OrderValidator
 
@@ -81,6 +81,10 @@ class MatchingEngine:
         """Top n levels per side as (price quote units, size base units), best first."""
         return self.book.depth(n)
 
+    def resting_orders(self) -> int:
+        """How many orders rest on the book."""
+        return len(self.book)
+
     # ---- snapshots -----------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
@@ -111,6 +115,11 @@ class MatchingEngine:
             self.counters.dead_letters += 1
             return DeadLetter(reason="not_json")
         return self.submit(order, ts)
+
+    def submit_encoded(self, raw: bytes, ts: int) -> list[bytes] | DeadLetter:
+        """submit_raw with each event as its published bytes (the worker's call; see engine/native.py)."""
+        result = self.submit_raw(raw, ts)
+        return result if type(result) is DeadLetter else encode_events(result)
 
     def submit(self, order: OrderMessage, ts: int, bad_field: str | None = None) -> list[Event] | DeadLetter:
         """Apply one decoded order or cancel; `bad_field` forces a reject (wrong-typed field)."""

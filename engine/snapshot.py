@@ -55,26 +55,46 @@ _snapshot_decoder = msgspec.msgpack.Decoder(EngineSnapshot)
 
 def take_snapshot(engine: MatchingEngine) -> bytes:
     """The engine's business state as bytes."""
-    book = engine.book
+    return encode_snapshot(
+        engine.fingerprint,
+        engine.product_id,
+        engine.sequence,
+        engine.trade_seq,
+        engine.ids.max_seen,
+        bytes(engine.ids.bits),
+        [
+            (o.order_id, o.user_id, o.side, o.price, o.remaining, o.time_in_force)
+            for o in engine.book.resting_in_priority()
+        ],
+    )
+
+
+def encode_snapshot(
+    fingerprint: str,
+    product_id: str,
+    sequence: int,
+    trade_seq: int,
+    id_window_max: int,
+    id_window_bits: bytes,
+    orders: list[tuple[int, int, str, int, int, str]],
+) -> bytes:
+    """Snapshot bytes from the state's parts; both cores (Python and C) write through here."""
     return _encoder.encode(
         EngineSnapshot(
             version=SNAPSHOT_VERSION,
-            config_fingerprint=engine.fingerprint,
-            product_id=engine.product_id,
-            sequence=engine.sequence,
-            trade_seq=engine.trade_seq,
-            id_window_max=engine.ids.max_seen,
-            id_window_bits=bytes(engine.ids.bits),
-            orders=[
-                (o.order_id, o.user_id, o.side, o.price, o.remaining, o.time_in_force)
-                for o in book.resting_in_priority()
-            ],
+            config_fingerprint=fingerprint,
+            product_id=product_id,
+            sequence=sequence,
+            trade_seq=trade_seq,
+            id_window_max=id_window_max,
+            id_window_bits=id_window_bits,
+            orders=orders,
         )
     )
 
 
-def restore_into(engine: MatchingEngine, data: bytes) -> MatchingEngine:
-    """Put a fresh engine into the snapshot's state; raises SnapshotError if it does not fit."""
+def decode_snapshot(data: bytes, fingerprint: str, product_id: str) -> EngineSnapshot:
+    """The snapshot in `data`; raises SnapshotError unless its version and config fit this engine."""
     try:
         header = _header_decoder.decode(data)
     except msgspec.DecodeError as exc:
@@ -83,17 +103,25 @@ def restore_into(engine: MatchingEngine, data: bytes) -> MatchingEngine:
         raise SnapshotError(
             "version_mismatch", f"snapshot v{header.version}, engine reads v{SNAPSHOT_VERSION}"
         )
-    if engine.sequence or len(engine.book):
-        raise ValueError("restore_into needs a fresh engine")
-    if header.config_fingerprint != engine.fingerprint:
+    if header.config_fingerprint != fingerprint:
         raise SnapshotError(
             "config_mismatch",
-            f"product={engine.product_id} snapshot config {header.config_fingerprint} != {engine.fingerprint}",
+            f"product={product_id} snapshot config {header.config_fingerprint} != {fingerprint}",
         )
     try:
-        snap = _snapshot_decoder.decode(data)
+        return _snapshot_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise SnapshotError("corrupt", str(exc)) from None
+
+
+def restore_into(engine: MatchingEngine, data: bytes) -> MatchingEngine:
+    """Put a fresh engine into the snapshot's state; raises SnapshotError if it does not fit."""
+    if engine.sequence or len(engine.book):
+        raise ValueError("restore_into needs a fresh engine")
+    snap = decode_snapshot(data, engine.fingerprint, engine.product_id)
+    try:
         engine.ids = IdWindow(engine.rules.id_window, snap.id_window_max, snap.id_window_bits)
-    except (msgspec.DecodeError, ValueError) as exc:
+    except ValueError as exc:
         raise SnapshotError("corrupt", str(exc)) from None
     engine.sequence = snap.sequence
     engine.trade_seq = snap.trade_seq

@@ -9,9 +9,13 @@ import msgspec
 from engine.config import ProductConfig
 from engine.matching import MatchingEngine
 from engine.messages import DeadLetter, encode_event
+from engine.native import NativeEngine
 
 PRODUCT = "BTC-USD"
 DECIMAL_FIELDS = ("remaining_size", "price", "size")
+CORES = {"python": MatchingEngine, "native": NativeEngine}
+# The core Harness builds; the `each_core` fixture (tests/unit/conftest.py) runs a module on both.
+harness_core = "python"
 
 
 def as_plain(event) -> dict:
@@ -53,7 +57,7 @@ class Harness:
 
     def __init__(self, **config) -> None:
         cfg = {"product_id": PRODUCT, "base_scale": 6, "quote_scale": 2, **config}
-        self.engine = MatchingEngine(ProductConfig(**cfg))
+        self.engine = CORES[harness_core](ProductConfig(**cfg))
         self.ts = 0
 
     def send(self, msg: dict | bytes, ts: int | None = None):

@@ -8,6 +8,8 @@ import pytest
 from engine.messages import DeadLetter
 from tests.unit.helpers import Harness, order
 
+pytestmark = pytest.mark.usefixtures("each_core")  # every rule, on both cores
+
 
 @pytest.mark.parametrize(
     "raw, reason",
@@ -92,7 +94,7 @@ def test_rejects(fields, reason):
     done = events[0]
     assert (done["type"], done["reason"], done["reject_reason"]) == ("done", "rejected", reason)
     assert done["order_id"] == 1 and done["side"] == "buy"
-    assert h.engine.counters.rejected == 1 and len(h.engine.book) == 0
+    assert h.engine.counters.rejected == 1 and h.engine.resting_orders() == 0
 
 
 def test_market_buy_funds_bad_values():

@@ -122,7 +122,7 @@ def test_id_window_matches_a_set(size, ids):
         assert w.check_and_mark(i) == expected, (size, i)
 
 
-def test_snapshot_refuses_other_config_or_version():
+def test_snapshot_refuses_other_config_or_version(each_core):
     h = Harness()
     h.send(order(1, "buy", "10.00", "1"))
     snap = h.engine.snapshot()
@@ -139,7 +139,7 @@ def test_snapshot_refuses_other_config_or_version():
     assert err.value.reason == "corrupt"
 
 
-def test_snapshot_keeps_fifo_sequence_and_ids():
+def test_snapshot_keeps_fifo_sequence_and_ids(each_core):
     h = Harness()
     for oid in (1, 2, 3):
         h.send(order(oid, "sell", "10.00", "1", user_id=oid))
@@ -156,7 +156,7 @@ def test_snapshot_keeps_fifo_sequence_and_ids():
     assert events[0].sequence == 4 and events[0].trade_seq == 1
 
 
-def test_snapshot_is_small_and_deterministic():
+def test_snapshot_is_small_and_deterministic(each_core):
     a, b = Harness(), Harness()
     for h in (a, b):
         for oid in range(1, 200):
@@ -169,7 +169,7 @@ def test_snapshot_is_small_and_deterministic():
     assert len(a.engine.snapshot()) < 140_000  # the 1M-id window is a 125 KB bitmap
 
 
-def test_depth_and_best_prices():
+def test_depth_and_best_prices(each_core):
     h = Harness()
     h.send(order(1, "buy", "9.00", "1"))
     h.send(order(2, "buy", "9.50", "2"))

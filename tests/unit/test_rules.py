@@ -9,6 +9,8 @@ import pytest
 from engine.messages import DeadLetter
 from tests.unit.helpers import Harness, cancel, order
 
+pytestmark = pytest.mark.usefixtures("each_core")  # every rule, on both cores
+
 
 @pytest.fixture
 def book() -> Harness:
@@ -214,13 +216,13 @@ def test_rule_11_stp_cancel_oldest():
 def test_rule_11_stp_cancel_newest():
     h, events = _stp_book("cn")
     assert kinds(events) == [("done", 3, "cancelled")] and events[0]["remaining_size"] == D(2)
-    assert len(h.engine.book) == 2
+    assert h.engine.resting_orders() == 2
 
 
 def test_rule_11_stp_cancel_both():
     h, events = _stp_book("cb")
     assert kinds(events) == [("done", 1, "cancelled"), ("done", 3, "cancelled")]
-    assert len(h.engine.book) == 1
+    assert h.engine.resting_orders() == 1
 
 
 def test_rule_11_stp_only_when_reached(book):
@@ -242,7 +244,7 @@ def test_rule_11_stp_not_reached_when_no_lot_affordable():
     h.send(order(1, "sell", "10.00", "1", user_id=7))
     events = h.send(order(2, "buy", None, None, type="market", funds="0.05", user_id=7, stp="co"))
     assert kinds(events) == [("done", 2, "cancelled")]  # 0.005 < one lot: matching stopped before
-    assert len(h.engine.book) == 1
+    assert h.engine.resting_orders() == 1
 
 
 def test_rule_11_fok_with_stp_rejected(book):

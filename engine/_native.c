@@ -1,0 +1,1410 @@
+/* engine._native: the matching rules of engine/matching.py in C, for the hot path.
+ *
+ * Why: in CPython the core costs about 3 us per order (decode, validate, match, event objects,
+ * encode), twice the whole consume+produce loop. This module keeps the book in C and writes each
+ * event's JSON bytes directly. engine/matching.py stays the definition of the rules: this file
+ * must give byte-identical events and snapshot rows, and tests/unit/test_native.py checks that
+ * against it on random streams. Decoding stays msgspec's (engine/messages.OrderMessage), so the
+ * wire is read exactly as the Python engine reads it; inputs msgspec refuses go to the Python
+ * slow path (engine/native.py), which salvages them and calls back into `submit`.
+ *
+ * Amounts are scaled integers: int64 for prices and sizes (the decimal parser bounds them),
+ * 128-bit for level totals and a market buy's funds in 10^-(base+quote) units.
+ * Book: per side a sorted array of levels (best last), each level a FIFO linked list, and an
+ * open-addressing id -> order map. No clock, no I/O: a pure function of the calls made.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef __int128 i128;
+
+#define MAX_TEXT_LEN 64
+enum { BUY = 0, SELL = 1 };
+enum { TIF_GTC = 0, TIF_IOC, TIF_GTX, TIF_FOK, TIF_OTHER };
+enum { STP_NONE = 0, STP_CO, STP_CN, STP_CB, STP_OTHER };
+static const char *TIF_NAMES[] = {"GTC", "IOC", "GTX", "FOK"};
+static const char *SIDE_NAMES[] = {"buy", "sell"};
+
+/* ---- book ------------------------------------------------------------------------------------ */
+
+typedef struct Level Level;
+typedef struct Order {
+    int64_t id, user_id, remaining;
+    struct Order *prev, *next;
+    Level *level;
+    uint8_t side, tif;
+} Order;
+
+struct Level {
+    int64_t price;
+    i128 size;
+    int64_t live;
+    Order *head, *tail;
+    int text_len;
+    char text[48];
+};
+
+typedef struct {
+    Level **lv; /* sorted by key ascending; best level last */
+    Py_ssize_t n, cap;
+    int is_bid;
+} Side;
+
+typedef struct {
+    int64_t *keys; /* 0 = empty (ids are > 0) */
+    Order **vals;
+    size_t mask, count;
+} IdMap;
+
+typedef struct {
+    int64_t size, max_seen;
+    uint8_t *bits;
+    Py_ssize_t nbytes;
+} IdWindow;
+
+typedef struct {
+    char *p;
+    size_t n, cap;
+} Buf;
+
+typedef struct {
+    PyObject_HEAD
+    /* rules */
+    PyObject *product_id;      /* str */
+    PyObject *product_json;    /* bytes: the product id as msgspec encodes it */
+    PyObject *product_utf8;    /* bytes: the product id as UTF-8, to compare input fields with */
+    int base_scale, quote_scale;
+    int64_t tick, lot, min_size, min_funds;
+    i128 funds_unit;
+    /* state */
+    int64_t sequence, trade_seq;
+    Side bids, asks;
+    IdMap index;
+    IdWindow ids;
+    /* counters (operational, not state) */
+    long long orders_in, duplicates, unknown_cancels, rejected, dead_letters;
+    /* helpers from Python */
+    PyObject *decode;          /* msgspec decoder of OrderMessage */
+    PyObject *validation_error; /* msgspec.ValidationError: JSON, but not an OrderMessage */
+    PyObject *decode_error;    /* msgspec.DecodeError: not JSON at all */
+    PyObject *slow;            /* slow(core, raw, ts) for input msgspec refused */
+    PyObject *dead_letter;     /* DeadLetter class */
+    PyObject *encode_str;      /* msgspec.json.encode, for strings that need escaping */
+    Py_ssize_t field_off[13];  /* OrderMessage slot offsets, in FIELD_NAMES order */
+    Buf buf;
+    char zero_size[48], zero_price[48];
+    int zero_size_len, zero_price_len;
+} Core;
+
+static const char *FIELD_NAMES[] = {"id", "created_at", "product_id", "user_id", "client_oid", "price",
+                                    "size", "funds", "type", "side", "time_in_force", "status", "stp"};
+enum { F_ID, F_CREATED, F_PRODUCT, F_USER, F_CLIENT_OID, F_PRICE, F_SIZE, F_FUNDS, F_TYPE, F_SIDE, F_TIF,
+       F_STATUS, F_STP };
+
+/* ---- small helpers ----------------------------------------------------------------------------- */
+
+static int buf_reserve(Buf *b, size_t extra) {
+    if (b->n + extra <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 512;
+    while (cap < b->n + extra) cap *= 2;
+    char *p = PyMem_Realloc(b->p, cap);
+    if (!p) { PyErr_NoMemory(); return -1; }
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static inline int buf_mem(Buf *b, const char *s, size_t n) {
+    if (buf_reserve(b, n)) return -1;
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    return 0;
+}
+
+#define BUF_LIT(b, s) buf_mem((b), (s), sizeof(s) - 1)
+
+static const char DIGIT_PAIRS[] = "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+                                  "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+                                  "8081828384858687888990919293949596979899";
+
+static int fmt_u128(char *out, unsigned __int128 v) { /* decimal digits of v; returns length */
+    char tmp[48];
+    int n = 48;
+    while (v > UINT64_MAX) { tmp[--n] = (char)('0' + (int)(v % 10)); v /= 10; }
+    uint64_t w = (uint64_t)v; /* 64-bit division, two digits at a time, from here */
+    while (w >= 100) {
+        unsigned pair = (unsigned)(w % 100) * 2;
+        w /= 100;
+        tmp[--n] = DIGIT_PAIRS[pair + 1];
+        tmp[--n] = DIGIT_PAIRS[pair];
+    }
+    if (w >= 10) {
+        tmp[--n] = DIGIT_PAIRS[w * 2 + 1];
+        tmp[--n] = DIGIT_PAIRS[w * 2];
+    } else {
+        tmp[--n] = (char)('0' + w);
+    }
+    memcpy(out, tmp + n, (size_t)(48 - n));
+    return 48 - n;
+}
+
+static inline int buf_i64(Buf *b, int64_t v) {
+    char tmp[48];
+    int n = 0;
+    if (v < 0) { tmp[n++] = '-'; n += fmt_u128(tmp + 1, (unsigned __int128)(-(i128)v)); }
+    else n = fmt_u128(tmp, (unsigned __int128)v);
+    return buf_mem(b, tmp, (size_t)n);
+}
+
+/* format_scaled(value, scale) of engine/decimals.py */
+static int fmt_scaled(char *out, int64_t value, int scale) {
+    char digits[48];
+    int n = 0;
+    if (value < 0) { /* "-" + format_scaled(-value); values are bounded by +-(2**63 - 1) */
+        out[0] = '-';
+        return 1 + fmt_scaled(out + 1, -value, scale);
+    }
+    n = fmt_u128(digits, (unsigned __int128)value);
+    if (scale == 0) { memcpy(out, digits, (size_t)n); return n; }
+    int len = 0;
+    if (n <= scale) { /* rjust(scale + 1, "0") */
+        out[len++] = '0';
+        out[len++] = '.';
+        for (int i = 0; i < scale - n; i++) out[len++] = '0';
+        memcpy(out + len, digits, (size_t)n);
+        return len + n;
+    }
+    memcpy(out, digits, (size_t)(n - scale));
+    len = n - scale;
+    out[len++] = '.';
+    memcpy(out + len, digits + n - scale, (size_t)scale);
+    return len + scale;
+}
+
+/* A str as msgspec writes it: plain printable ASCII is copied, anything else asks msgspec. */
+static int buf_json_str(Core *c, PyObject *s) {
+    Py_ssize_t n;
+    const char *u = PyUnicode_AsUTF8AndSize(s, &n);
+    if (!u) return -1;
+    int plain = 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)u[i];
+        if (ch < 0x20 || ch > 0x7e || ch == '"' || ch == '\\') { plain = 0; break; }
+    }
+    if (plain) {
+        if (buf_reserve(&c->buf, (size_t)n + 2)) return -1;
+        c->buf.p[c->buf.n++] = '"';
+        memcpy(c->buf.p + c->buf.n, u, (size_t)n);
+        c->buf.n += (size_t)n;
+        c->buf.p[c->buf.n++] = '"';
+        return 0;
+    }
+    PyObject *enc = PyObject_CallOneArg(c->encode_str, s);
+    if (!enc) return -1;
+    int rc = buf_mem(&c->buf, PyBytes_AS_STRING(enc), (size_t)PyBytes_GET_SIZE(enc));
+    Py_DECREF(enc);
+    return rc;
+}
+
+/* Any Python int as JSON (ints outside int64 only occur in rejects and replayed timestamps). */
+static int buf_pyint(Buf *b, PyObject *v) {
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (x == -1 && PyErr_Occurred()) return -1;
+    if (!overflow) return buf_i64(b, x);
+    PyObject *s = PyObject_Str(v);
+    if (!s) return -1;
+    Py_ssize_t n;
+    const char *u = PyUnicode_AsUTF8AndSize(s, &n);
+    int rc = u ? buf_mem(b, u, (size_t)n) : -1;
+    Py_DECREF(s);
+    return rc;
+}
+
+/* ---- decimals: parse_scaled of engine/decimals.py ------------------------------------------------ */
+
+enum { DEC_OK = 0, DEC_INVALID, DEC_TOO_PRECISE };
+
+/* A str field as UTF-8 bytes; p == NULL stands for None (or absent where the default is None). */
+typedef struct {
+    const char *p;
+    Py_ssize_t n;
+} View;
+
+static inline int view_eq(View v, const char *lit, Py_ssize_t len) {
+    return v.p && v.n == len && memcmp(v.p, lit, (size_t)len) == 0;
+}
+#define VIEW_IS(v, lit) view_eq((v), (lit), (Py_ssize_t)(sizeof(lit) - 1))
+
+/* 0 ok; else DEC_INVALID (not a decimal, too long, too large) or DEC_TOO_PRECISE.
+ * Python's length check counts code points; any non-ASCII text is invalid either way. */
+static int parse_scaled(View text, int scale, int64_t *out) {
+    if (!text.p || text.n > MAX_TEXT_LEN) return DEC_INVALID;
+    const char *s = text.p;
+    Py_ssize_t n = text.n, i = 0;
+    int negative = 0;
+    if (n && s[0] == '-') { negative = 1; i = 1; }
+    Py_ssize_t whole_start = i;
+    while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+    Py_ssize_t whole_end = i;
+    if (whole_end == whole_start) return DEC_INVALID;
+    Py_ssize_t frac_start = i, frac_end = i;
+    if (i < n) {
+        if (s[i] != '.') return DEC_INVALID;
+        i++;
+        frac_start = i;
+        while (i < n && s[i] >= '0' && s[i] <= '9') i++;
+        frac_end = i;
+        if (i != n || frac_end == frac_start) return DEC_INVALID;
+    }
+    Py_ssize_t frac_len = frac_end - frac_start;
+    if (frac_len > scale) {
+        for (Py_ssize_t k = frac_start + scale; k < frac_end; k++)
+            if (s[k] != '0') return DEC_TOO_PRECISE;
+        frac_end = frac_start + scale;
+        frac_len = scale;
+    }
+    unsigned __int128 v = 0;
+    const unsigned __int128 limit = (unsigned __int128)INT64_MAX;
+    for (Py_ssize_t k = whole_start; k < whole_end; k++) {
+        v = v * 10 + (unsigned)(s[k] - '0');
+        if (v > limit) return DEC_INVALID;
+    }
+    for (Py_ssize_t k = frac_start; k < frac_end; k++) {
+        v = v * 10 + (unsigned)(s[k] - '0');
+        if (v > limit) return DEC_INVALID;
+    }
+    for (Py_ssize_t k = frac_len; k < scale; k++) {
+        v *= 10;
+        if (v > limit) return DEC_INVALID;
+    }
+    *out = negative ? -(int64_t)v : (int64_t)v;
+    return DEC_OK;
+}
+
+/* ---- the duplicate-id window: engine/id_window.py ---------------------------------------------- */
+
+enum { FRESH = 0, DUPLICATE, OUTSIDE_WINDOW };
+
+static void ids_clear_positions(IdWindow *w, int64_t a, int64_t b) {
+    uint8_t *bits = w->bits;
+    while (a <= b && (a & 7)) { bits[a >> 3] &= (uint8_t)~(1u << (a & 7)); a++; }
+    while (b >= a && (b & 7) != 7) { bits[b >> 3] &= (uint8_t)~(1u << (b & 7)); b--; }
+    if (a <= b) memset(bits + (a >> 3), 0, (size_t)((b >> 3) - (a >> 3) + 1));
+}
+
+static void ids_clear(IdWindow *w, int64_t lo, int64_t hi) {
+    int64_t size = w->size;
+    if (hi - lo + 1 >= size) { memset(w->bits, 0, (size_t)w->nbytes); return; }
+    int64_t a = lo % size, b = hi % size;
+    if (a <= b) ids_clear_positions(w, a, b);
+    else { ids_clear_positions(w, a, size - 1); ids_clear_positions(w, 0, b); }
+}
+
+static int ids_check_and_mark(IdWindow *w, int64_t id) {
+    int64_t top = w->max_seen, pos = id % w->size;
+    if (id > top) {
+        if (id - top > 1) ids_clear(w, top + 1, id - 1);
+        w->bits[pos >> 3] |= (uint8_t)(1u << (pos & 7));
+        w->max_seen = id;
+        return FRESH;
+    }
+    if (id <= top - w->size) return OUTSIDE_WINDOW;
+    uint8_t mask = (uint8_t)(1u << (pos & 7));
+    if (w->bits[pos >> 3] & mask) return DUPLICATE;
+    w->bits[pos >> 3] |= mask;
+    return FRESH;
+}
+
+/* ---- id -> order map (linear probing, backward-shift deletion) -------------------------------- */
+
+static inline size_t id_hash(int64_t id) {
+    uint64_t x = (uint64_t)id;
+    x ^= x >> 33; x *= 0xff51afd7ed558ccdULL; x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ULL; x ^= x >> 33;
+    return (size_t)x;
+}
+
+static int map_init(IdMap *m, size_t cap) {
+    m->keys = PyMem_Calloc(cap, sizeof(int64_t));
+    m->vals = PyMem_Calloc(cap, sizeof(Order *));
+    if (!m->keys || !m->vals) { PyErr_NoMemory(); return -1; }
+    m->mask = cap - 1;
+    m->count = 0;
+    return 0;
+}
+
+static Order *map_get(IdMap *m, int64_t id) {
+    size_t i = id_hash(id) & m->mask;
+    while (m->keys[i]) {
+        if (m->keys[i] == id) return m->vals[i];
+        i = (i + 1) & m->mask;
+    }
+    return NULL;
+}
+
+static int map_put(IdMap *m, int64_t id, Order *o);
+
+static int map_grow(IdMap *m) {
+    IdMap old = *m;
+    if (map_init(m, (old.mask + 1) * 2)) { *m = old; return -1; }
+    for (size_t i = 0; i <= old.mask; i++)
+        if (old.keys[i]) map_put(m, old.keys[i], old.vals[i]);
+    PyMem_Free(old.keys);
+    PyMem_Free(old.vals);
+    return 0;
+}
+
+static int map_put(IdMap *m, int64_t id, Order *o) {
+    if ((m->count + 1) * 2 > m->mask + 1 && map_grow(m)) return -1;
+    size_t i = id_hash(id) & m->mask;
+    while (m->keys[i]) i = (i + 1) & m->mask;
+    m->keys[i] = id;
+    m->vals[i] = o;
+    m->count++;
+    return 0;
+}
+
+static void map_del(IdMap *m, int64_t id) {
+    size_t i = id_hash(id) & m->mask;
+    while (m->keys[i] != id) {
+        if (!m->keys[i]) return;
+        i = (i + 1) & m->mask;
+    }
+    size_t j = i;
+    for (;;) {
+        j = (j + 1) & m->mask;
+        if (!m->keys[j]) break;
+        size_t home = id_hash(m->keys[j]) & m->mask;
+        /* move j back to i unless its home lies cyclically in (i, j] */
+        if ((j > i && (home <= i || home > j)) || (j < i && (home <= i && home > j))) {
+            m->keys[i] = m->keys[j];
+            m->vals[i] = m->vals[j];
+            i = j;
+        }
+    }
+    m->keys[i] = 0;
+    m->vals[i] = NULL;
+    m->count--;
+}
+
+/* ---- book sides --------------------------------------------------------------------------------- */
+
+static inline int64_t level_key(const Side *s, int64_t price) { return s->is_bid ? price : -price; }
+
+static inline Level *best_level(const Side *s) { return s->n ? s->lv[s->n - 1] : NULL; }
+
+/* Does the best level of `s` trade with a taker limited to `price` (has_limit 0: any price)? */
+static inline int crosses(const Side *s, const Level *lv, int has_limit, int64_t price) {
+    if (!has_limit) return 1;
+    return s->is_bid ? lv->price >= price : lv->price <= price;
+}
+
+static Py_ssize_t side_find(const Side *s, int64_t price, int *found) {
+    int64_t key = level_key(s, price);
+    Py_ssize_t lo = 0, hi = s->n;
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        int64_t k = level_key(s, s->lv[mid]->price);
+        if (k < key) lo = mid + 1;
+        else hi = mid;
+    }
+    *found = lo < s->n && s->lv[lo]->price == price;
+    return lo;
+}
+
+static Level *side_level_for(Core *c, Side *s, int64_t price) {
+    int found;
+    Py_ssize_t at = side_find(s, price, &found);
+    if (found) return s->lv[at];
+    if (s->n == s->cap) {
+        Py_ssize_t cap = s->cap ? s->cap * 2 : 64;
+        Level **lv = PyMem_Realloc(s->lv, (size_t)cap * sizeof(Level *));
+        if (!lv) { PyErr_NoMemory(); return NULL; }
+        s->lv = lv;
+        s->cap = cap;
+    }
+    Level *level = PyMem_Calloc(1, sizeof(Level));
+    if (!level) { PyErr_NoMemory(); return NULL; }
+    level->price = price;
+    level->text_len = fmt_scaled(level->text, price, c->quote_scale);
+    memmove(s->lv + at + 1, s->lv + at, (size_t)(s->n - at) * sizeof(Level *));
+    s->lv[at] = level;
+    s->n++;
+    return level;
+}
+
+static void side_remove_level(Side *s, Level *level) {
+    int found;
+    Py_ssize_t at = side_find(s, level->price, &found);
+    if (found) {
+        memmove(s->lv + at, s->lv + at + 1, (size_t)(s->n - at - 1) * sizeof(Level *));
+        s->n--;
+    }
+    PyMem_Free(level);
+}
+
+static void level_unlink(Level *lv, Order *o) {
+    if (o->prev) o->prev->next = o->next; else lv->head = o->next;
+    if (o->next) o->next->prev = o->prev; else lv->tail = o->prev;
+    lv->live--;
+}
+
+static int book_rest(Core *c, int64_t id, int64_t user_id, int side, int64_t price, int64_t remaining,
+                     int tif, Level **level_out) {
+    Side *s = side == BUY ? &c->bids : &c->asks;
+    Level *lv = side_level_for(c, s, price);
+    if (!lv) return -1;
+    Order *o = PyMem_Malloc(sizeof(Order));
+    if (!o) { PyErr_NoMemory(); return -1; }
+    o->id = id; o->user_id = user_id; o->remaining = remaining;
+    o->side = (uint8_t)side; o->tif = (uint8_t)tif; o->level = lv;
+    o->next = NULL; o->prev = lv->tail;
+    if (lv->tail) lv->tail->next = o; else lv->head = o;
+    lv->tail = o;
+    lv->live++;
+    lv->size += remaining;
+    if (map_put(&c->index, id, o)) {
+        level_unlink(lv, o);
+        lv->size -= remaining;
+        if (!lv->live) side_remove_level(s, lv);
+        PyMem_Free(o);
+        return -1;
+    }
+    if (level_out) *level_out = lv;
+    return 0;
+}
+
+/* ---- events: msgspec's bytes for engine/messages.py Open, Match, Done ----------------------------- */
+
+typedef struct {
+    char ts[24];
+    int ts_len;       /* -1: write ts_obj instead (an int outside int64, from a replayed created_at) */
+    PyObject *ts_obj;
+    PyObject *out;    /* list of event bytes */
+} Ctx;
+
+static int event_head(Core *c, Ctx *x, const char *head, size_t head_len) {
+    Buf *b = &c->buf;
+    b->n = 0;
+    c->sequence++;
+    if (buf_mem(b, head, head_len) || BUF_LIT(b, ",\"sequence\":") || buf_i64(b, c->sequence) ||
+        BUF_LIT(b, ",\"product_id\":") ||
+        buf_mem(b, PyBytes_AS_STRING(c->product_json), (size_t)PyBytes_GET_SIZE(c->product_json)) ||
+        BUF_LIT(b, ",\"time\":"))
+        return -1;
+    if (x->ts_len >= 0) return buf_mem(b, x->ts, (size_t)x->ts_len);
+    return buf_pyint(b, x->ts_obj);
+}
+
+static int event_end(Core *c, Ctx *x) {
+    if (BUF_LIT(&c->buf, "}")) return -1;
+    PyObject *bytes = PyBytes_FromStringAndSize(c->buf.p, (Py_ssize_t)c->buf.n);
+    if (!bytes) return -1;
+    int rc = PyList_Append(x->out, bytes);
+    Py_DECREF(bytes);
+    return rc;
+}
+
+static inline int buf_quoted(Buf *b, const char *s, size_t n) {
+    if (buf_reserve(b, n + 2)) return -1;
+    b->p[b->n++] = '"';
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n++] = '"';
+    return 0;
+}
+
+static inline int buf_quoted_c(Buf *b, const char *s) { return buf_quoted(b, s, strlen(s)); }
+static const size_t SIDE_LENS[] = {3, 4};
+#define BUF_SIDE(b, side) buf_quoted((b), SIDE_NAMES[side], SIDE_LENS[side])
+#define BUF_TIF(b, tif) buf_quoted((b), TIF_NAMES[tif], 3)
+
+static int buf_scaled(Buf *b, int64_t v, int scale) {
+    char tmp[64];
+    return buf_quoted(b, tmp, (size_t)fmt_scaled(tmp, v, scale));
+}
+
+static int emit_open(Core *c, Ctx *x, int64_t id, int64_t user_id, int64_t remaining, const Level *lv, int side,
+                     int tif) {
+    Buf *b = &c->buf;
+    if (event_head(c, x, "{\"type\":\"open\"", 14) || BUF_LIT(b, ",\"order_id\":") || buf_i64(b, id) ||
+        BUF_LIT(b, ",\"user_id\":") || buf_i64(b, user_id) || BUF_LIT(b, ",\"remaining_size\":") ||
+        buf_scaled(b, remaining, c->base_scale) || BUF_LIT(b, ",\"price\":") ||
+        buf_quoted(b, lv->text, (size_t)lv->text_len) || BUF_LIT(b, ",\"side\":") ||
+        BUF_SIDE(b, side) || BUF_LIT(b, ",\"time_in_force\":") ||
+        BUF_TIF(b, tif))
+        return -1;
+    return event_end(c, x);
+}
+
+static int emit_match(Core *c, Ctx *x, int64_t taker_id, int64_t taker_user, int taker_tif, const Order *m,
+                      const Level *lv, int64_t fill) {
+    Buf *b = &c->buf;
+    c->trade_seq++;
+    if (event_head(c, x, "{\"type\":\"match\"", 15) || BUF_LIT(b, ",\"trade_seq\":") ||
+        buf_i64(b, c->trade_seq) || BUF_LIT(b, ",\"taker_order_id\":") || buf_i64(b, taker_id) ||
+        BUF_LIT(b, ",\"maker_order_id\":") || buf_i64(b, m->id) || BUF_LIT(b, ",\"taker_user_id\":") ||
+        buf_i64(b, taker_user) || BUF_LIT(b, ",\"maker_user_id\":") || buf_i64(b, m->user_id) ||
+        BUF_LIT(b, ",\"side\":") || BUF_SIDE(b, m->side) || BUF_LIT(b, ",\"price\":") ||
+        buf_quoted(b, lv->text, (size_t)lv->text_len) || BUF_LIT(b, ",\"size\":") ||
+        buf_scaled(b, fill, c->base_scale) || BUF_LIT(b, ",\"taker_time_in_force\":") ||
+        BUF_TIF(b, taker_tif) || BUF_LIT(b, ",\"maker_time_in_force\":") ||
+        BUF_TIF(b, m->tif))
+        return -1;
+    return event_end(c, x);
+}
+
+/* A done event. user_obj/tif_obj, when given, replace user_id/tif (a reject echoes the input). */
+static int emit_done(Core *c, Ctx *x, int64_t id, int64_t user_id, PyObject *user_obj, const char *remaining,
+                     size_t remaining_len, const char *price, size_t price_len, const char *reason, int side,
+                     int tif, PyObject *tif_obj, const char *reject_reason, PyObject *reject_obj) {
+    Buf *b = &c->buf;
+    if (event_head(c, x, "{\"type\":\"done\"", 14) || BUF_LIT(b, ",\"order_id\":") || buf_i64(b, id) ||
+        BUF_LIT(b, ",\"user_id\":") || (user_obj ? buf_pyint(b, user_obj) : buf_i64(b, user_id)) ||
+        BUF_LIT(b, ",\"remaining_size\":") || buf_quoted(b, remaining, remaining_len) ||
+        BUF_LIT(b, ",\"price\":") || buf_quoted(b, price, price_len) || BUF_LIT(b, ",\"reason\":") ||
+        buf_quoted_c(b, reason) || BUF_LIT(b, ",\"side\":") || BUF_SIDE(b, side) ||
+        BUF_LIT(b, ",\"time_in_force\":") ||
+        (tif_obj ? buf_json_str(c, tif_obj) : BUF_TIF(b, tif)))
+        return -1;
+    if (reject_reason && (BUF_LIT(b, ",\"reject_reason\":") || buf_quoted_c(b, reject_reason))) return -1;
+    if (reject_obj && (BUF_LIT(b, ",\"reject_reason\":") || buf_json_str(c, reject_obj))) return -1;
+    return event_end(c, x);
+}
+
+/* done of a taker (or a resting order) with amounts as scaled integers */
+static int emit_done_amounts(Core *c, Ctx *x, int64_t id, int64_t user_id, int64_t remaining, int64_t price,
+                             const char *reason, int side, int tif) {
+    char rem[64], pr[64];
+    int rn = fmt_scaled(rem, remaining, c->base_scale), pn = fmt_scaled(pr, price, c->quote_scale);
+    return emit_done(c, x, id, user_id, NULL, rem, (size_t)rn, pr, (size_t)pn, reason, side, tif, NULL, NULL,
+                     NULL);
+}
+
+/* ---- matching: engine/matching.py ---------------------------------------------------------------- */
+
+typedef struct {
+    int64_t id, user_id;
+    int side, tif, stp;
+} Taker;
+
+/* Take the front maker off the book for self-trade prevention, with its done event. */
+static int stp_cancel(Core *c, Ctx *x, Order *m) {
+    Level *lv = m->level;
+    int64_t resting = m->remaining;
+    level_unlink(lv, m);
+    lv->size -= resting;
+    map_del(&c->index, m->id);
+    char rem[64];
+    int rn = fmt_scaled(rem, resting, c->base_scale);
+    int rc = emit_done(c, x, m->id, m->user_id, NULL, rem, (size_t)rn, lv->text, (size_t)lv->text_len,
+                       "cancelled", m->side, m->tif, NULL, NULL, NULL);
+    PyMem_Free(m);
+    return rc;
+}
+
+/* One fill: the match, then the maker's done if it is used up (freed, and unlinked from its level). */
+static int fill_maker(Core *c, Ctx *x, const Taker *t, Order *m, Level *lv, int64_t fill) {
+    if (emit_match(c, x, t->id, t->user_id, t->tif, m, lv, fill)) return -1;
+    lv->size -= fill;
+    if (fill == m->remaining) {
+        m->remaining = 0;
+        level_unlink(lv, m);
+        map_del(&c->index, m->id);
+        int rc = emit_done(c, x, m->id, m->user_id, NULL, c->zero_size, (size_t)c->zero_size_len, lv->text,
+                           (size_t)lv->text_len, "filled", m->side, m->tif, NULL, NULL, NULL);
+        PyMem_Free(m);
+        return rc;
+    }
+    m->remaining -= fill;
+    return 0;
+}
+
+/* Fill *remaining against `opp` up to the limit; *stopped when STP ended the taker. */
+static int take(Core *c, Ctx *x, const Taker *t, Side *opp, int has_limit, int64_t limit, int64_t *remaining,
+                int *stopped) {
+    *stopped = 0;
+    while (*remaining) {
+        Level *lv = best_level(opp);
+        if (!lv || !crosses(opp, lv, has_limit, limit)) break;
+        while (lv->head) {
+            Order *m = lv->head;
+            if (t->stp != STP_NONE && m->user_id == t->user_id) {
+                if (t->stp != STP_CN && stp_cancel(c, x, m)) return -1;
+                if (t->stp != STP_CO) { *stopped = 1; break; }
+                continue;
+            }
+            int64_t fill = m->remaining < *remaining ? m->remaining : *remaining;
+            *remaining -= fill;
+            if (fill_maker(c, x, t, m, lv, fill)) return -1;
+            if (!*remaining) break;
+        }
+        if (!lv->live) side_remove_level(opp, lv);
+        if (*stopped) break;
+    }
+    return 0;
+}
+
+static int do_limit(Core *c, Ctx *x, const Taker *t, int64_t price, int64_t size) {
+    Side *opp = t->side == BUY ? &c->asks : &c->bids;
+    if (t->tif == TIF_GTX || t->tif == TIF_FOK) {
+        int refuse;
+        if (t->tif == TIF_GTX) {
+            Level *best = best_level(opp);
+            refuse = best && crosses(opp, best, 1, price);
+        } else {
+            i128 available = 0;
+            for (Py_ssize_t i = opp->n - 1; i >= 0; i--) {
+                Level *lv = opp->lv[i];
+                if (!crosses(opp, lv, 1, price)) break;
+                available += lv->size;
+                if (available >= size) break;
+            }
+            refuse = available < size;
+        }
+        if (refuse) return emit_done_amounts(c, x, t->id, t->user_id, size, price, "cancelled", t->side, t->tif);
+    }
+    int64_t remaining = size;
+    int stopped = 0;
+    Level *best = best_level(opp);
+    if (best && crosses(opp, best, 1, price) && take(c, x, t, opp, 1, price, &remaining, &stopped)) return -1;
+    if (!remaining) return emit_done_amounts(c, x, t->id, t->user_id, 0, price, "filled", t->side, t->tif);
+    if (stopped || t->tif == TIF_IOC || t->tif == TIF_FOK)
+        return emit_done_amounts(c, x, t->id, t->user_id, remaining, price, "cancelled", t->side, t->tif);
+    Level *lv;
+    if (book_rest(c, t->id, t->user_id, t->side, price, remaining, t->tif, &lv)) return -1;
+    return emit_open(c, x, t->id, t->user_id, remaining, lv, t->side, t->tif);
+}
+
+static int market_done(Core *c, Ctx *x, const Taker *t, int cancelled) {
+    return emit_done(c, x, t->id, t->user_id, NULL, c->zero_size, (size_t)c->zero_size_len, c->zero_price,
+                     (size_t)c->zero_price_len, cancelled ? "cancelled" : "filled", t->side, t->tif, NULL, NULL,
+                     NULL);
+}
+
+static int do_market_sell(Core *c, Ctx *x, const Taker *t, int64_t size) {
+    int64_t remaining = size;
+    int stopped;
+    if (take(c, x, t, &c->bids, 0, 0, &remaining, &stopped)) return -1;
+    return market_done(c, x, t, remaining != 0);
+}
+
+/* Spend funds on asks best-first; funds_left is in 10^-(base+quote) units so it stays exact. */
+static int do_market_buy(Core *c, Ctx *x, const Taker *t, int64_t funds) {
+    Side *asks = &c->asks;
+    i128 funds_left = (i128)funds * c->funds_unit;
+    int stopped = 0;
+    while (funds_left && !stopped) {
+        Level *lv = best_level(asks);
+        if (!lv) break;
+        i128 price = lv->price, affordable = 0;
+        while (lv->head) {
+            Order *m = lv->head;
+            affordable = funds_left / price;
+            affordable -= affordable % c->lot;
+            if (!affordable) break;
+            if (t->stp != STP_NONE && m->user_id == t->user_id) {
+                if (t->stp != STP_CN && stp_cancel(c, x, m)) return -1;
+                if (t->stp != STP_CO) { stopped = 1; break; }
+                continue;
+            }
+            int64_t fill = (i128)m->remaining < affordable ? m->remaining : (int64_t)affordable;
+            funds_left -= (i128)fill * price;
+            if (fill_maker(c, x, t, m, lv, fill)) return -1;
+            if (!funds_left) break;
+        }
+        if (!lv->live) side_remove_level(asks, lv);
+        else if (!affordable) break;
+    }
+    return market_done(c, x, t, funds_left != 0);
+}
+
+static int do_cancel(Core *c, Ctx *x, int64_t id) {
+    Order *o = map_get(&c->index, id);
+    if (!o) { c->unknown_cancels++; return 0; }
+    Level *lv = o->level;
+    Side *s = o->side == BUY ? &c->bids : &c->asks;
+    int64_t size = o->remaining;
+    level_unlink(lv, o);
+    lv->size -= size;
+    map_del(&c->index, id);
+    char rem[64];
+    int rn = fmt_scaled(rem, size, c->base_scale);
+    int rc = emit_done(c, x, o->id, o->user_id, NULL, rem, (size_t)rn, lv->text, (size_t)lv->text_len,
+                       "cancelled", o->side, o->tif, NULL, NULL, NULL);
+    PyMem_Free(o);
+    if (!lv->live) side_remove_level(s, lv);
+    return rc;
+}
+
+/* ---- an input order, from either reader --------------------------------------------------------- */
+
+enum { ID_NONE = 0, ID_OK, ID_BAD };
+
+/* The fields the rules read, as C values: from the JSON fast path (views into the record's bytes)
+ * or from a decoded OrderMessage (views into its str objects). */
+typedef struct {
+    int id_state;
+    int64_t id;
+    int user_ok;         /* user_id fits int64; else user_obj holds it (echoed by the reject) */
+    int64_t user_id;
+    PyObject *user_obj;
+    PyObject *tif_obj;   /* set when the time_in_force text must be echoed through msgspec */
+    View product, price, size, funds, type, side, tif, status, stp;
+} OrderIn;
+
+/* ---- validation: engine/validation.py, same checks in the same order ------------------------------ */
+
+static int tif_code(View s) {
+    if (s.n != 3 || !s.p) return TIF_OTHER;
+    for (int i = 0; i < 4; i++)
+        if (memcmp(s.p, TIF_NAMES[i], 3) == 0) return i;
+    return TIF_OTHER;
+}
+
+static int stp_code(View s) {
+    if (!s.p) return STP_NONE;
+    if (VIEW_IS(s, "co")) return STP_CO;
+    if (VIEW_IS(s, "cn")) return STP_CN;
+    if (VIEW_IS(s, "cb")) return STP_CB;
+    return STP_OTHER;
+}
+
+static const char *check_price(Core *c, View text, int64_t *price) {
+    int64_t v = 0;
+    int rc = parse_scaled(text, c->quote_scale, &v);
+    *price = 0;
+    if (rc == DEC_TOO_PRECISE) return "price_too_precise";
+    if (rc != DEC_OK || v <= 0) return "invalid_price";
+    *price = v;
+    if (v % c->tick) return "price_not_on_tick";
+    return NULL;
+}
+
+static const char *check_size(Core *c, View text, int64_t *size) {
+    int64_t v = 0;
+    int rc = parse_scaled(text, c->base_scale, &v);
+    *size = 0;
+    if (rc == DEC_TOO_PRECISE) return "size_too_precise";
+    if (rc != DEC_OK || v <= 0) return "invalid_size";
+    *size = v;
+    if (v % c->lot) return "size_not_on_lot";
+    if (v < c->min_size) return "size_below_minimum";
+    return NULL;
+}
+
+static inline int is_product(Core *c, View v) {
+    return v.p && v.n == PyBytes_GET_SIZE(c->product_utf8) &&
+           memcmp(v.p, PyBytes_AS_STRING(c->product_utf8), (size_t)v.n) == 0;
+}
+
+/* The reject reason or NULL; fills the taker's codes and the scaled amounts (0 where unusable). */
+static const char *validate(Core *c, const OrderIn *o, Taker *t, int *is_limit, int64_t *price, int64_t *size,
+                            int64_t *funds) {
+    *price = *size = *funds = 0;
+    if (!is_product(c, o->product)) return "product_mismatch";
+    if (!o->user_ok) return "invalid_user_id";
+    t->user_id = o->user_id;
+    int limit = VIEW_IS(o->type, "limit");
+    if (!limit && !VIEW_IS(o->type, "market")) return "invalid_type";
+    t->tif = tif_code(o->tif);
+    if (t->tif == TIF_OTHER) return "invalid_time_in_force";
+    t->stp = stp_code(o->stp);
+    if (t->stp == STP_OTHER) return "invalid_stp";
+    const char *reason;
+    if (limit) {
+        *is_limit = 1;
+        if ((reason = check_price(c, o->price, price))) return reason;
+        if ((reason = check_size(c, o->size, size))) return reason;
+        if (t->stp != STP_NONE && t->tif == TIF_FOK) return "fok_with_stp_unsupported";
+        return NULL;
+    }
+    if (t->side == SELL) return check_size(c, o->size, size);
+    if (!o->funds.p) return "market_buy_requires_funds";
+    int64_t v = 0;
+    int rc = parse_scaled(o->funds, c->quote_scale, &v);
+    if (rc == DEC_TOO_PRECISE) return "funds_too_precise";
+    if (rc != DEC_OK) return "invalid_funds";
+    if (v == 0) return "market_buy_requires_funds";
+    if (v < 0) return "invalid_funds";
+    *funds = v;
+    if (v < c->min_funds) return "funds_below_minimum";
+    return NULL;
+}
+
+/* ---- intake: MatchingEngine.submit --------------------------------------------------------------- */
+
+static PyObject *dead_letter(Core *c, const char *reason) {
+    c->dead_letters++;
+    PyObject *kw = Py_BuildValue("{s:s}", "reason", reason);
+    if (!kw) return NULL;
+    PyObject *empty = PyTuple_New(0);
+    PyObject *dl = empty ? PyObject_Call(c->dead_letter, empty, kw) : NULL;
+    Py_XDECREF(empty);
+    Py_DECREF(kw);
+    return dl;
+}
+
+static int side_code(View s) {
+    if (VIEW_IS(s, "buy")) return BUY;
+    if (VIEW_IS(s, "sell")) return SELL;
+    return -1;
+}
+
+static int ctx_init(Ctx *x, PyObject *ts) {
+    if (!PyLong_Check(ts)) { PyErr_SetString(PyExc_TypeError, "ts must be an int"); return -1; }
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(ts, &overflow);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    x->ts_obj = ts;
+    if (overflow) x->ts_len = -1;
+    else {
+        Buf b = {x->ts, 0, sizeof(x->ts)};
+        buf_i64(&b, v);
+        x->ts_len = (int)b.n;
+    }
+    x->out = PyList_New(0);
+    return x->out ? 0 : -1;
+}
+
+static PyObject *reject(Core *c, Ctx *x, const OrderIn *o, int side, const char *reason, PyObject *reason_obj,
+                        int64_t price, int64_t size) {
+    c->rejected++;
+    int limit = VIEW_IS(o->type, "limit");
+    char rem[64], pr[64];
+    int rn, pn;
+    if (limit || side == SELL) rn = fmt_scaled(rem, size, c->base_scale);
+    else { memcpy(rem, c->zero_size, (size_t)c->zero_size_len); rn = c->zero_size_len; }
+    if (limit) pn = fmt_scaled(pr, price, c->quote_scale);
+    else { memcpy(pr, c->zero_price, (size_t)c->zero_price_len); pn = c->zero_price_len; }
+    /* The fast path only admits a time_in_force of plain printable ASCII, so its view is the JSON. */
+    PyObject *tif_obj = o->tif_obj;
+    int rc;
+    if (tif_obj) {
+        rc = emit_done(c, x, o->id, o->user_id, o->user_ok ? NULL : o->user_obj, rem, (size_t)rn, pr, (size_t)pn,
+                       "rejected", side, 0, tif_obj, reason, reason_obj);
+    } else {
+        PyObject *tif = PyUnicode_FromStringAndSize(o->tif.p, o->tif.n);
+        rc = tif ? emit_done(c, x, o->id, o->user_id, o->user_ok ? NULL : o->user_obj, rem, (size_t)rn, pr,
+                             (size_t)pn, "rejected", side, 0, tif, reason, reason_obj)
+                 : -1;
+        Py_XDECREF(tif);
+    }
+    if (rc) {
+        Py_DECREF(x->out);
+        return NULL;
+    }
+    return x->out;
+}
+
+static PyObject *submit_order(Core *c, const OrderIn *o, PyObject *ts, PyObject *bad_field) {
+    c->orders_in++;
+    if (o->id_state == ID_NONE) return dead_letter(c, "missing_id");
+    if (o->id_state == ID_BAD) return dead_letter(c, "invalid_id");
+    int64_t id = o->id;
+    Ctx x;
+    if (VIEW_IS(o->status, "new")) {
+        int side = side_code(o->side);
+        if (side < 0) return dead_letter(c, o->side.p ? "invalid_side" : "missing_side");
+        int verdict = ids_check_and_mark(&c->ids, id);
+        if (verdict == DUPLICATE) { c->duplicates++; return PyList_New(0); }
+        if (verdict == OUTSIDE_WINDOW) return dead_letter(c, "order_id_outside_window");
+        if (ctx_init(&x, ts)) return NULL;
+        if (bad_field && bad_field != Py_None) {
+            PyObject *reason = PyUnicode_FromFormat("invalid_%U", bad_field);
+            if (!reason) { Py_DECREF(x.out); return NULL; }
+            PyObject *r = reject(c, &x, o, side, NULL, reason, 0, 0);
+            Py_DECREF(reason);
+            return r;
+        }
+        Taker t = {id, 0, side, 0, STP_NONE};
+        int is_limit = 0;
+        int64_t price, size, funds;
+        const char *reason = validate(c, o, &t, &is_limit, &price, &size, &funds);
+        int rc;
+        if (reason) return reject(c, &x, o, side, reason, NULL, price, size);
+        if (is_limit) rc = do_limit(c, &x, &t, price, size);
+        else if (side == SELL) rc = do_market_sell(c, &x, &t, size);
+        else rc = do_market_buy(c, &x, &t, funds);
+        if (rc) { Py_DECREF(x.out); return NULL; }
+        return x.out;
+    }
+    if (VIEW_IS(o->status, "cancelling")) {
+        if (o->side.p && side_code(o->side) < 0) return dead_letter(c, "invalid_side");
+        if (o->product.p && !is_product(c, o->product)) { c->unknown_cancels++; return PyList_New(0); }
+        if (ctx_init(&x, ts)) return NULL;
+        if (do_cancel(c, &x, id)) { Py_DECREF(x.out); return NULL; }
+        return x.out;
+    }
+    return dead_letter(c, "invalid_status");
+}
+
+/* A str-or-None field of a decoded OrderMessage as a view. A str that has no UTF-8 form (a lone
+ * surrogate from a JSON escape) becomes one invalid byte: it equals nothing and parses as nothing. */
+static View view_of(PyObject *v) {
+    View out = {NULL, 0};
+    if (v == Py_None || !PyUnicode_Check(v)) return out;
+    out.p = PyUnicode_AsUTF8AndSize(v, &out.n);
+    if (!out.p) {
+        PyErr_Clear();
+        out.p = "\xff";
+        out.n = 1;
+    }
+    return out;
+}
+
+/* The OrderIn of a decoded OrderMessage (its fields read from their slots). */
+static int order_from_message(Core *c, PyObject *order, OrderIn *o) {
+    PyObject *f[13];
+    for (int i = 0; i < 13; i++) f[i] = *(PyObject **)((char *)order + c->field_off[i]);
+    memset(o, 0, sizeof(*o));
+    if (f[F_ID] == Py_None) o->id_state = ID_NONE;
+    else {
+        int overflow = 0;
+        long long id = PyLong_AsLongLongAndOverflow(f[F_ID], &overflow);
+        if (id == -1 && PyErr_Occurred()) return -1;
+        o->id_state = overflow || id <= 0 ? ID_BAD : ID_OK;
+        o->id = id;
+    }
+    int overflow = 0;
+    long long user = PyLong_AsLongLongAndOverflow(f[F_USER], &overflow);
+    if (user == -1 && PyErr_Occurred()) return -1;
+    o->user_ok = !overflow;
+    o->user_id = user;
+    o->user_obj = f[F_USER];
+    o->tif_obj = f[F_TIF];
+    o->product = view_of(f[F_PRODUCT]);
+    o->price = view_of(f[F_PRICE]);
+    o->size = view_of(f[F_SIZE]);
+    o->funds = view_of(f[F_FUNDS]);
+    o->type = view_of(f[F_TYPE]);
+    o->side = view_of(f[F_SIDE]);
+    o->tif = view_of(f[F_TIF]);
+    o->status = view_of(f[F_STATUS]);
+    o->stp = view_of(f[F_STP]);
+    return 0;
+}
+
+/* ---- the JSON fast path --------------------------------------------------------------------------- */
+/* Reads the common shape of an order record without building Python objects: one JSON object whose
+ * keys are OrderMessage fields, each at most once, with values of the field's type: strings of
+ * printable ASCII without escapes, integers within int64, or null where None is allowed. Anything
+ * else (escapes, other keys, floats, booleans, nesting, trailing bytes) returns 0 and msgspec reads
+ * the record instead, so the fast path never decides what an unusual input means. */
+
+static inline const char *skip_ws(const char *p, const char *end) {
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
+    return p;
+}
+
+/* A plain string at p (p at the opening quote): its view; NULL when it is not plain. */
+static const char *scan_plain_string(const char *p, const char *end, View *v) {
+    const char *start = ++p;
+    while (p < end) {
+        unsigned char ch = (unsigned char)*p;
+        if (ch == '"') { v->p = start; v->n = p - start; return p + 1; }
+        if (ch < 0x20 || ch > 0x7e || ch == '\\') return NULL;
+        p++;
+    }
+    return NULL;
+}
+
+/* A JSON integer that fits int64: -?(0|[1-9][0-9]*) not followed by a fraction or exponent. */
+static const char *scan_int(const char *p, const char *end, int64_t *out) {
+    int negative = 0;
+    if (p < end && *p == '-') { negative = 1; p++; }
+    if (p >= end || *p < '0' || *p > '9') return NULL;
+    if (*p == '0' && p + 1 < end && p[1] >= '0' && p[1] <= '9') return NULL;
+    unsigned __int128 v = 0;
+    while (p < end && *p >= '0' && *p <= '9') {
+        v = v * 10 + (unsigned)(*p - '0');
+        if (v > (unsigned __int128)INT64_MAX + 1) return NULL;
+        p++;
+    }
+    if (p < end && (*p == '.' || *p == 'e' || *p == 'E')) return NULL;
+    if (!negative && v > (unsigned __int128)INT64_MAX) return NULL;
+    *out = negative ? (int64_t)(-(i128)v) : (int64_t)v;
+    return p;
+}
+
+static int field_index(const char *k, Py_ssize_t n) {
+    int candidates[3] = {-1, -1, -1};
+    switch (n) { /* the field names by length, so at most three compares */
+    case 2: candidates[0] = F_ID; break;
+    case 3: candidates[0] = F_STP; break;
+    case 4: candidates[0] = F_SIDE; candidates[1] = F_TYPE; candidates[2] = F_SIZE; break;
+    case 5: candidates[0] = F_PRICE; candidates[1] = F_FUNDS; break;
+    case 6: candidates[0] = F_STATUS; break;
+    case 7: candidates[0] = F_USER; break;
+    case 10: candidates[0] = F_PRODUCT; candidates[1] = F_CREATED; candidates[2] = F_CLIENT_OID; break;
+    case 13: candidates[0] = F_TIF; break;
+    default: return -1;
+    }
+    for (int i = 0; i < 3 && candidates[i] >= 0; i++)
+        if (memcmp(k, FIELD_NAMES[candidates[i]], (size_t)n) == 0) return candidates[i];
+    return -1;
+}
+
+/* 1: `o` holds the record; 0: not the common shape, let msgspec read it. */
+static int fast_read(const char *p, Py_ssize_t len, OrderIn *o) {
+    const char *end = p + len;
+    memset(o, 0, sizeof(*o));
+    o->user_ok = 1;
+    o->tif.p = "GTC";
+    o->tif.n = 3;
+    o->status.p = "new";
+    o->status.n = 3;
+    unsigned seen = 0;
+    p = skip_ws(p, end);
+    if (p >= end || *p != '{') return 0;
+    p = skip_ws(p + 1, end);
+    if (p < end && *p == '}') return 0; /* {} is rare: msgspec's path answers it */
+    for (;;) {
+        View key;
+        if (p >= end || *p != '"' || !(p = scan_plain_string(p, end, &key))) return 0;
+        int field = field_index(key.p, key.n);
+        if (field < 0 || (seen & (1u << field))) return 0;
+        seen |= 1u << field;
+        p = skip_ws(p, end);
+        if (p >= end || *p != ':') return 0;
+        p = skip_ws(p + 1, end);
+        if (p >= end) return 0;
+        int is_int = field == F_ID || field == F_CREATED || field == F_USER;
+        if (*p == 'n') { /* null: only where the field's default is None */
+            if (end - p < 4 || memcmp(p, "null", 4) != 0) return 0;
+            p += 4;
+            if (field == F_CREATED || field == F_USER || field == F_CLIENT_OID || field == F_TIF ||
+                field == F_STATUS)
+                return 0;
+            if (field == F_ID) o->id_state = ID_NONE;
+            /* str|None fields stay NULL views */
+        } else if (is_int) {
+            int64_t v;
+            if (!(p = scan_int(p, end, &v))) return 0;
+            if (field == F_ID) { o->id_state = v > 0 ? ID_OK : ID_BAD; o->id = v; }
+            else if (field == F_USER) o->user_id = v;
+        } else if (*p == '"') {
+            View v;
+            if (!(p = scan_plain_string(p, end, &v))) return 0;
+            switch (field) {
+            case F_PRODUCT: o->product = v; break;
+            case F_PRICE: o->price = v; break;
+            case F_SIZE: o->size = v; break;
+            case F_FUNDS: o->funds = v; break;
+            case F_TYPE: o->type = v; break;
+            case F_SIDE: o->side = v; break;
+            case F_TIF: o->tif = v; break;
+            case F_STATUS: o->status = v; break;
+            case F_STP: o->stp = v; break;
+            default: break; /* client_oid */
+            }
+        } else {
+            return 0;
+        }
+        p = skip_ws(p, end);
+        if (p >= end) return 0;
+        if (*p == ',') { p = skip_ws(p + 1, end); continue; }
+        if (*p != '}') return 0;
+        p = skip_ws(p + 1, end);
+        return p == end;
+    }
+}
+
+/* ---- the Python type ------------------------------------------------------------------------------ */
+
+static int free_side(Side *s) {
+    for (Py_ssize_t i = 0; i < s->n; i++) {
+        Order *o = s->lv[i]->head;
+        while (o) { Order *next = o->next; PyMem_Free(o); o = next; }
+        PyMem_Free(s->lv[i]);
+    }
+    PyMem_Free(s->lv);
+    s->lv = NULL;
+    s->n = s->cap = 0;
+    return 0;
+}
+
+static void Core_dealloc(Core *c) {
+    free_side(&c->bids);
+    free_side(&c->asks);
+    PyMem_Free(c->index.keys);
+    PyMem_Free(c->index.vals);
+    PyMem_Free(c->ids.bits);
+    PyMem_Free(c->buf.p);
+    Py_XDECREF(c->product_id);
+    Py_XDECREF(c->product_json);
+    Py_XDECREF(c->product_utf8);
+    Py_XDECREF(c->decode);
+    Py_XDECREF(c->validation_error);
+    Py_XDECREF(c->decode_error);
+    Py_XDECREF(c->slow);
+    Py_XDECREF(c->dead_letter);
+    Py_XDECREF(c->encode_str);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+static int Core_init(Core *c, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"product_id", "base_scale", "quote_scale", "tick", "lot", "min_size", "min_funds",
+                             "id_window", "order_type", "decode", "validation_error", "decode_error", "slow", "dead_letter",
+                             "encode_str", NULL};
+    PyObject *product_id, *order_type, *decode, *validation_error, *decode_error, *slow, *dead_letter_cls,
+        *encode_str;
+    int base_scale, quote_scale;
+    long long tick, lot, min_size, min_funds, id_window;
+    if (c->decode) { PyErr_SetString(PyExc_RuntimeError, "Core is initialised once"); return -1; }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "UiiLLLLLOOOOOOO", kwlist, &product_id, &base_scale,
+                                     &quote_scale, &tick, &lot, &min_size, &min_funds, &id_window, &order_type,
+                                     &decode, &validation_error, &decode_error, &slow, &dead_letter_cls,
+                                     &encode_str))
+        return -1;
+    if (base_scale < 0 || base_scale > 18 || quote_scale < 0 || quote_scale > 18 || tick <= 0 || lot <= 0 ||
+        min_size <= 0 || min_funds <= 0 || id_window <= 0) {
+        PyErr_SetString(PyExc_ValueError, "invalid product rules");
+        return -1;
+    }
+    if (!PyType_Check(order_type)) { PyErr_SetString(PyExc_TypeError, "order_type must be a type"); return -1; }
+    for (int i = 0; i < 13; i++) {
+        PyObject *descr = PyObject_GetAttrString(order_type, FIELD_NAMES[i]);
+        if (!descr) return -1;
+        int ok = Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
+                 ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX;
+        if (ok) c->field_off[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+        Py_DECREF(descr);
+        if (!ok) {
+            PyErr_Format(PyExc_TypeError, "order_type.%s is not a plain slot", FIELD_NAMES[i]);
+            return -1;
+        }
+    }
+    c->product_json = PyObject_CallOneArg(encode_str, product_id);
+    if (!c->product_json) return -1;
+    if (!PyBytes_Check(c->product_json)) { PyErr_SetString(PyExc_TypeError, "encode_str must give bytes"); return -1; }
+    c->product_utf8 = PyUnicode_AsUTF8String(product_id);
+    if (!c->product_utf8) return -1;
+    Py_INCREF(product_id); c->product_id = product_id;
+    Py_INCREF(decode); c->decode = decode;
+    Py_INCREF(validation_error); c->validation_error = validation_error;
+    Py_INCREF(decode_error); c->decode_error = decode_error;
+    Py_INCREF(slow); c->slow = slow;
+    Py_INCREF(dead_letter_cls); c->dead_letter = dead_letter_cls;
+    Py_INCREF(encode_str); c->encode_str = encode_str;
+    c->base_scale = base_scale;
+    c->quote_scale = quote_scale;
+    c->tick = tick; c->lot = lot; c->min_size = min_size; c->min_funds = min_funds;
+    c->funds_unit = 1;
+    for (int i = 0; i < base_scale; i++) c->funds_unit *= 10;
+    c->bids.is_bid = 1;
+    c->asks.is_bid = 0;
+    if (map_init(&c->index, 1024)) return -1;
+    c->ids.size = id_window;
+    c->ids.nbytes = (Py_ssize_t)((id_window + 7) / 8);
+    c->ids.bits = PyMem_Calloc((size_t)c->ids.nbytes, 1);
+    if (!c->ids.bits) { PyErr_NoMemory(); return -1; }
+    c->zero_size_len = fmt_scaled(c->zero_size, 0, base_scale);
+    c->zero_price_len = fmt_scaled(c->zero_price, 0, quote_scale);
+    return 0;
+}
+
+static PyObject *Core_submit_raw(Core *c, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "submit_raw(raw, ts)"); return NULL; }
+    OrderIn o;
+    if (PyBytes_CheckExact(args[0]) && fast_read(PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), &o))
+        return submit_order(c, &o, args[1], NULL);
+    PyObject *order = PyObject_CallOneArg(c->decode, args[0]);
+    if (!order) {
+        if (PyErr_ExceptionMatches(c->validation_error)) { /* JSON of the wrong shape: salvage it */
+            PyErr_Clear();
+            PyObject *slow_args[3] = {(PyObject *)c, args[0], args[1]};
+            return PyObject_Vectorcall(c->slow, slow_args, 3, NULL);
+        }
+        if (!PyErr_ExceptionMatches(c->decode_error)) return NULL;
+        PyErr_Clear();
+        c->orders_in++;
+        return dead_letter(c, "not_json");
+    }
+    PyObject *r = order_from_message(c, order, &o) ? NULL : submit_order(c, &o, args[1], NULL);
+    Py_DECREF(order); /* after submit: the views point into its strings */
+    return r;
+}
+
+static PyObject *Core_submit(Core *c, PyObject *args) {
+    PyObject *order, *ts, *bad_field = Py_None;
+    if (!PyArg_ParseTuple(args, "OO|O", &order, &ts, &bad_field)) return NULL;
+    PyObject *descr = PyObject_GetAttrString((PyObject *)Py_TYPE(order), "id");
+    int ok = descr && Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
+             ((PyMemberDescrObject *)descr)->d_member->offset == c->field_off[F_ID];
+    Py_XDECREF(descr);
+    PyErr_Clear();
+    if (!ok) { PyErr_SetString(PyExc_TypeError, "submit needs an OrderMessage"); return NULL; }
+    if (bad_field != Py_None && !PyUnicode_Check(bad_field)) {
+        PyErr_SetString(PyExc_TypeError, "bad_field must be a str or None");
+        return NULL;
+    }
+    OrderIn o;
+    if (order_from_message(c, order, &o)) return NULL;
+    return submit_order(c, &o, ts, bad_field);
+}
+
+static PyObject *Core_count_dead_letter(Core *c, PyObject *reason) {
+    if (!PyUnicode_Check(reason)) { PyErr_SetString(PyExc_TypeError, "reason must be a str"); return NULL; }
+    const char *r = PyUnicode_AsUTF8(reason);
+    if (!r) return NULL;
+    c->orders_in++;
+    return dead_letter(c, r);
+}
+
+static PyObject *level_rows(Side *s, PyObject *rows) {
+    for (Py_ssize_t i = s->n - 1; i >= 0; i--)
+        for (Order *o = s->lv[i]->head; o; o = o->next) {
+            PyObject *row = Py_BuildValue("(LLsLLs)", (long long)o->id, (long long)o->user_id, SIDE_NAMES[o->side],
+                                          (long long)s->lv[i]->price, (long long)o->remaining, TIF_NAMES[o->tif]);
+            if (!row || PyList_Append(rows, row)) { Py_XDECREF(row); return NULL; }
+            Py_DECREF(row);
+        }
+    return rows;
+}
+
+/* (id_window_max, id_window_bits, rows): resting orders bids best-first then asks, FIFO per level. */
+static PyObject *Core_export(Core *c, PyObject *Py_UNUSED(ignored)) {
+    PyObject *rows = PyList_New(0);
+    if (!rows || !level_rows(&c->bids, rows) || !level_rows(&c->asks, rows)) { Py_XDECREF(rows); return NULL; }
+    PyObject *r = Py_BuildValue("(Ly#N)", (long long)c->ids.max_seen, (const char *)c->ids.bits, c->ids.nbytes, rows);
+    return r;
+}
+
+/* Put a fresh core into a snapshot's state; ValueError when a row or the bitmap does not fit. */
+static PyObject *Core_load(Core *c, PyObject *args) {
+    long long sequence, trade_seq, id_max;
+    Py_buffer bits;
+    PyObject *rows;
+    if (!PyArg_ParseTuple(args, "LLLy*O", &sequence, &trade_seq, &id_max, &bits, &rows)) return NULL;
+    PyObject *result = NULL, *seq = NULL;
+    if (c->sequence || c->index.count) { PyErr_SetString(PyExc_ValueError, "load needs a fresh core"); goto done; }
+    if (bits.len != c->ids.nbytes) {
+        PyErr_Format(PyExc_ValueError, "id window bitmap has %zd bytes, expected %zd", bits.len, c->ids.nbytes);
+        goto done;
+    }
+    seq = PySequence_Fast(rows, "rows must be a sequence");
+    if (!seq) goto done;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        long long id, user_id, price, remaining;
+        const char *side, *tif;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "LLsLLs", &id, &user_id, &side, &price, &remaining,
+                              &tif)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "bad resting order row %zd", i);
+            goto done;
+        }
+        int side_c = strcmp(side, "buy") == 0 ? BUY : strcmp(side, "sell") == 0 ? SELL : -1, tif_c = -1;
+        for (int k = 0; k < 4; k++)
+            if (strcmp(tif, TIF_NAMES[k]) == 0) tif_c = k;
+        if (side_c < 0 || tif_c < 0 || remaining <= 0 || price <= 0 || id <= 0 || map_get(&c->index, id)) {
+            PyErr_Format(PyExc_ValueError, "bad resting order id=%lld", id);
+            goto done;
+        }
+        if (book_rest(c, id, user_id, side_c, price, remaining, tif_c, NULL)) goto done;
+    }
+    memcpy(c->ids.bits, bits.buf, (size_t)bits.len);
+    c->ids.max_seen = id_max;
+    c->sequence = sequence;
+    c->trade_seq = trade_seq;
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(seq);
+    PyBuffer_Release(&bits);
+    return result;
+}
+
+static PyObject *i128_to_py(i128 v) {
+    if (v >= INT64_MIN && v <= INT64_MAX) return PyLong_FromLongLong((long long)v);
+    char tmp[64];
+    int n = v < 0 ? (tmp[0] = '-', 1 + fmt_u128(tmp + 1, (unsigned __int128)(-v))) : fmt_u128(tmp, (unsigned __int128)v);
+    tmp[n] = 0;
+    return PyLong_FromString(tmp, NULL, 10);
+}
+
+static PyObject *side_depth(Side *s, Py_ssize_t n) {
+    PyObject *out = PyList_New(0);
+    for (Py_ssize_t i = s->n - 1; out && i >= 0 && s->n - 1 - i < n; i--) {
+        PyObject *size = i128_to_py(s->lv[i]->size);
+        PyObject *row = size ? Py_BuildValue("(LN)", (long long)s->lv[i]->price, size) : NULL;
+        if (!row || PyList_Append(out, row)) { Py_XDECREF(row); Py_CLEAR(out); break; }
+        Py_DECREF(row);
+    }
+    return out;
+}
+
+static PyObject *Core_depth(Core *c, PyObject *arg) {
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    return Py_BuildValue("(NN)", side_depth(&c->bids, n), side_depth(&c->asks, n));
+}
+
+static PyObject *best_price(Side *s) {
+    Level *lv = best_level(s);
+    if (!lv) Py_RETURN_NONE;
+    return PyLong_FromLongLong((long long)lv->price);
+}
+
+static PyObject *Core_best_bid(Core *c, PyObject *Py_UNUSED(ignored)) { return best_price(&c->bids); }
+static PyObject *Core_best_ask(Core *c, PyObject *Py_UNUSED(ignored)) { return best_price(&c->asks); }
+
+static Py_ssize_t Core_len(Core *c) { return (Py_ssize_t)c->index.count; }
+
+static PyMethodDef Core_methods[] = {
+    {"submit_raw", (PyCFunction)(void (*)(void))Core_submit_raw, METH_FASTCALL,
+     "submit_raw(raw, ts) -> list of event bytes | DeadLetter: decode one input record and apply it."},
+    {"submit", (PyCFunction)Core_submit, METH_VARARGS,
+     "submit(order, ts, bad_field=None) -> list of event bytes | DeadLetter: apply a decoded order."},
+    {"count_dead_letter", (PyCFunction)Core_count_dead_letter, METH_O,
+     "count_dead_letter(reason) -> DeadLetter: an input the slow path could not read as an order."},
+    {"export", (PyCFunction)Core_export, METH_NOARGS, "export() -> (id_window_max, id_window_bits, rows)."},
+    {"load", (PyCFunction)Core_load, METH_VARARGS, "load(sequence, trade_seq, id_window_max, bits, rows)."},
+    {"depth", (PyCFunction)Core_depth, METH_O, "depth(n) -> (bids, asks) of (price, size), best first."},
+    {"best_bid", (PyCFunction)Core_best_bid, METH_NOARGS, "Highest bid price (scaled) or None."},
+    {"best_ask", (PyCFunction)Core_best_ask, METH_NOARGS, "Lowest ask price (scaled) or None."},
+    {NULL, NULL, 0, NULL}};
+
+static PyMemberDef Core_members[] = {
+    {"sequence", T_LONGLONG, offsetof(Core, sequence), READONLY, "last event sequence"},
+    {"trade_seq", T_LONGLONG, offsetof(Core, trade_seq), READONLY, "last trade sequence"},
+    {"orders_in", T_LONGLONG, offsetof(Core, orders_in), READONLY, NULL},
+    {"duplicates", T_LONGLONG, offsetof(Core, duplicates), READONLY, NULL},
+    {"unknown_cancels", T_LONGLONG, offsetof(Core, unknown_cancels), READONLY, NULL},
+    {"rejected", T_LONGLONG, offsetof(Core, rejected), READONLY, NULL},
+    {"dead_letters", T_LONGLONG, offsetof(Core, dead_letters), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL}};
+
+static PySequenceMethods Core_as_sequence = {.sq_length = (lenfunc)Core_len};
+
+static PyTypeObject CoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "engine._native.Core",
+    .tp_doc = "One product's book and matching rules (engine/matching.py) in C; events as JSON bytes.",
+    .tp_basicsize = sizeof(Core),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Core_init,
+    .tp_dealloc = (destructor)Core_dealloc,
+    .tp_methods = Core_methods,
+    .tp_members = Core_members,
+    .tp_as_sequence = &Core_as_sequence,
+};
+
+static struct PyModuleDef native_module = {PyModuleDef_HEAD_INIT, "engine._native",
+                                           "The matching core in C (see engine/native.py).", -1, NULL,
+                                           NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    if (PyType_Ready(&CoreType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&native_module);
+    if (!m) return NULL;
+    Py_INCREF(&CoreType);
+    if (PyModule_AddObject(m, "Core", (PyObject *)&CoreType) < 0) {
+        Py_DECREF(&CoreType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,269 @@
+"""The C core (engine/_native.c) against the Python core (engine/matching.py), its oracle.
+
+For any input, both must give the same bytes for every event, the same dead letters, the same
+counters and byte-identical snapshots; a snapshot written by either core restores in the other.
+Streams are random mixes of valid orders, cancels, duplicates and wrong values of every field,
+on products whose scales, ticks, lots, minimums and id windows stress the arithmetic.
+"""
+
+from __future__ import annotations
+
+import os
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cluster.workload import generate_orders
+from engine.config import ProductConfig
+from engine.matching import MatchingEngine
+from engine.native import NativeEngine, make_engine, native_available, resolve_core
+from engine.snapshot import SnapshotError
+from tests.unit.test_properties import CONFIG, streams, wire_stream
+
+pytestmark = pytest.mark.skipif(
+    not native_available() and os.environ.get("OBC_REQUIRE_NATIVE") != "1",
+    reason="the C core is not built",
+)
+
+PRODUCTS = [
+    CONFIG,
+    # extreme scales: a market buy's funds need 128 bits, sizes and prices need all 63
+    dict(product_id="X-Y", base_scale=18, quote_scale=18, min_funds="0.5", id_window=7),
+    # no decimals at all, a minimum size, a tiny id window, and a product id JSON must escape
+    dict(product_id='Ünï"co\\de', base_scale=0, quote_scale=0, min_size="2", id_window=3),
+    dict(
+        product_id="ETH-USD",
+        base_scale=4,
+        quote_scale=3,
+        tick_size="0.005",
+        lot_size="0.0020",
+        min_size="0.0040",
+    ),
+]
+
+AMOUNTS = st.one_of(
+    st.sampled_from(
+        [
+            "1",
+            "2",
+            "5",
+            "10",
+            "10.00",
+            "9.95",
+            "0.010",
+            "0.05",
+            "0.5",
+            "100",
+            "0",
+            "-0",
+            "-1",
+            "00.10",
+            "1.000",
+            "1.0001",
+            "1.",
+            ".5",
+            "1e3",
+            "NaN",
+            " 1",
+            "1_0",
+            "+1",
+            "",
+            "9223372036854775807",
+            "9223372036854775808",
+            "0.000000000000000001",
+            "922337203.6854775807",
+            "1" * 65,
+            "٣",
+        ]
+    ),
+    st.from_regex(r"-?[0-9]{1,21}(\.[0-9]{1,21})?", fullmatch=True),
+    st.text(max_size=6),
+    st.none(),
+    st.integers(-3, 3),
+)
+
+
+def orderish(product_id: str):
+    """Wire objects that are often valid orders and often wrong in one or more fields."""
+    return st.fixed_dictionaries(
+        {
+            "id": st.one_of(
+                st.integers(1, 40), st.sampled_from([0, -1, 2**63 - 1, 2**63, 2**64, None, "7", 1.5, True])
+            ),
+            "side": st.sampled_from(["buy", "sell", "sell", "buy", "BUY", None, 0]),
+        },
+        optional={
+            "created_at": st.one_of(st.integers(-(2**63), 2**64 - 1), st.just("x")),
+            "product_id": st.sampled_from([product_id] * 6 + ["OTHER", None, 5]),
+            "user_id": st.one_of(st.integers(1, 3), st.integers(1, 3), st.integers(), st.just("u")),
+            "client_oid": st.one_of(st.text(max_size=4), st.integers()),
+            "price": AMOUNTS,
+            "size": AMOUNTS,
+            "funds": AMOUNTS,
+            "type": st.sampled_from(["limit"] * 4 + ["market"] * 2 + ["stop", None, 1]),
+            "time_in_force": st.sampled_from(
+                ["GTC"] * 4 + ["IOC", "GTX", "FOK", "gtc", 'é"\\\n\x7f\u2028', None, 3]
+            ),
+            "status": st.sampled_from(["new"] * 8 + ["cancelling"] * 3 + ["open", 3, None]),
+            "stp": st.sampled_from([None] * 4 + ["co", "cn", "cb", "xx", 7]),
+        },
+    )
+
+
+def _pair(config: dict) -> tuple[MatchingEngine, NativeEngine]:
+    cfg = ProductConfig(**config)
+    return MatchingEngine(cfg), NativeEngine(cfg)
+
+
+def _assert_same_state(py: MatchingEngine, nat: NativeEngine) -> None:
+    assert nat.snapshot() == py.snapshot()
+    assert nat.counters.as_dict() == py.counters.as_dict()
+    assert (nat.sequence, nat.trade_seq) == (py.sequence, py.trade_seq)
+    assert nat.depth(50) == py.depth(50)
+    assert (nat.best_bid(), nat.best_ask(), nat.resting_orders()) == (
+        py.best_bid(),
+        py.best_ask(),
+        py.resting_orders(),
+    )
+
+
+def _feed_both(py, nat, raws, first_ts: int = 0) -> None:
+    for i, raw in enumerate(raws):
+        ts = first_ts + i * 1_000_000
+        want = py.submit_encoded(raw, ts)
+        got = nat.submit_encoded(raw, ts)
+        assert got == want, f"input {i}: {raw!r}"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(streams)
+def test_same_bytes_on_valid_streams(steps):
+    py, nat = _pair(CONFIG)
+    _feed_both(py, nat, [msgspec.json.encode(m) for m in wire_stream(steps)])
+    _assert_same_state(py, nat)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_same_bytes_on_mixed_and_wrong_inputs(data):
+    config = data.draw(st.sampled_from(PRODUCTS))
+    objs = data.draw(st.lists(orderish(config["product_id"]), min_size=1, max_size=60))
+    py, nat = _pair(config)
+    _feed_both(py, nat, [msgspec.json.encode(o) for o in objs], first_ts=data.draw(st.integers(0, 2**63 - 1)))
+    _assert_same_state(py, nat)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=60), max_size=10))
+def test_same_dead_letters_for_any_bytes(raws):
+    py, nat = _pair(CONFIG)
+    _feed_both(py, nat, raws)
+    _assert_same_state(py, nat)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_snapshots_cross_between_cores(data):
+    """Cut a stream anywhere: either core's snapshot, restored in either core, continues identically."""
+    config = data.draw(st.sampled_from(PRODUCTS))
+    objs = data.draw(st.lists(orderish(config["product_id"]), min_size=2, max_size=50))
+    raws = [msgspec.json.encode(o) for o in objs]
+    cut = data.draw(st.integers(0, len(raws)))
+    cfg = ProductConfig(**config)
+    uncut = MatchingEngine(cfg)
+    whole = [uncut.submit_encoded(raw, i) for i, raw in enumerate(raws)]
+    writer = data.draw(st.sampled_from([MatchingEngine, NativeEngine]))(cfg)
+    head = [writer.submit_encoded(raw, i) for i, raw in enumerate(raws[:cut])]
+    reader_cls = data.draw(st.sampled_from([MatchingEngine, NativeEngine]))
+    reader = reader_cls.restore(cfg, writer.snapshot())
+    assert reader.snapshot() == writer.snapshot()
+    tail = [reader.submit_encoded(raw, i + cut) for i, raw in enumerate(raws[cut:])]
+    assert head + tail == whole
+    assert reader.snapshot() == uncut.snapshot()
+
+
+def test_same_bytes_on_the_benchmark_workload():
+    """The realistic stream (deep books, cancels, market orders) of `bench`: 30,000 orders."""
+    from engine.config import load_products
+
+    config = load_products("configs/products.toml")["BTC-USD"]
+    py, nat = MatchingEngine(config), NativeEngine(config)
+    raws = [msgspec.json.encode(o) for o in generate_orders("BTC-USD", 30_000, 3)]
+    _feed_both(py, nat, raws)
+    _assert_same_state(py, nat)
+    assert py.trade_seq > 1000 and py.resting_orders() > 500  # the stream really matched and rested
+
+
+def test_market_buy_funds_beyond_64_bits():
+    """funds * 10**base_scale overflows int64 at these scales; the fill must still be exact."""
+    config = dict(product_id="X-Y", base_scale=18, quote_scale=18)
+    py, nat = _pair(config)
+    big = "9.223372036854775807"  # the largest amount at scale 18
+    raws = [
+        msgspec.json.encode(
+            {
+                "id": 1,
+                "product_id": "X-Y",
+                "type": "limit",
+                "side": "sell",
+                "price": "0.000000000000000003",
+                "size": big,
+            }
+        ),
+        msgspec.json.encode({"id": 2, "product_id": "X-Y", "type": "market", "side": "buy", "funds": big}),
+    ]
+    _feed_both(py, nat, raws)
+    _assert_same_state(py, nat)
+    assert py.trade_seq == 1
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        (1, 1, "up", 100, 5, "GTC"),
+        (1, 1, "buy", 100, 0, "GTC"),
+        (1, 1, "buy", 100, 5, "DAY"),
+        ("x", 1, "buy", 100, 5, "GTC"),
+        (1, 1, "buy", 2**63, 5, "GTC"),
+    ],
+)
+def test_native_restore_refuses_bad_rows(row):
+    cfg = ProductConfig(**CONFIG)
+    py = MatchingEngine(cfg)
+    snap = msgspec.msgpack.decode(py.snapshot())
+    snap["orders"] = [row]
+    with pytest.raises(SnapshotError) as err:
+        NativeEngine.restore(cfg, msgspec.msgpack.encode(snap))
+    assert err.value.reason == "corrupt"
+
+
+def test_native_restore_refuses_duplicate_ids_and_other_config():
+    cfg = ProductConfig(**CONFIG)
+    snap = msgspec.msgpack.decode(MatchingEngine(cfg).snapshot())
+    snap["orders"] = [(1, 1, "buy", 100, 5, "GTC"), (1, 1, "sell", 200, 5, "GTC")]
+    with pytest.raises(SnapshotError):
+        NativeEngine.restore(cfg, msgspec.msgpack.encode(snap))
+    other = ProductConfig(**{**CONFIG, "base_scale": 4})
+    with pytest.raises(SnapshotError) as err:
+        NativeEngine.restore(other, MatchingEngine(cfg).snapshot())
+    assert err.value.reason == "config_mismatch"
+
+
+def test_core_choice():
+    assert resolve_core("python") == "python"
+    assert resolve_core("auto") == "native"
+    assert isinstance(make_engine(ProductConfig(**CONFIG), "native"), NativeEngine)
+    assert isinstance(make_engine(ProductConfig(**CONFIG), "python"), MatchingEngine)
+    with pytest.raises(ValueError):
+        resolve_core("fast")
+
+
+def test_native_required_but_missing(monkeypatch):
+    import engine.native
+
+    monkeypatch.setattr(engine.native, "_native", None)
+    assert resolve_core("auto") == "python"
+    with pytest.raises(ValueError, match="not built"):
+        resolve_core("native")
