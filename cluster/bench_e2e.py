@@ -48,6 +48,7 @@ from cluster.embedded import embedded_services, free_port
 from cluster.kafka_io import ensure_topics, message_topic, product_topics, read_topic
 from cluster.send import produce_orders
 from cluster.workload import generate_orders
+from engine.native import resolve_core
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 NODE_START_TIMEOUT_S = 60.0
@@ -100,7 +101,7 @@ class BenchNode:
 
 
 def start_node(
-    bootstrap: str, redis_url: str, products: list[str], work: Path, passthrough: bool
+    bootstrap: str, redis_url: str, products: list[str], work: Path, passthrough: bool, core: str = "auto"
 ) -> BenchNode:
     """Start a node for `products` with their generated config; logs go to a file in `work`."""
     config = work / f"products-{products[0]}.toml"
@@ -110,7 +111,7 @@ def start_node(
     argv = [sys.executable, "-m", "cluster", "start", "--products", ",".join(products)]
     argv += ["--kafka", bootstrap, "--redis", redis_url, "--config", str(config), "--node-id", node_id]
     argv += ["--http-port", str(port), "--state-dir", str(work / node_id), "--log-level", "WARNING"]
-    argv += ["--passthrough"] if passthrough else []
+    argv += ["--passthrough"] if passthrough else ["--core", core]
     log_path = work / f"{node_id}.log"
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
@@ -261,6 +262,7 @@ def run_mode(
     seconds: float,
     seed: int,
     passthrough: bool,
+    core: str = "auto",
 ) -> dict:
     """Preload, start a node, measure throughput then latency, stop the node."""
     mode = "passthrough" if passthrough else "engine"
@@ -268,7 +270,7 @@ def run_mode(
     products = [f"BENCH{tag}{'P' if passthrough else 'E'}{i}-USD" for i in range(n)]
     progress(f"{mode}: preloading {orders} orders into each of {', '.join(products)}")
     preload(bootstrap, products, orders, seed)
-    node = start_node(bootstrap, redis_url, products, work, passthrough)
+    node = start_node(bootstrap, redis_url, products, work, passthrough, core)
     try:
         progress(f"{mode}: draining the preloaded orders")
         per_product, status = throughput_phase(node, bootstrap, orders, passthrough)
@@ -315,14 +317,22 @@ def compare(passthrough: dict, engine: dict) -> dict:
 
 
 def run_bench(
-    bootstrap: str, redis_url: str, n: int, orders: int, rate: float, seconds: float, seed: int, broker: str
+    bootstrap: str,
+    redis_url: str,
+    n: int,
+    orders: int,
+    rate: float,
+    seconds: float,
+    seed: int,
+    broker: str,
+    core: str = "auto",
 ) -> dict:
     """Both runs on the given servers; the report as one dict."""
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         work = Path(tmp)
         args = (bootstrap, redis_url, work, n, orders, rate, seconds, seed)
         passthrough = run_mode(*args, passthrough=True)
-        engine = run_mode(*args, passthrough=False)
+        engine = run_mode(*args, passthrough=False, core=core)
     return {
         "products": n,
         "orders_per_product": orders,
@@ -331,6 +341,7 @@ def run_bench(
         "seed": seed,
         "cpus": os.cpu_count(),
         "broker": broker,
+        "core": resolve_core(core),
         "passthrough": passthrough,
         "engine": engine,
         "comparison": compare(passthrough, engine),
@@ -340,7 +351,8 @@ def run_bench(
 def format_report(report: dict) -> str:
     """A few lines for a terminal: throughput, latency and CPU of both runs, and the ratios."""
     lines = [
-        f"{report['products']} product(s), {report['orders_per_product']} orders each, {report['cpus']} CPUs"
+        f"{report['products']} product(s), {report['orders_per_product']} orders each, {report['cpus']} CPUs,"
+        f" {report['core']} core"
     ]
     for mode in ("passthrough", "engine"):
         run = report[mode]
@@ -378,9 +390,11 @@ def _exit_on_sigterm(signum, frame) -> None:
 @click.option(
     "--orders",
     type=click.IntRange(100),
-    default=200_000,
+    default=1_000_000,
     show_default=True,
-    help="Preloaded orders per product (throughput phase).",
+    help="Preloaded orders per product (throughput phase). Keep it well above the producer's "
+    "outstanding limit (200,000): a shorter drain fits in the client's queue and measures produce() "
+    "calls, not a sustained rate.",
 )
 @click.option(
     "--rate",
@@ -399,15 +413,22 @@ def _exit_on_sigterm(signum, frame) -> None:
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--kafka", default=None, help="Use this broker (with --redis) instead of starting one.")
 @click.option("--redis", default=None, help="Use this Redis (with --kafka) instead of starting one.")
+@click.option(
+    "--core",
+    type=click.Choice(["auto", "native", "python"]),
+    default="auto",
+    show_default=True,
+    help="The engine run's matching core (see `start --core`).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def e2e(n, orders, rate, seconds, seed, kafka, redis, as_json) -> None:
+def e2e(n, orders, rate, seconds, seed, kafka, redis, core, as_json) -> None:
     """End to end: sustained orders/s, order-to-event latency, CPU and memory, vs the passthrough limit."""
     if bool(kafka) != bool(redis):
         raise click.UsageError("give both --kafka and --redis, or neither for local servers")
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so the nodes and local servers are stopped
     try:
         if kafka:
-            report = run_bench(kafka, redis, n, orders, rate, seconds, seed, broker=kafka)
+            report = run_bench(kafka, redis, n, orders, rate, seconds, seed, broker=kafka, core=core)
         else:
             with (
                 tempfile.TemporaryDirectory(prefix="bench-e2e-servers-") as state,
@@ -415,7 +436,15 @@ def e2e(n, orders, rate, seconds, seed, kafka, redis, as_json) -> None:
             ):
                 progress(f"local Tansu broker at {services.bootstrap}, Redis at {services.redis_url}")
                 report = run_bench(
-                    services.bootstrap, services.redis_url, n, orders, rate, seconds, seed, "embedded tansu"
+                    services.bootstrap,
+                    services.redis_url,
+                    n,
+                    orders,
+                    rate,
+                    seconds,
+                    seed,
+                    "embedded tansu",
+                    core,
                 )
     except BenchError as exc:
         raise click.ClickException(str(exc)) from exc

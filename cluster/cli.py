@@ -120,7 +120,6 @@ def cli() -> None:
     type=click.Choice(["auto", "native", "python"]),
     default="auto",
     show_default=True,
-    envvar="OBC_CORE",
     help="Matching core: native (C, engine/_native.c), python (engine/matching.py, the reference) or "
     "auto (native when built). Both give byte-identical events and snapshots.",
 )

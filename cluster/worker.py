@@ -154,9 +154,13 @@ class ProductWorker:
             suppress = (
                 leader.suppress_upto if leader is not None and leader.suppress_upto > engine.sequence else 0
             )
+            last_ms = ts = None  # records of one producer batch share a timestamp: convert once
             for msg in records:
                 raw = msg.value() or b""
-                result = submit(raw, time_ns(msg.timestamp()[1]))
+                ms = msg.timestamp()[1]
+                if ms != last_ms:
+                    last_ms, ts = ms, time_ns(ms)
+                result = submit(raw, ts)
                 if type(result) is DeadLetter:
                     self.metric.dead_letters.inc()
                     offset = msg.offset()

@@ -6,8 +6,8 @@ streams, and the cluster tests compare a live leader's output with a Python repl
 exists for speed only: it keeps the book in C and writes each event's JSON directly, which takes
 the per-order cost of the core from about 3 us to well under 1 us.
 
-Which core runs is the node's `--core auto|native|python` (env OBC_CORE; auto: native when the
-extension was built). A node refuses to start with `native` when the extension is missing, so an
+Which core runs is the node's `--core auto|native|python` (auto: native when the extension was
+built). A node refuses to start with `native` when the extension is missing, so an
 operator who asked for it never silently gets the slower core.
 """
 

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from cluster.bench_e2e import e2e, restart_reasons
+from engine.native import native_available
 
 pytestmark = pytest.mark.integration
 
@@ -25,6 +26,7 @@ def test_bench_e2e_json_has_every_figure(services):
     assert result.exit_code == 0, result.stderr + str(result.exception)
     report = json.loads(result.stdout)
     assert report["products"] == 2 and report["orders_per_product"] == 2000
+    assert report["core"] == ("native" if native_available() else "python")
     for mode in ("passthrough", "engine"):
         run = report[mode]
         assert len(run["products"]) == 2, f"{mode}: {run['products']}"
