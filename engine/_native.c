@@ -87,7 +87,8 @@ typedef struct {
     /* counters (operational, not state) */
     long long orders_in, duplicates, unknown_cancels, rejected, dead_letters;
     /* helpers from Python */
-    PyObject *decode;          /* msgspec decoder of OrderMessage */
+    PyObject *decode;          /* msgspec decoder of OrderMessage; NULL until __init__ succeeded */
+    PyObject *order_type;      /* OrderMessage */
     PyObject *validation_error; /* msgspec.ValidationError: JSON, but not an OrderMessage */
     PyObject *decode_error;    /* msgspec.DecodeError: not JSON at all */
     PyObject *slow;            /* slow(core, raw, ts) for input msgspec refused */
@@ -98,6 +99,8 @@ typedef struct {
     char zero_size[48], zero_price[48];
     int zero_size_len, zero_price_len;
 } Core;
+
+static PyObject *STR_VALUE, *STR_TIMESTAMP, *EMPTY_BYTES; /* set once at import */
 
 static const char *FIELD_NAMES[] = {"id", "created_at", "product_id", "user_id", "client_oid", "price",
                                     "size", "funds", "type", "side", "time_in_force", "status", "stp"};
@@ -854,8 +857,7 @@ static int side_code(View s) {
     return -1;
 }
 
-static int ctx_init(Ctx *x, PyObject *ts) {
-    if (!PyLong_Check(ts)) { PyErr_SetString(PyExc_TypeError, "ts must be an int"); return -1; }
+static int ctx_init(Ctx *x, PyObject *ts, PyObject *out) {
     int overflow = 0;
     long long v = PyLong_AsLongLongAndOverflow(ts, &overflow);
     if (v == -1 && PyErr_Occurred()) return -1;
@@ -866,12 +868,12 @@ static int ctx_init(Ctx *x, PyObject *ts) {
         buf_i64(&b, v);
         x->ts_len = (int)b.n;
     }
-    x->out = PyList_New(0);
-    return x->out ? 0 : -1;
+    x->out = out; /* borrowed: events are appended to the caller's list */
+    return 0;
 }
 
-static PyObject *reject(Core *c, Ctx *x, const OrderIn *o, int side, const char *reason, PyObject *reason_obj,
-                        int64_t price, int64_t size) {
+static int reject(Core *c, Ctx *x, const OrderIn *o, int side, const char *reason, PyObject *reason_obj,
+                  int64_t price, int64_t size) {
     c->rejected++;
     int limit = VIEW_IS(o->type, "limit");
     char rem[64], pr[64];
@@ -893,14 +895,12 @@ static PyObject *reject(Core *c, Ctx *x, const OrderIn *o, int side, const char 
                  : -1;
         Py_XDECREF(tif);
     }
-    if (rc) {
-        Py_DECREF(x->out);
-        return NULL;
-    }
-    return x->out;
+    return rc;
 }
 
-static PyObject *submit_order(Core *c, const OrderIn *o, PyObject *ts, PyObject *bad_field) {
+/* Apply one order, appending its events to `out`. Returns Py_None, a DeadLetter (both new
+ * references) or NULL on error. `ts` is an int, checked by the callers before any state changes. */
+static PyObject *submit_into(Core *c, const OrderIn *o, PyObject *ts, PyObject *bad_field, PyObject *out) {
     c->orders_in++;
     if (o->id_state == ID_NONE) return dead_letter(c, "missing_id");
     if (o->id_state == ID_BAD) return dead_letter(c, "invalid_id");
@@ -910,36 +910,47 @@ static PyObject *submit_order(Core *c, const OrderIn *o, PyObject *ts, PyObject 
         int side = side_code(o->side);
         if (side < 0) return dead_letter(c, o->side.p ? "invalid_side" : "missing_side");
         int verdict = ids_check_and_mark(&c->ids, id);
-        if (verdict == DUPLICATE) { c->duplicates++; return PyList_New(0); }
+        if (verdict == DUPLICATE) { c->duplicates++; Py_RETURN_NONE; }
         if (verdict == OUTSIDE_WINDOW) return dead_letter(c, "order_id_outside_window");
-        if (ctx_init(&x, ts)) return NULL;
+        if (ctx_init(&x, ts, out)) return NULL;
         if (bad_field && bad_field != Py_None) {
             PyObject *reason = PyUnicode_FromFormat("invalid_%U", bad_field);
-            if (!reason) { Py_DECREF(x.out); return NULL; }
-            PyObject *r = reject(c, &x, o, side, NULL, reason, 0, 0);
+            if (!reason) return NULL;
+            int rc = reject(c, &x, o, side, NULL, reason, 0, 0);
             Py_DECREF(reason);
-            return r;
+            if (rc) return NULL;
+            Py_RETURN_NONE;
         }
         Taker t = {id, 0, side, 0, STP_NONE};
         int is_limit = 0;
         int64_t price, size, funds;
         const char *reason = validate(c, o, &t, &is_limit, &price, &size, &funds);
         int rc;
-        if (reason) return reject(c, &x, o, side, reason, NULL, price, size);
-        if (is_limit) rc = do_limit(c, &x, &t, price, size);
+        if (reason) rc = reject(c, &x, o, side, reason, NULL, price, size);
+        else if (is_limit) rc = do_limit(c, &x, &t, price, size);
         else if (side == SELL) rc = do_market_sell(c, &x, &t, size);
         else rc = do_market_buy(c, &x, &t, funds);
-        if (rc) { Py_DECREF(x.out); return NULL; }
-        return x.out;
+        if (rc) return NULL;
+        Py_RETURN_NONE;
     }
     if (VIEW_IS(o->status, "cancelling")) {
         if (o->side.p && side_code(o->side) < 0) return dead_letter(c, "invalid_side");
-        if (o->product.p && !is_product(c, o->product)) { c->unknown_cancels++; return PyList_New(0); }
-        if (ctx_init(&x, ts)) return NULL;
-        if (do_cancel(c, &x, id)) { Py_DECREF(x.out); return NULL; }
-        return x.out;
+        if (o->product.p && !is_product(c, o->product)) { c->unknown_cancels++; Py_RETURN_NONE; }
+        if (ctx_init(&x, ts, out)) return NULL;
+        if (do_cancel(c, &x, id)) return NULL;
+        Py_RETURN_NONE;
     }
     return dead_letter(c, "invalid_status");
+}
+
+/* submit_into's outcome as the per-record API returns it: the event list, or the DeadLetter. */
+static PyObject *as_result(PyObject *outcome, PyObject *out) {
+    if (outcome == Py_None) {
+        Py_DECREF(outcome);
+        return out;
+    }
+    Py_DECREF(out);
+    return outcome; /* a DeadLetter, or NULL */
 }
 
 /* A str-or-None field of a decoded OrderMessage as a view. A str that has no UTF-8 form (a lone
@@ -1138,6 +1149,7 @@ static void Core_dealloc(Core *c) {
     Py_XDECREF(c->product_json);
     Py_XDECREF(c->product_utf8);
     Py_XDECREF(c->decode);
+    Py_XDECREF(c->order_type);
     Py_XDECREF(c->validation_error);
     Py_XDECREF(c->decode_error);
     Py_XDECREF(c->slow);
@@ -1184,7 +1196,8 @@ static int Core_init(Core *c, PyObject *args, PyObject *kwds) {
     c->product_utf8 = PyUnicode_AsUTF8String(product_id);
     if (!c->product_utf8) return -1;
     Py_INCREF(product_id); c->product_id = product_id;
-    Py_INCREF(decode); c->decode = decode;
+    Py_INCREF(order_type); c->order_type = order_type;
+    Py_INCREF(decode); c->decode = decode; /* last: marks the core as initialised */
     Py_INCREF(validation_error); c->validation_error = validation_error;
     Py_INCREF(decode_error); c->decode_error = decode_error;
     Py_INCREF(slow); c->slow = slow;
@@ -1207,47 +1220,132 @@ static int Core_init(Core *c, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
-static PyObject *Core_submit_raw(Core *c, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "submit_raw(raw, ts)"); return NULL; }
+/* Methods of a Core whose __init__ did not run (Core.__new__ alone) raise instead of crashing. */
+#define REQUIRE_INIT(c)                                                                    \
+    if (!(c)->decode) {                                                                    \
+        PyErr_SetString(PyExc_RuntimeError, "engine._native.Core used before __init__");   \
+        return NULL;                                                                       \
+    }
+
+/* Read one record's bytes and apply it, appending events to `out`; as submit_into returns. */
+static PyObject *raw_into(Core *c, PyObject *raw, PyObject *ts, PyObject *out) {
     OrderIn o;
-    if (PyBytes_CheckExact(args[0]) && fast_read(PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), &o))
-        return submit_order(c, &o, args[1], NULL);
-    PyObject *order = PyObject_CallOneArg(c->decode, args[0]);
+    if (PyBytes_CheckExact(raw) && fast_read(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), &o))
+        return submit_into(c, &o, ts, NULL, out);
+    PyObject *order = PyObject_CallOneArg(c->decode, raw);
     if (!order) {
         if (PyErr_ExceptionMatches(c->validation_error)) { /* JSON of the wrong shape: salvage it */
             PyErr_Clear();
-            PyObject *slow_args[3] = {(PyObject *)c, args[0], args[1]};
-            return PyObject_Vectorcall(c->slow, slow_args, 3, NULL);
+            PyObject *slow_args[3] = {(PyObject *)c, raw, ts};
+            PyObject *r = PyObject_Vectorcall(c->slow, slow_args, 3, NULL);
+            if (!r || !PyList_CheckExact(r)) return r; /* a DeadLetter, or NULL */
+            int rc = PyList_SetSlice(out, PY_SSIZE_T_MAX, PY_SSIZE_T_MAX, r);
+            Py_DECREF(r);
+            if (rc) return NULL;
+            Py_RETURN_NONE;
         }
         if (!PyErr_ExceptionMatches(c->decode_error)) return NULL;
         PyErr_Clear();
         c->orders_in++;
         return dead_letter(c, "not_json");
     }
-    PyObject *r = order_from_message(c, order, &o) ? NULL : submit_order(c, &o, args[1], NULL);
+    PyObject *r = order_from_message(c, order, &o) ? NULL : submit_into(c, &o, ts, NULL, out);
     Py_DECREF(order); /* after submit: the views point into its strings */
     return r;
 }
 
+static PyObject *Core_submit_raw(Core *c, PyObject *const *args, Py_ssize_t nargs) {
+    REQUIRE_INIT(c);
+    if (nargs != 2 || !PyLong_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "submit_raw(raw: bytes, ts: int)");
+        return NULL;
+    }
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    return as_result(raw_into(c, args[0], args[1], out), out);
+}
+
+/* submit_records(records, time_ns): engine/native.py NativeEngine.submit_records. */
+static PyObject *Core_submit_records(Core *c, PyObject *const *args, Py_ssize_t nargs) {
+    REQUIRE_INIT(c);
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "submit_records(records, time_ns)");
+        return NULL;
+    }
+    PyObject *time_ns = args[1], *ts = NULL, *last_ms = NULL;
+    PyObject *records = PySequence_Fast(args[0], "records must be a sequence");
+    if (!records) return NULL;
+    PyObject *events = PyList_New(0), *dead = PyList_New(0), *result = NULL;
+    if (!events || !dead) goto done;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(records);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *record = PySequence_Fast_GET_ITEM(records, i);
+        PyObject *stamp = PyObject_CallMethodNoArgs(record, STR_TIMESTAMP);
+        if (!stamp) goto done;
+        if (!PyTuple_Check(stamp) || PyTuple_GET_SIZE(stamp) != 2) {
+            Py_DECREF(stamp);
+            PyErr_SetString(PyExc_TypeError, "record.timestamp() must return (type, ms)");
+            goto done;
+        }
+        PyObject *ms = PyTuple_GET_ITEM(stamp, 1);
+        /* records of one producer batch share a timestamp: convert it once */
+        int same = last_ms ? PyObject_RichCompareBool(ms, last_ms, Py_EQ) : 0;
+        if (same < 0) { Py_DECREF(stamp); goto done; }
+        if (!same) {
+            Py_XSETREF(ts, PyObject_CallOneArg(time_ns, ms));
+            Py_XSETREF(last_ms, Py_NewRef(ms));
+            if (!ts || !PyLong_Check(ts)) {
+                Py_DECREF(stamp);
+                if (ts) PyErr_SetString(PyExc_TypeError, "time_ns must return an int");
+                goto done;
+            }
+        }
+        Py_DECREF(stamp);
+        PyObject *raw = PyObject_CallMethodNoArgs(record, STR_VALUE);
+        if (!raw) goto done;
+        if (raw == Py_None) Py_SETREF(raw, Py_NewRef(EMPTY_BYTES)); /* a record without a value */
+        PyObject *outcome = raw_into(c, raw, ts, events);
+        Py_DECREF(raw);
+        if (!outcome) goto done;
+        if (outcome != Py_None) {
+            PyObject *item = Py_BuildValue("(nN)", i, outcome);
+            if (!item || PyList_Append(dead, item)) { Py_XDECREF(item); goto done; }
+            Py_DECREF(item);
+        } else {
+            Py_DECREF(outcome);
+        }
+    }
+    result = PyTuple_Pack(2, events, dead);
+done:
+    Py_XDECREF(events);
+    Py_XDECREF(dead);
+    Py_XDECREF(ts);
+    Py_XDECREF(last_ms);
+    Py_DECREF(records);
+    return result;
+}
+
 static PyObject *Core_submit(Core *c, PyObject *args) {
     PyObject *order, *ts, *bad_field = Py_None;
+    REQUIRE_INIT(c);
     if (!PyArg_ParseTuple(args, "OO|O", &order, &ts, &bad_field)) return NULL;
-    PyObject *descr = PyObject_GetAttrString((PyObject *)Py_TYPE(order), "id");
-    int ok = descr && Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
-             ((PyMemberDescrObject *)descr)->d_member->offset == c->field_off[F_ID];
-    Py_XDECREF(descr);
-    PyErr_Clear();
-    if (!ok) { PyErr_SetString(PyExc_TypeError, "submit needs an OrderMessage"); return NULL; }
+    if ((PyObject *)Py_TYPE(order) != c->order_type || !PyLong_Check(ts)) {
+        PyErr_SetString(PyExc_TypeError, "submit(order: OrderMessage, ts: int, bad_field: str | None)");
+        return NULL;
+    }
     if (bad_field != Py_None && !PyUnicode_Check(bad_field)) {
         PyErr_SetString(PyExc_TypeError, "bad_field must be a str or None");
         return NULL;
     }
     OrderIn o;
     if (order_from_message(c, order, &o)) return NULL;
-    return submit_order(c, &o, ts, bad_field);
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    return as_result(submit_into(c, &o, ts, bad_field, out), out);
 }
 
 static PyObject *Core_count_dead_letter(Core *c, PyObject *reason) {
+    REQUIRE_INIT(c);
     if (!PyUnicode_Check(reason)) { PyErr_SetString(PyExc_TypeError, "reason must be a str"); return NULL; }
     const char *r = PyUnicode_AsUTF8(reason);
     if (!r) return NULL;
@@ -1268,6 +1366,7 @@ static PyObject *level_rows(Side *s, PyObject *rows) {
 
 /* (id_window_max, id_window_bits, rows): resting orders bids best-first then asks, FIFO per level. */
 static PyObject *Core_export(Core *c, PyObject *Py_UNUSED(ignored)) {
+    REQUIRE_INIT(c);
     PyObject *rows = PyList_New(0);
     if (!rows || !level_rows(&c->bids, rows) || !level_rows(&c->asks, rows)) { Py_XDECREF(rows); return NULL; }
     PyObject *r = Py_BuildValue("(Ly#N)", (long long)c->ids.max_seen, (const char *)c->ids.bits, c->ids.nbytes, rows);
@@ -1279,6 +1378,7 @@ static PyObject *Core_load(Core *c, PyObject *args) {
     long long sequence, trade_seq, id_max;
     Py_buffer bits;
     PyObject *rows;
+    REQUIRE_INIT(c);
     if (!PyArg_ParseTuple(args, "LLLy*O", &sequence, &trade_seq, &id_max, &bits, &rows)) return NULL;
     PyObject *result = NULL, *seq = NULL;
     if (c->sequence || c->index.count) { PyErr_SetString(PyExc_ValueError, "load needs a fresh core"); goto done; }
@@ -1339,6 +1439,7 @@ static PyObject *side_depth(Side *s, Py_ssize_t n) {
 static PyObject *Core_depth(Core *c, PyObject *arg) {
     Py_ssize_t n = PyLong_AsSsize_t(arg);
     if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 0) { PyErr_SetString(PyExc_ValueError, "depth(n) needs n >= 0"); return NULL; }
     return Py_BuildValue("(NN)", side_depth(&c->bids, n), side_depth(&c->asks, n));
 }
 
@@ -1356,6 +1457,8 @@ static Py_ssize_t Core_len(Core *c) { return (Py_ssize_t)c->index.count; }
 static PyMethodDef Core_methods[] = {
     {"submit_raw", (PyCFunction)(void (*)(void))Core_submit_raw, METH_FASTCALL,
      "submit_raw(raw, ts) -> list of event bytes | DeadLetter: decode one input record and apply it."},
+    {"submit_records", (PyCFunction)(void (*)(void))Core_submit_records, METH_FASTCALL,
+     "submit_records(records, time_ns) -> (event bytes, [(index, DeadLetter)]): a batch of records."},
     {"submit", (PyCFunction)Core_submit, METH_VARARGS,
      "submit(order, ts, bad_field=None) -> list of event bytes | DeadLetter: apply a decoded order."},
     {"count_dead_letter", (PyCFunction)Core_count_dead_letter, METH_O,
@@ -1397,6 +1500,10 @@ static struct PyModuleDef native_module = {PyModuleDef_HEAD_INIT, "engine._nativ
                                            NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__native(void) {
+    STR_VALUE = PyUnicode_InternFromString("value");
+    STR_TIMESTAMP = PyUnicode_InternFromString("timestamp");
+    EMPTY_BYTES = PyBytes_FromStringAndSize(NULL, 0);
+    if (!STR_VALUE || !STR_TIMESTAMP || !EMPTY_BYTES) return NULL;
     if (PyType_Ready(&CoreType) < 0) return NULL;
     PyObject *m = PyModule_Create(&native_module);
     if (!m) return NULL;

@@ -116,6 +116,27 @@ class MatchingEngine:
             return DeadLetter(reason="not_json")
         return self.submit(order, ts)
 
+    def submit_records(self, records, time_ns) -> tuple[list[bytes], list[tuple[int, DeadLetter]]]:
+        """Apply a batch of input records in order: (all event bytes, [(index, DeadLetter)]).
+
+        `records` have `value()` (bytes or None) and `timestamp()` ((type, ms)), the shape of a
+        Kafka record; `time_ns(ms)` is the cluster's rule for an event's `time`, applied once per
+        run of equal timestamps. The events of the batch are consecutive in `sequence`.
+        """
+        events: list[bytes] = []
+        dead: list[tuple[int, DeadLetter]] = []
+        last_ms = ts = None
+        for index, record in enumerate(records):
+            ms = record.timestamp()[1]
+            if ms != last_ms:
+                last_ms, ts = ms, time_ns(ms)
+            result = self.submit_encoded(record.value() or b"", ts)
+            if type(result) is DeadLetter:
+                dead.append((index, result))
+            else:
+                events.extend(result)
+        return events, dead
+
     def submit_encoded(self, raw: bytes, ts: int) -> list[bytes] | DeadLetter:
         """submit_raw with each event as its published bytes (the worker's call; see engine/native.py)."""
         result = self.submit_raw(raw, ts)

@@ -71,6 +71,7 @@ class NativeEngine:
             encode_str=msgspec.json.encode,
         )
         self.submit_encoded = core.submit_raw
+        self.submit_records = core.submit_records  # as MatchingEngine.submit_records
         self.submit = core.submit
 
     @property

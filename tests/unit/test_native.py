@@ -8,6 +8,7 @@ on products whose scales, ticks, lots, minimums and id windows stress the arithm
 
 from __future__ import annotations
 
+import json
 import os
 
 import msgspec
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from cluster.workload import generate_orders
 from engine.config import ProductConfig
 from engine.matching import MatchingEngine
+from engine.messages import DeadLetter
 from engine.native import NativeEngine, make_engine, native_available, resolve_core
 from engine.snapshot import SnapshotError
 from tests.unit.test_properties import CONFIG, streams, wire_stream
@@ -112,6 +114,17 @@ def orderish(product_id: str):
     )
 
 
+# How producers write the JSON: msgspec's compact form, Python's json.dumps (orderbook-py's own
+# producer: ", " and ": "), indented, and with raw UTF-8; the C core's fast path must read each
+# exactly as msgspec does.
+ENCODINGS = [
+    msgspec.json.encode,
+    lambda o: json.dumps(o).encode(),
+    lambda o: json.dumps(o, indent=1).encode(),
+    lambda o: json.dumps(o, ensure_ascii=False, separators=(",", ":")).encode(),
+]
+
+
 def _pair(config: dict) -> tuple[MatchingEngine, NativeEngine]:
     cfg = ProductConfig(**config)
     return MatchingEngine(cfg), NativeEngine(cfg)
@@ -150,8 +163,9 @@ def test_same_bytes_on_valid_streams(steps):
 def test_same_bytes_on_mixed_and_wrong_inputs(data):
     config = data.draw(st.sampled_from(PRODUCTS))
     objs = data.draw(st.lists(orderish(config["product_id"]), min_size=1, max_size=60))
+    encode = data.draw(st.sampled_from(ENCODINGS))
     py, nat = _pair(config)
-    _feed_both(py, nat, [msgspec.json.encode(o) for o in objs], first_ts=data.draw(st.integers(0, 2**63 - 1)))
+    _feed_both(py, nat, [encode(o) for o in objs], first_ts=data.draw(st.integers(0, 2**63 - 1)))
     _assert_same_state(py, nat)
 
 
@@ -267,3 +281,85 @@ def test_native_required_but_missing(monkeypatch):
     assert resolve_core("auto") == "python"
     with pytest.raises(ValueError, match="not built"):
         resolve_core("native")
+
+
+def test_unusual_json_reads_as_msgspec_reads_it():
+    """Escapes, duplicate keys, unknown keys, floats, big ints, lone surrogates: msgspec decides."""
+    base = '"product_id":"BTC-USD","type":"limit","price":"10.00","size":"1.000"'
+    raws = [
+        b'{"id":1,"side":"buy",' + base.encode() + b"}",
+        b'{"id":2,"side":"s\\u0065ll",' + base.encode() + b"}",
+        b'{"id":3,"side":"buy","side":"sell",' + base.encode() + b"}",
+        b'{"id":4,"side":"sell","extra":{"a":[1,2]},' + base.encode() + b"}",
+        b'{"id":5.0,"side":"sell",' + base.encode() + b"}",
+        b'{"id":6,"side":"sell","user_id":18446744073709551615,' + base.encode() + b"}",
+        b'{"id":7,"side":"sell","time_in_force":"\\ud800",' + base.encode() + b"}",
+        b'{"id":8,"side":"sell","time_in_force":"G\\"TC",' + base.encode() + b"}",
+        b'{"id":9,"side":"sell","created_at":null,' + base.encode() + b"}",
+        b' \n{"id":10,"side":"sell",' + base.encode() + b"} \t",
+        b'{"id":11,"side":"sell",' + base.encode() + b"}x",
+        b'{"id":12,"side":"sell","user_id":-0,' + base.encode() + b"}",
+        b'{"id":013,"side":"sell",' + base.encode() + b"}",
+        b'{"id":14,"side":"sell","price":"1\\u0030.00","product_id":"BTC-USD","type":"limit","size":"1"}',
+        b'{"id":15,"status":"cancelling","product_id":null}',
+        b'{"id":1,"status":"cancelling","side":null,"product_id":"BTC-USD"}',
+    ]
+    py, nat = _pair(CONFIG)
+    _feed_both(py, nat, raws)
+    _assert_same_state(py, nat)
+
+
+def test_core_misuse_raises_instead_of_crashing():
+    from engine import _native
+
+    bare = _native.Core.__new__(_native.Core)
+    with pytest.raises(RuntimeError):
+        bare.submit_raw(b"{}", 0)
+    with pytest.raises(RuntimeError):
+        bare.export()
+    nat = NativeEngine(ProductConfig(**CONFIG))
+    with pytest.raises(TypeError):
+        nat.submit({"id": 1}, 0)
+    with pytest.raises(TypeError):
+        nat.submit_encoded(b'{"id":1,"side":"buy"}', "not a time")
+
+
+class _Record:
+    """The shape of a consumed Kafka record that submit_records reads."""
+
+    def __init__(self, value: bytes | None, ms: int) -> None:
+        self._value, self._ms = value, ms
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._ms)
+
+
+def _time_ns(ms: int) -> int:
+    return ms * 1_000_000 if ms > 0 else 0
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_batches_equal_record_by_record(data):
+    """submit_records (the worker's call) = submit_encoded per record, on both cores."""
+    config = data.draw(st.sampled_from(PRODUCTS))
+    objs = data.draw(st.lists(orderish(config["product_id"]), min_size=1, max_size=40))
+    raws = [msgspec.json.encode(o) for o in objs]
+    raws = [None if data.draw(st.integers(0, 20)) == 0 else raw for raw in raws]  # a record without a value
+    stamps = data.draw(st.lists(st.integers(-1, 3), min_size=len(raws), max_size=len(raws)))
+    records = [_Record(raw, ms) for raw, ms in zip(raws, stamps, strict=True)]
+    cfg = ProductConfig(**config)
+    one_by_one = MatchingEngine(cfg)
+    want_events, want_dead = [], []
+    for i, record in enumerate(records):
+        got = one_by_one.submit_encoded(record.value() or b"", _time_ns(record.timestamp()[1]))
+        if isinstance(got, DeadLetter):
+            want_dead.append((i, got))
+        else:
+            want_events.extend(got)
+    for engine in (MatchingEngine(cfg), NativeEngine(cfg)):
+        assert engine.submit_records(records, _time_ns) == (want_events, want_dead), type(engine).__name__
+        assert engine.snapshot() == one_by_one.snapshot()
