@@ -18,7 +18,7 @@ def record_timestamp_ms(raw: bytes) -> int | None:
     """The Kafka timestamp for an order: its created_at (ns) in ms, so events carry that time."""
     try:
         created_at = _created_at.decode(raw).get("created_at")
-    except (msgspec.DecodeError, AttributeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, AttributeError):  # not JSON: sent as is, dead-lettered
         return None
     if isinstance(created_at, int) and created_at > 0:
         return created_at // 1_000_000

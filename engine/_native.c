@@ -1244,7 +1244,9 @@ static PyObject *raw_into(Core *c, PyObject *raw, PyObject *ts, PyObject *out) {
             if (rc) return NULL;
             Py_RETURN_NONE;
         }
-        if (!PyErr_ExceptionMatches(c->decode_error)) return NULL;
+        /* not JSON; msgspec raises UnicodeDecodeError for bytes that are not UTF-8 in a string */
+        if (!PyErr_ExceptionMatches(c->decode_error) && !PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+            return NULL;
         PyErr_Clear();
         c->orders_in++;
         return dead_letter(c, "not_json");

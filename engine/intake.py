@@ -3,7 +3,8 @@
 The typed decoder (messages.decode_order) handles every well-formed message. When it fails
 with a type error, the message is read as plain JSON and sorted out here:
 
-- not JSON at all (or a number out of range)      -> DeadLetter not_json
+- not JSON at all (or a number out of range, or
+  bytes that are not UTF-8 inside a string)       -> DeadLetter not_json
 - JSON but not an object                          -> DeadLetter not_object
 - `id` absent / not an int in 1..2**63-1          -> DeadLetter missing_id / invalid_id
 - `status` not a string                           -> DeadLetter invalid_status
@@ -41,7 +42,7 @@ def salvage_order(raw: bytes) -> tuple[OrderMessage, str | None] | DeadLetter:
     """An OrderMessage plus the first wrong-typed field, or the DeadLetter for this input."""
     try:
         obj = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):  # invalid UTF-8 in a string is not JSON either
         return DeadLetter(reason="not_json")
     if not isinstance(obj, dict):
         return DeadLetter(reason="not_object")

@@ -110,7 +110,7 @@ class MatchingEngine:
                 return salvaged
             order, bad_field = salvaged
             return self.submit(order, ts, bad_field)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for invalid UTF-8
             self.counters.orders_in += 1
             self.counters.dead_letters += 1
             return DeadLetter(reason="not_json")

@@ -210,6 +210,8 @@ def test_bad_input_goes_to_dlq_or_rejected_and_nothing_else_changes(services, cl
         order(1),  # duplicate id: nothing
         order(9, status="cancelling"),  # unknown cancel: nothing
         order(10, side="sell", price="10.00"),  # matches order 1
+        order(11, client_oid="\udcff").replace(b'"\\udcff"', b'"\xff"'),  # dlq: not UTF-8
+        order(12, side="sell", price="11.00"),  # rests: the leader got past the poison record
     ]
     produce_orders(services.bootstrap, product, lines)
     records = read_input(services.bootstrap, order_topic(product), len(lines))
@@ -219,10 +221,17 @@ def test_bad_input_goes_to_dlq_or_rejected_and_nothing_else_changes(services, cl
     events = [json.loads(v) for v in expected]
     rejected = {e["order_id"]: e["reject_reason"] for e in events if e.get("reason") == "rejected"}
     assert set(rejected) == {3, 4, 5, 6, 7, 8}
-    assert [e["type"] for e in events if e.get("reason") != "rejected"] == ["open", "match", "done", "done"]
+    assert [e["type"] for e in events if e.get("reason") != "rejected"] == [
+        "open",
+        "match",
+        "done",
+        "done",
+        "open",
+    ]
 
-    dlq = list(read_topic(services.bootstrap, dlq_topic(product), idle_s=10, count=3))
-    assert [value for _, value, _, _ in dlq] == [lines[1], lines[2], lines[3]]
+    dlq = list(read_topic(services.bootstrap, dlq_topic(product), idle_s=10, count=4))
+    assert [value for _, value, _, _ in dlq] == [lines[1], lines[2], lines[3], lines[13]]
+    assert dict(dlq[3][3])["reason"] == b"not_json"
     headers = dict(dlq[0][3])
     assert headers["reason"] == b"not_json" and headers["source_offset"] == b"1"
 

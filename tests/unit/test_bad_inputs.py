@@ -17,6 +17,11 @@ pytestmark = pytest.mark.usefixtures("each_core")  # every rule, on both cores
         (b"", "not_json"),
         (b"{", "not_json"),
         (b"\xff\xfe", "not_json"),
+        # bytes that are not UTF-8 inside a JSON string: msgspec raises UnicodeDecodeError, which
+        # once escaped both cores and crashed the product process on every replay (a poison pill)
+        (b'"\x80"', "not_json"),
+        (b'{"id": 1, "side": "buy", "client_oid": "\xff"}', "not_json"),
+        (b'{"id": 1, "side": "\xc3", "product_id": "BTC-USD"}', "not_json"),
         (b'{"id": 1e999}', "not_json"),
         (b"[1, 2]", "not_object"),
         (b'"order"', "not_object"),
