@@ -79,6 +79,8 @@ class MatchingEngine:
 
     def depth(self, n: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """Top n levels per side as (price quote units, size base units), best first."""
+        if n < 0:
+            raise ValueError("depth(n) needs n >= 0")
         return self.book.depth(n)
 
     def resting_orders(self) -> int:

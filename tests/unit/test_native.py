@@ -309,6 +309,12 @@ def test_unusual_json_reads_as_msgspec_reads_it():
     _assert_same_state(py, nat)
 
 
+@pytest.mark.parametrize("engine_cls", [MatchingEngine, NativeEngine])
+def test_depth_needs_a_count(engine_cls):
+    with pytest.raises(ValueError):
+        engine_cls(ProductConfig(**CONFIG)).depth(-1)
+
+
 def test_core_misuse_raises_instead_of_crashing():
     from engine import _native
 
