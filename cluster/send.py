@@ -10,6 +10,7 @@ import msgspec
 from confluent_kafka import Producer
 
 from cluster.kafka_io import message_topic, order_topic, read_topic
+from engine.messages import NOT_JSON
 
 _created_at = msgspec.json.Decoder(dict)
 
@@ -18,7 +19,7 @@ def record_timestamp_ms(raw: bytes) -> int | None:
     """The Kafka timestamp for an order: its created_at (ns) in ms, so events carry that time."""
     try:
         created_at = _created_at.decode(raw).get("created_at")
-    except (msgspec.DecodeError, UnicodeDecodeError, AttributeError):  # not JSON: sent as is, dead-lettered
+    except (*NOT_JSON, AttributeError):  # not JSON: sent as is, and dead-lettered by the engine
         return None
     if isinstance(created_at, int) and created_at > 0:
         return created_at // 1_000_000

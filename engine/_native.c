@@ -90,7 +90,7 @@ typedef struct {
     PyObject *decode;          /* msgspec decoder of OrderMessage; NULL until __init__ succeeded */
     PyObject *order_type;      /* OrderMessage */
     PyObject *validation_error; /* msgspec.ValidationError: JSON, but not an OrderMessage */
-    PyObject *decode_error;    /* msgspec.DecodeError: not JSON at all */
+    PyObject *not_json;        /* engine.messages.NOT_JSON: what decoding bytes that are not JSON raises */
     PyObject *slow;            /* slow(core, raw, ts) for input msgspec refused */
     PyObject *dead_letter;     /* DeadLetter class */
     PyObject *encode_str;      /* msgspec.json.encode, for strings that need escaping */
@@ -776,26 +776,30 @@ static int stp_code(View s) {
     return STP_OTHER;
 }
 
-static const char *check_price(Core *c, View text, int64_t *price) {
+/* engine/validation._amount: a positive amount at `scale` in *value (else 0), or its reject reason. */
+static const char *positive_amount(View text, int scale, const char *too_precise, const char *invalid,
+                                   int64_t *value) {
     int64_t v = 0;
-    int rc = parse_scaled(text, c->quote_scale, &v);
-    *price = 0;
-    if (rc == DEC_TOO_PRECISE) return "price_too_precise";
-    if (rc != DEC_OK || v <= 0) return "invalid_price";
-    *price = v;
-    if (v % c->tick) return "price_not_on_tick";
+    int rc = parse_scaled(text, scale, &v);
+    *value = 0;
+    if (rc == DEC_TOO_PRECISE) return too_precise;
+    if (rc != DEC_OK || v <= 0) return invalid;
+    *value = v;
+    return NULL;
+}
+
+static const char *check_price(Core *c, View text, int64_t *price) {
+    const char *reason = positive_amount(text, c->quote_scale, "price_too_precise", "invalid_price", price);
+    if (reason) return reason;
+    if (*price % c->tick) return "price_not_on_tick";
     return NULL;
 }
 
 static const char *check_size(Core *c, View text, int64_t *size) {
-    int64_t v = 0;
-    int rc = parse_scaled(text, c->base_scale, &v);
-    *size = 0;
-    if (rc == DEC_TOO_PRECISE) return "size_too_precise";
-    if (rc != DEC_OK || v <= 0) return "invalid_size";
-    *size = v;
-    if (v % c->lot) return "size_not_on_lot";
-    if (v < c->min_size) return "size_below_minimum";
+    const char *reason = positive_amount(text, c->base_scale, "size_too_precise", "invalid_size", size);
+    if (reason) return reason;
+    if (*size % c->lot) return "size_not_on_lot";
+    if (*size < c->min_size) return "size_below_minimum";
     return NULL;
 }
 
@@ -882,19 +886,12 @@ static int reject(Core *c, Ctx *x, const OrderIn *o, int side, const char *reaso
     else { memcpy(rem, c->zero_size, (size_t)c->zero_size_len); rn = c->zero_size_len; }
     if (limit) pn = fmt_scaled(pr, price, c->quote_scale);
     else { memcpy(pr, c->zero_price, (size_t)c->zero_price_len); pn = c->zero_price_len; }
-    /* The fast path only admits a time_in_force of plain printable ASCII, so its view is the JSON. */
-    PyObject *tif_obj = o->tif_obj;
-    int rc;
-    if (tif_obj) {
-        rc = emit_done(c, x, o->id, o->user_id, o->user_ok ? NULL : o->user_obj, rem, (size_t)rn, pr, (size_t)pn,
-                       "rejected", side, 0, tif_obj, reason, reason_obj);
-    } else {
-        PyObject *tif = PyUnicode_FromStringAndSize(o->tif.p, o->tif.n);
-        rc = tif ? emit_done(c, x, o->id, o->user_id, o->user_ok ? NULL : o->user_obj, rem, (size_t)rn, pr,
-                             (size_t)pn, "rejected", side, 0, tif, reason, reason_obj)
-                 : -1;
-        Py_XDECREF(tif);
-    }
+    /* A reject echoes the input's time_in_force, whatever it is; the fast path has only its view. */
+    PyObject *tif = o->tif_obj ? Py_NewRef(o->tif_obj) : PyUnicode_FromStringAndSize(o->tif.p, o->tif.n);
+    if (!tif) return -1;
+    int rc = emit_done(c, x, o->id, o->user_id, o->user_ok ? NULL : o->user_obj, rem, (size_t)rn, pr, (size_t)pn,
+                       "rejected", side, 0, tif, reason, reason_obj);
+    Py_DECREF(tif);
     return rc;
 }
 
@@ -1151,7 +1148,7 @@ static void Core_dealloc(Core *c) {
     Py_XDECREF(c->decode);
     Py_XDECREF(c->order_type);
     Py_XDECREF(c->validation_error);
-    Py_XDECREF(c->decode_error);
+    Py_XDECREF(c->not_json);
     Py_XDECREF(c->slow);
     Py_XDECREF(c->dead_letter);
     Py_XDECREF(c->encode_str);
@@ -1160,16 +1157,16 @@ static void Core_dealloc(Core *c) {
 
 static int Core_init(Core *c, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"product_id", "base_scale", "quote_scale", "tick", "lot", "min_size", "min_funds",
-                             "id_window", "order_type", "decode", "validation_error", "decode_error", "slow", "dead_letter",
+                             "id_window", "order_type", "decode", "validation_error", "not_json", "slow", "dead_letter",
                              "encode_str", NULL};
-    PyObject *product_id, *order_type, *decode, *validation_error, *decode_error, *slow, *dead_letter_cls,
+    PyObject *product_id, *order_type, *decode, *validation_error, *not_json, *slow, *dead_letter_cls,
         *encode_str;
     int base_scale, quote_scale;
     long long tick, lot, min_size, min_funds, id_window;
     if (c->decode) { PyErr_SetString(PyExc_RuntimeError, "Core is initialised once"); return -1; }
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "UiiLLLLLOOOOOOO", kwlist, &product_id, &base_scale,
                                      &quote_scale, &tick, &lot, &min_size, &min_funds, &id_window, &order_type,
-                                     &decode, &validation_error, &decode_error, &slow, &dead_letter_cls,
+                                     &decode, &validation_error, &not_json, &slow, &dead_letter_cls,
                                      &encode_str))
         return -1;
     if (base_scale < 0 || base_scale > 18 || quote_scale < 0 || quote_scale > 18 || tick <= 0 || lot <= 0 ||
@@ -1199,7 +1196,7 @@ static int Core_init(Core *c, PyObject *args, PyObject *kwds) {
     Py_INCREF(order_type); c->order_type = order_type;
     Py_INCREF(decode); c->decode = decode; /* last: marks the core as initialised */
     Py_INCREF(validation_error); c->validation_error = validation_error;
-    Py_INCREF(decode_error); c->decode_error = decode_error;
+    Py_INCREF(not_json); c->not_json = not_json;
     Py_INCREF(slow); c->slow = slow;
     Py_INCREF(dead_letter_cls); c->dead_letter = dead_letter_cls;
     Py_INCREF(encode_str); c->encode_str = encode_str;
@@ -1244,9 +1241,7 @@ static PyObject *raw_into(Core *c, PyObject *raw, PyObject *ts, PyObject *out) {
             if (rc) return NULL;
             Py_RETURN_NONE;
         }
-        /* not JSON; msgspec raises UnicodeDecodeError for bytes that are not UTF-8 in a string */
-        if (!PyErr_ExceptionMatches(c->decode_error) && !PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
-            return NULL;
+        if (!PyErr_ExceptionMatches(c->not_json)) return NULL;
         PyErr_Clear();
         c->orders_in++;
         return dead_letter(c, "not_json");

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import msgspec
 
-from engine.messages import DeadLetter, OrderMessage
+from engine.messages import NOT_JSON, DeadLetter, OrderMessage
 
 MAX_ID = 2**63 - 1
 _INT64 = (-(2**63), 2**63 - 1)
@@ -42,7 +42,7 @@ def salvage_order(raw: bytes) -> tuple[OrderMessage, str | None] | DeadLetter:
     """An OrderMessage plus the first wrong-typed field, or the DeadLetter for this input."""
     try:
         obj = msgspec.json.decode(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError):  # invalid UTF-8 in a string is not JSON either
+    except NOT_JSON:
         return DeadLetter(reason="not_json")
     if not isinstance(obj, dict):
         return DeadLetter(reason="not_object")

@@ -22,7 +22,17 @@ from engine.config import ProductConfig
 from engine.decimals import format_scaled
 from engine.id_window import DUPLICATE, FRESH, IdWindow
 from engine.intake import MAX_ID, salvage_order
-from engine.messages import DeadLetter, Done, Event, Match, Open, OrderMessage, decode_order, encode_events
+from engine.messages import (
+    NOT_JSON,
+    DeadLetter,
+    Done,
+    Event,
+    Match,
+    Open,
+    OrderMessage,
+    decode_order,
+    encode_events,
+)
 from engine.snapshot import restore_into, take_snapshot
 from engine.validation import OrderValidator
 
@@ -112,7 +122,7 @@ class MatchingEngine:
                 return salvaged
             order, bad_field = salvaged
             return self.submit(order, ts, bad_field)
-        except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for invalid UTF-8
+        except NOT_JSON:
             self.counters.orders_in += 1
             self.counters.dead_letters += 1
             return DeadLetter(reason="not_json")

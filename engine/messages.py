@@ -97,6 +97,11 @@ _event_decoder = msgspec.json.Decoder(Event)
 
 decode_order = _order_decoder.decode
 
+# What reading bytes that are not JSON raises: msgspec reports bytes that are not UTF-8 inside a
+# string as UnicodeDecodeError, not DecodeError. Every reader of input catches both, so such a
+# record is a dead letter (not_json) and never an exception that kills the process.
+NOT_JSON = (msgspec.DecodeError, UnicodeDecodeError)
+
 
 def encode_event(event: Event) -> bytes:
     """The event's published bytes (UTF-8 JSON, no trailing newline)."""

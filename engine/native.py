@@ -18,7 +18,7 @@ import msgspec
 from engine.config import ProductConfig
 from engine.intake import salvage_order
 from engine.matching import Counters, MatchingEngine
-from engine.messages import DeadLetter, Event, OrderMessage, decode_event, decode_order
+from engine.messages import NOT_JSON, DeadLetter, Event, OrderMessage, decode_event, decode_order
 from engine.snapshot import SnapshotError, decode_snapshot, encode_snapshot
 
 try:
@@ -65,7 +65,7 @@ class NativeEngine:
             order_type=OrderMessage,
             decode=decode_order,
             validation_error=msgspec.ValidationError,
-            decode_error=msgspec.DecodeError,
+            not_json=NOT_JSON,
             slow=_slow_path,
             dead_letter=DeadLetter,
             encode_str=msgspec.json.encode,

@@ -12,7 +12,7 @@ import msgspec
 
 from engine.config import ProductConfig
 from engine.matching import MatchingEngine
-from engine.messages import DeadLetter, encode_events
+from engine.messages import NOT_JSON, DeadLetter, encode_events
 
 
 class _Stamp(msgspec.Struct):
@@ -26,7 +26,7 @@ def created_at_of(raw: bytes) -> int:
     """The line's `created_at` as a record time; 0 when absent, not JSON, or not an int >= 0."""
     try:
         value = _stamp_decoder.decode(raw).created_at
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except NOT_JSON:
         return 0
     return value if type(value) is int and 0 <= value < 2**63 else 0
 

@@ -142,6 +142,13 @@ def _assert_same_state(py: MatchingEngine, nat: NativeEngine) -> None:
     )
 
 
+def _check_same(config: dict, raws: list[bytes], first_ts: int = 0) -> None:
+    """Both cores, fresh, on the same records: the same bytes for each, then the same state."""
+    py, nat = _pair(config)
+    _feed_both(py, nat, raws, first_ts)
+    _assert_same_state(py, nat)
+
+
 def _feed_both(py, nat, raws, first_ts: int = 0) -> None:
     for i, raw in enumerate(raws):
         ts = first_ts + i * 1_000_000
@@ -153,9 +160,7 @@ def _feed_both(py, nat, raws, first_ts: int = 0) -> None:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(streams)
 def test_same_bytes_on_valid_streams(steps):
-    py, nat = _pair(CONFIG)
-    _feed_both(py, nat, [msgspec.json.encode(m) for m in wire_stream(steps)])
-    _assert_same_state(py, nat)
+    _check_same(CONFIG, [msgspec.json.encode(m) for m in wire_stream(steps)])
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -164,17 +169,13 @@ def test_same_bytes_on_mixed_and_wrong_inputs(data):
     config = data.draw(st.sampled_from(PRODUCTS))
     objs = data.draw(st.lists(orderish(config["product_id"]), min_size=1, max_size=60))
     encode = data.draw(st.sampled_from(ENCODINGS))
-    py, nat = _pair(config)
-    _feed_both(py, nat, [encode(o) for o in objs], first_ts=data.draw(st.integers(0, 2**63 - 1)))
-    _assert_same_state(py, nat)
+    _check_same(config, [encode(o) for o in objs], first_ts=data.draw(st.integers(0, 2**63 - 1)))
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.binary(max_size=60), max_size=10))
 def test_same_dead_letters_for_any_bytes(raws):
-    py, nat = _pair(CONFIG)
-    _feed_both(py, nat, raws)
-    _assert_same_state(py, nat)
+    _check_same(CONFIG, raws)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -304,9 +305,7 @@ def test_unusual_json_reads_as_msgspec_reads_it():
         b'{"id":15,"status":"cancelling","product_id":null}',
         b'{"id":1,"status":"cancelling","side":null,"product_id":"BTC-USD"}',
     ]
-    py, nat = _pair(CONFIG)
-    _feed_both(py, nat, raws)
-    _assert_same_state(py, nat)
+    _check_same(CONFIG, raws)
 
 
 @pytest.mark.parametrize("engine_cls", [MatchingEngine, NativeEngine])
