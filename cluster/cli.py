@@ -124,6 +124,13 @@ def cli() -> None:
     "auto (native when built). Both give byte-identical events and snapshots.",
 )
 @click.option("--passthrough", is_flag=True, hidden=True, help="Benchmarks only: copy input to output.")
+@click.option(
+    "--passthrough-copies",
+    type=click.FloatRange(1, 10),
+    default=1.0,
+    hidden=True,
+    help="Benchmarks only: output records per input record on average, with --passthrough.",
+)
 @click.option("--log-level", default="INFO")
 def start(
     products,
@@ -141,6 +148,7 @@ def start(
     kafka_transactions,
     core,
     passthrough,
+    passthrough_copies,
     log_level,
 ) -> None:
     """Run one matching process per product on this node (leader or hot standby)."""
@@ -163,6 +171,7 @@ def start(
             state_dir=state_dir,
             advertise_host=advertise_host,
             passthrough=passthrough,
+            passthrough_copies=passthrough_copies,
             kafka_transactions=kafka_transactions,
             core=core,
             timing=parse_timing(tune),

@@ -23,12 +23,13 @@ from dataclasses import asdict, dataclass, field
 import msgspec
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from cluster.kafka_io import message_topic, order_topic, record_time_ns
+from cluster.kafka_io import message_topic, order_topic
 from cluster.redis_state import NODE_ADDRESSES_KEY, leader_key, sync_client
 from cluster.send import record_timestamp_ms
 from cluster.verify import StreamReport, check_stream, expected_events, read_records
 from cluster.workload import generate_orders
 from engine.config import ProductConfig
+from engine.messages import record_time_ns
 
 FAULTS = ("kill", "pause", "node-kill", "redis-restart")
 LEADER_CHANGING = ("kill", "pause", "node-kill")

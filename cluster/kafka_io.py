@@ -37,14 +37,6 @@ def product_topics(product: str) -> list[str]:
     return [order_topic(product), message_topic(product), dlq_topic(product)]
 
 
-def record_time_ns(timestamp_ms: int) -> int:
-    """An event's `time` for its input record's Kafka timestamp (ms; 0 when the record has none).
-
-    The one definition: the worker, replay-based checks and drills must agree on it byte for byte.
-    """
-    return timestamp_ms * 1_000_000 if timestamp_ms > 0 else 0
-
-
 def base_config(bootstrap: str, extra: dict[str, str]) -> dict[str, object]:
     """Common librdkafka settings; operator settings (SASL/TLS, ...) from `extra` win."""
     config: dict[str, object] = {"bootstrap.servers": bootstrap, "socket.keepalive.enable": True}

@@ -91,6 +91,9 @@ class NodeSettings:
     advertise_host: str | None = None
     # Benchmarks only: copy input to output instead of matching, to measure the Kafka loop's limit.
     passthrough: bool = False
+    # Passthrough copies per 1000 input records: above 1000, the output volume of the engine (its
+    # events per order), to measure the loop's limit at the contract's output volume.
+    passthrough_copies_per_mille: int = 1000
     # Publish each batch in a Kafka transaction (transactional.id per product): fencing at the broker.
     kafka_transactions: bool = False
     # The matching core: auto (C when built), native (C, or refuse to start) or python (the oracle).
@@ -180,6 +183,7 @@ def build_settings(
     passthrough: bool = False,
     kafka_transactions: bool = False,
     core: str = "auto",
+    passthrough_copies: float = 1.0,
 ) -> NodeSettings:
     """Validate the CLI's options into one NodeSettings (unknown products are an error)."""
     names = parse_products(products)
@@ -205,6 +209,7 @@ def build_settings(
         admin_token=admin_token,
         advertise_host=advertise_host,
         passthrough=passthrough,
+        passthrough_copies_per_mille=round(passthrough_copies * 1000),
         kafka_transactions=kafka_transactions,
         core=core,
     )

@@ -143,7 +143,7 @@ class ProductWorker:
         else:
             engine = self.engine
             first_sequence = engine.sequence + 1
-            events, dead_letters = engine.submit_records(records, kafka_io.record_time_ns)
+            events, dead_letters = engine.submit_records(records)
             for index, letter in dead_letters:
                 self.metric.dead_letters.inc()
                 msg = records[index]
@@ -156,21 +156,7 @@ class ProductWorker:
                 published = leader.suppress_upto - first_sequence + 1
                 if published > 0:
                     events = events[published:]
-                produce = self.producer.produce
-                topic = self.message_topic
-                # The epoch/node headers go on the first event of each batch only: they cost more
-                # than the rest of produce(), and a batch has one leader.
-                mark = leader.headers
-                for value in events:
-                    try:
-                        if mark is None:
-                            produce(topic, value)
-                        else:
-                            produce(topic, value, headers=mark)
-                            mark = None
-                    except BufferError:
-                        self._produce_when_room(topic, value, mark)
-                        mark = None
+                self.publish(events, leader.headers)
         count = len(records)
         self.next_offset = records[-1].offset() + 1
         self.orders_since_snapshot += count
@@ -183,9 +169,33 @@ class ProductWorker:
             now_ms = time.time() * 1000.0
             self.metric.order_to_event.observe(max(0.0, now_ms - records[-1].timestamp()[1]) / 1000)
 
+    def publish(self, events: list, headers) -> None:
+        """Produce a batch's events in order. The epoch/node headers go on the first event only:
+        they cost more than the rest of produce(), and a batch has one leader."""
+        produce = self.producer.produce
+        topic = self.message_topic
+        remaining = iter(events)
+        value = next(remaining, None)
+        if value is None:
+            return
+        try:
+            produce(topic, value, headers=headers)
+        except BufferError:
+            self._produce_when_room(topic, value, headers)
+        while True:  # the plain loop per event; a full queue resumes it after the event that waited
+            try:
+                for value in remaining:
+                    produce(topic, value)
+                return
+            except BufferError:
+                self._produce_when_room(topic, value, None)
+
     def copy_through(self, records: list) -> None:
         """The benchmark's passthrough limit: the same loop with matching replaced by a copy."""
         if self.leader is None:
+            return
+        if self.settings.passthrough_copies_per_mille != 1000:
+            self.copy_at_volume(records, self.settings.passthrough_copies_per_mille)
             return
         produce = self.producer.produce
         topic = self.message_topic
@@ -196,6 +206,23 @@ class ProductWorker:
             except BufferError:
                 self._produce_when_room(topic, raw, None)
         self.leader.produced_seq += len(records)
+
+    def copy_at_volume(self, records: list, per_mille: int) -> None:
+        """The passthrough at another output volume: the record at offset o is copied
+        floor((o + 1) * k / 1000) - floor(o * k / 1000) times, so offsets 0..n-1 give n * k // 1000."""
+        produce = self.producer.produce
+        topic = self.message_topic
+        copied = 0
+        for msg in records:
+            raw = msg.value() or b""
+            offset = msg.offset()
+            for _ in range((offset + 1) * per_mille // 1000 - offset * per_mille // 1000):
+                copied += 1
+                try:
+                    produce(topic, raw)
+                except BufferError:
+                    self._produce_when_room(topic, raw, None)
+        self.leader.produced_seq += copied
 
     def _produce_when_room(self, topic: str, value: bytes, headers) -> None:
         """The producer queue is full: serve delivery reports until it takes the message."""

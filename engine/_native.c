@@ -94,8 +94,12 @@ typedef struct {
     PyObject *slow;            /* slow(core, raw, ts) for input msgspec refused */
     PyObject *dead_letter;     /* DeadLetter class */
     PyObject *encode_str;      /* msgspec.json.encode, for strings that need escaping */
+    PyObject *time_ns;         /* engine.messages.record_time_ns, for timestamps beyond int64 arithmetic */
     Py_ssize_t field_off[13];  /* OrderMessage slot offsets, in FIELD_NAMES order */
     Buf buf;
+    char ts_text[24]; /* ts_text_of as decimal text, when ts_text_ok */
+    int ts_text_len, ts_text_ok;
+    int64_t ts_text_of;
     char zero_size[48], zero_price[48];
     int zero_size_len, zero_price_len;
 } Core;
@@ -120,9 +124,29 @@ static int buf_reserve(Buf *b, size_t extra) {
     return 0;
 }
 
+/* Copies of a few bytes as fixed-size moves the compiler inlines (two overlapping ones when n is not
+ * a power of two): the writer makes ~20 copies per event, and a memcpy call each cost more than the copy. */
+static inline void copy_small(char *d, const char *s, size_t n) {
+    if (n >= 16) {
+        if (n > 32) { memcpy(d, s, n); return; }
+        memcpy(d, s, 16);
+        memcpy(d + n - 16, s + n - 16, 16);
+    } else if (n >= 8) {
+        memcpy(d, s, 8);
+        memcpy(d + n - 8, s + n - 8, 8);
+    } else if (n >= 4) {
+        memcpy(d, s, 4);
+        memcpy(d + n - 4, s + n - 4, 4);
+    } else if (n) {
+        d[0] = s[0];
+        d[n / 2] = s[n / 2];
+        d[n - 1] = s[n - 1];
+    }
+}
+
 static inline int buf_mem(Buf *b, const char *s, size_t n) {
     if (buf_reserve(b, n)) return -1;
-    memcpy(b->p + b->n, s, n);
+    copy_small(b->p + b->n, s, n);
     b->n += n;
     return 0;
 }
@@ -133,57 +157,69 @@ static const char DIGIT_PAIRS[] = "000102030405060708091011121314151617181920212
                                   "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
                                   "8081828384858687888990919293949596979899";
 
+static const uint64_t POW10[20] = {1ULL, 10ULL, 100ULL, 1000ULL, 10000ULL, 100000ULL, 1000000ULL, 10000000ULL,
+                                   100000000ULL, 1000000000ULL, 10000000000ULL, 100000000000ULL,
+                                   1000000000000ULL, 10000000000000ULL, 100000000000000ULL,
+                                   1000000000000000ULL, 10000000000000000ULL, 100000000000000000ULL,
+                                   1000000000000000000ULL, 10000000000000000000ULL};
+
+/* Exactly `width` decimal digits of v (v < 10^width), written in place two at a time. */
+static inline void write_fixed(char *out, uint64_t v, int width) {
+    char *p = out + width;
+    while (p - out >= 2) {
+        unsigned pair = (unsigned)(v % 100) * 2;
+        v /= 100;
+        *--p = DIGIT_PAIRS[pair + 1];
+        *--p = DIGIT_PAIRS[pair];
+    }
+    if (p > out) *--p = (char)('0' + v);
+}
+
+static inline int digits_u64(uint64_t v) { /* 1 for 0..9, 2 for 10..99, ... */
+    int bits = 64 - __builtin_clzll(v | 1);
+    int t = (bits * 1233) >> 12; /* floor(bits * log10(2)): the length, or one less */
+    return t + 1 - ((v | 1) < POW10[t]);
+}
+
+static inline int write_u64(char *out, uint64_t v) { /* decimal digits of v; returns length */
+    int len = digits_u64(v);
+    write_fixed(out, v, len);
+    return len;
+}
+
 static int fmt_u128(char *out, unsigned __int128 v) { /* decimal digits of v; returns length */
+    if (v <= UINT64_MAX) return write_u64(out, (uint64_t)v);
     char tmp[48];
     int n = 48;
     while (v > UINT64_MAX) { tmp[--n] = (char)('0' + (int)(v % 10)); v /= 10; }
-    uint64_t w = (uint64_t)v; /* 64-bit division, two digits at a time, from here */
-    while (w >= 100) {
-        unsigned pair = (unsigned)(w % 100) * 2;
-        w /= 100;
-        tmp[--n] = DIGIT_PAIRS[pair + 1];
-        tmp[--n] = DIGIT_PAIRS[pair];
-    }
-    if (w >= 10) {
-        tmp[--n] = DIGIT_PAIRS[w * 2 + 1];
-        tmp[--n] = DIGIT_PAIRS[w * 2];
-    } else {
-        tmp[--n] = (char)('0' + w);
-    }
-    memcpy(out, tmp + n, (size_t)(48 - n));
-    return 48 - n;
+    int head = write_u64(out, (uint64_t)v);
+    memcpy(out + head, tmp + n, (size_t)(48 - n));
+    return head + 48 - n;
 }
 
 static inline int buf_i64(Buf *b, int64_t v) {
-    char tmp[48];
-    int n = 0;
-    if (v < 0) { tmp[n++] = '-'; n += fmt_u128(tmp + 1, (unsigned __int128)(-(i128)v)); }
-    else n = fmt_u128(tmp, (unsigned __int128)v);
-    return buf_mem(b, tmp, (size_t)n);
+    if (buf_reserve(b, 21)) return -1;
+    char *out = b->p + b->n;
+    if (v < 0) {
+        *out = '-';
+        b->n += 1 + (size_t)write_u64(out + 1, (uint64_t)0 - (uint64_t)v);
+    } else {
+        b->n += (size_t)write_u64(out, (uint64_t)v);
+    }
+    return 0;
 }
 
-/* format_scaled(value, scale) of engine/decimals.py */
+/* format_scaled(value, scale) of engine/decimals.py: the whole part, then exactly `scale` digits */
 static int fmt_scaled(char *out, int64_t value, int scale) {
-    char digits[48];
-    int n = 0;
     if (value < 0) { /* "-" + format_scaled(-value); values are bounded by +-(2**63 - 1) */
         out[0] = '-';
         return 1 + fmt_scaled(out + 1, -value, scale);
     }
-    n = fmt_u128(digits, (unsigned __int128)value);
-    if (scale == 0) { memcpy(out, digits, (size_t)n); return n; }
-    int len = 0;
-    if (n <= scale) { /* rjust(scale + 1, "0") */
-        out[len++] = '0';
-        out[len++] = '.';
-        for (int i = 0; i < scale - n; i++) out[len++] = '0';
-        memcpy(out + len, digits, (size_t)n);
-        return len + n;
-    }
-    memcpy(out, digits, (size_t)(n - scale));
-    len = n - scale;
+    if (scale == 0) return write_u64(out, (uint64_t)value);
+    uint64_t unit = POW10[scale];
+    int len = write_u64(out, (uint64_t)value / unit);
     out[len++] = '.';
-    memcpy(out + len, digits + n - scale, (size_t)scale);
+    write_fixed(out + len, (uint64_t)value % unit, scale);
     return len + scale;
 }
 
@@ -514,7 +550,7 @@ static int event_end(Core *c, Ctx *x) {
 static inline int buf_quoted(Buf *b, const char *s, size_t n) {
     if (buf_reserve(b, n + 2)) return -1;
     b->p[b->n++] = '"';
-    memcpy(b->p + b->n, s, n);
+    copy_small(b->p + b->n, s, n);
     b->n += n;
     b->p[b->n++] = '"';
     return 0;
@@ -861,16 +897,23 @@ static int side_code(View s) {
     return -1;
 }
 
-static int ctx_init(Ctx *x, PyObject *ts, PyObject *out) {
+static int ctx_init(Core *c, Ctx *x, PyObject *ts, PyObject *out) {
     int overflow = 0;
     long long v = PyLong_AsLongLongAndOverflow(ts, &overflow);
     if (v == -1 && PyErr_Occurred()) return -1;
     x->ts_obj = ts;
     if (overflow) x->ts_len = -1;
     else {
-        Buf b = {x->ts, 0, sizeof(x->ts)};
-        buf_i64(&b, v);
-        x->ts_len = (int)b.n;
+        /* the orders of one producer batch share a timestamp: format it once */
+        if (!c->ts_text_ok || c->ts_text_of != v) {
+            Buf b = {c->ts_text, 0, sizeof(c->ts_text)};
+            buf_i64(&b, v);
+            c->ts_text_len = (int)b.n;
+            c->ts_text_of = v;
+            c->ts_text_ok = 1;
+        }
+        memcpy(x->ts, c->ts_text, sizeof(x->ts));
+        x->ts_len = c->ts_text_len;
     }
     x->out = out; /* borrowed: events are appended to the caller's list */
     return 0;
@@ -909,7 +952,7 @@ static PyObject *submit_into(Core *c, const OrderIn *o, PyObject *ts, PyObject *
         int verdict = ids_check_and_mark(&c->ids, id);
         if (verdict == DUPLICATE) { c->duplicates++; Py_RETURN_NONE; }
         if (verdict == OUTSIDE_WINDOW) return dead_letter(c, "order_id_outside_window");
-        if (ctx_init(&x, ts, out)) return NULL;
+        if (ctx_init(c, &x, ts, out)) return NULL;
         if (bad_field && bad_field != Py_None) {
             PyObject *reason = PyUnicode_FromFormat("invalid_%U", bad_field);
             if (!reason) return NULL;
@@ -933,7 +976,7 @@ static PyObject *submit_into(Core *c, const OrderIn *o, PyObject *ts, PyObject *
     if (VIEW_IS(o->status, "cancelling")) {
         if (o->side.p && side_code(o->side) < 0) return dead_letter(c, "invalid_side");
         if (o->product.p && !is_product(c, o->product)) { c->unknown_cancels++; Py_RETURN_NONE; }
-        if (ctx_init(&x, ts, out)) return NULL;
+        if (ctx_init(c, &x, ts, out)) return NULL;
         if (do_cancel(c, &x, id)) return NULL;
         Py_RETURN_NONE;
     }
@@ -1008,16 +1051,21 @@ static inline const char *skip_ws(const char *p, const char *end) {
     return p;
 }
 
+/* PLAIN[ch]: may appear in a plain string (printable ASCII but the quote and the backslash). */
+static unsigned char PLAIN[256];
+
+static void init_plain_table(void) {
+    for (int ch = 0x20; ch <= 0x7e; ch++) PLAIN[ch] = ch != '"' && ch != '\\';
+}
+
 /* A plain string at p (p at the opening quote): its view; NULL when it is not plain. */
 static const char *scan_plain_string(const char *p, const char *end, View *v) {
     const char *start = ++p;
-    while (p < end) {
-        unsigned char ch = (unsigned char)*p;
-        if (ch == '"') { v->p = start; v->n = p - start; return p + 1; }
-        if (ch < 0x20 || ch > 0x7e || ch == '\\') return NULL;
-        p++;
-    }
-    return NULL;
+    while (p < end && PLAIN[(unsigned char)*p]) p++;
+    if (p >= end || *p != '"') return NULL;
+    v->p = start;
+    v->n = p - start;
+    return p + 1;
 }
 
 /* A JSON integer that fits int64: -?(0|[1-9][0-9]*) not followed by a fraction or exponent. */
@@ -1026,45 +1074,41 @@ static const char *scan_int(const char *p, const char *end, int64_t *out) {
     if (p < end && *p == '-') { negative = 1; p++; }
     if (p >= end || *p < '0' || *p > '9') return NULL;
     if (*p == '0' && p + 1 < end && p[1] >= '0' && p[1] <= '9') return NULL;
-    unsigned __int128 v = 0;
+    const char *start = p;
+    uint64_t v = 0; /* 19 digits always fit; a 20th (no leading zeros) is beyond int64 anyway */
     while (p < end && *p >= '0' && *p <= '9') {
+        if (p - start == 19) return NULL;
         v = v * 10 + (unsigned)(*p - '0');
-        if (v > (unsigned __int128)INT64_MAX + 1) return NULL;
         p++;
     }
     if (p < end && (*p == '.' || *p == 'e' || *p == 'E')) return NULL;
-    if (!negative && v > (unsigned __int128)INT64_MAX) return NULL;
-    *out = negative ? (int64_t)(-(i128)v) : (int64_t)v;
+    if (v > (uint64_t)INT64_MAX + (uint64_t)negative) return NULL;
+    *out = negative ? (int64_t)((uint64_t)0 - v) : (int64_t)v;
     return p;
 }
 
+/* A key's field, by length then by constant-size compares (which the compiler inlines). */
 static int field_index(const char *k, Py_ssize_t n) {
-    int candidates[3] = {-1, -1, -1};
-    switch (n) { /* the field names by length, so at most three compares */
-    case 2: candidates[0] = F_ID; break;
-    case 3: candidates[0] = F_STP; break;
-    case 4: candidates[0] = F_SIDE; candidates[1] = F_TYPE; candidates[2] = F_SIZE; break;
-    case 5: candidates[0] = F_PRICE; candidates[1] = F_FUNDS; break;
-    case 6: candidates[0] = F_STATUS; break;
-    case 7: candidates[0] = F_USER; break;
-    case 10: candidates[0] = F_PRODUCT; candidates[1] = F_CREATED; candidates[2] = F_CLIENT_OID; break;
-    case 13: candidates[0] = F_TIF; break;
+#define KEY_IS(name) (memcmp(k, name, sizeof(name) - 1) == 0)
+    switch (n) {
+    case 2: return KEY_IS("id") ? F_ID : -1;
+    case 3: return KEY_IS("stp") ? F_STP : -1;
+    case 4: return KEY_IS("side") ? F_SIDE : KEY_IS("type") ? F_TYPE : KEY_IS("size") ? F_SIZE : -1;
+    case 5: return KEY_IS("price") ? F_PRICE : KEY_IS("funds") ? F_FUNDS : -1;
+    case 6: return KEY_IS("status") ? F_STATUS : -1;
+    case 7: return KEY_IS("user_id") ? F_USER : -1;
+    case 10:
+        return KEY_IS("product_id") ? F_PRODUCT : KEY_IS("created_at") ? F_CREATED : KEY_IS("client_oid") ? F_CLIENT_OID : -1;
+    case 13: return KEY_IS("time_in_force") ? F_TIF : -1;
     default: return -1;
     }
-    for (int i = 0; i < 3 && candidates[i] >= 0; i++)
-        if (memcmp(k, FIELD_NAMES[candidates[i]], (size_t)n) == 0) return candidates[i];
-    return -1;
+#undef KEY_IS
 }
 
 /* 1: `o` holds the record; 0: not the common shape, let msgspec read it. */
 static int fast_read(const char *p, Py_ssize_t len, OrderIn *o) {
     const char *end = p + len;
-    memset(o, 0, sizeof(*o));
-    o->user_ok = 1;
-    o->tif.p = "GTC";
-    o->tif.n = 3;
-    o->status.p = "new";
-    o->status.n = 3;
+    *o = (OrderIn){.user_ok = 1, .tif = {"GTC", 3}, .status = {"new", 3}};
     unsigned seen = 0;
     p = skip_ws(p, end);
     if (p >= end || *p != '{') return 0;
@@ -1152,22 +1196,23 @@ static void Core_dealloc(Core *c) {
     Py_XDECREF(c->slow);
     Py_XDECREF(c->dead_letter);
     Py_XDECREF(c->encode_str);
+    Py_XDECREF(c->time_ns);
     Py_TYPE(c)->tp_free((PyObject *)c);
 }
 
 static int Core_init(Core *c, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"product_id", "base_scale", "quote_scale", "tick", "lot", "min_size", "min_funds",
                              "id_window", "order_type", "decode", "validation_error", "not_json", "slow", "dead_letter",
-                             "encode_str", NULL};
+                             "encode_str", "time_ns", NULL};
     PyObject *product_id, *order_type, *decode, *validation_error, *not_json, *slow, *dead_letter_cls,
-        *encode_str;
+        *encode_str, *time_ns;
     int base_scale, quote_scale;
     long long tick, lot, min_size, min_funds, id_window;
     if (c->decode) { PyErr_SetString(PyExc_RuntimeError, "Core is initialised once"); return -1; }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "UiiLLLLLOOOOOOO", kwlist, &product_id, &base_scale,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "UiiLLLLLOOOOOOOO", kwlist, &product_id, &base_scale,
                                      &quote_scale, &tick, &lot, &min_size, &min_funds, &id_window, &order_type,
                                      &decode, &validation_error, &not_json, &slow, &dead_letter_cls,
-                                     &encode_str))
+                                     &encode_str, &time_ns))
         return -1;
     if (base_scale < 0 || base_scale > 18 || quote_scale < 0 || quote_scale > 18 || tick <= 0 || lot <= 0 ||
         min_size <= 0 || min_funds <= 0 || id_window <= 0) {
@@ -1200,6 +1245,7 @@ static int Core_init(Core *c, PyObject *args, PyObject *kwds) {
     Py_INCREF(slow); c->slow = slow;
     Py_INCREF(dead_letter_cls); c->dead_letter = dead_letter_cls;
     Py_INCREF(encode_str); c->encode_str = encode_str;
+    Py_INCREF(time_ns); c->time_ns = time_ns;
     c->base_scale = base_scale;
     c->quote_scale = quote_scale;
     c->tick = tick; c->lot = lot; c->min_size = min_size; c->min_funds = min_funds;
@@ -1262,22 +1308,57 @@ static PyObject *Core_submit_raw(Core *c, PyObject *const *args, Py_ssize_t narg
     return as_result(raw_into(c, args[0], args[1], out), out);
 }
 
-/* submit_records(records, time_ns): engine/native.py NativeEngine.submit_records. */
+/* A record type's value() and timestamp() as C method descriptors, looked up once per batch: a
+ * method call by name walks the type's MRO for every record. NULL (call by name) when the type
+ * could shadow them per instance or they are not C methods (duck-typed records in tests). */
+typedef struct {
+    PyTypeObject *type;
+    PyObject *value, *timestamp;
+} RecordMethods;
+
+static PyObject *c_method_of(PyTypeObject *type, PyObject *name) {
+    if (type->tp_dictoffset != 0) return NULL;
+    PyObject *d = PyObject_GetAttr((PyObject *)type, name);
+    if (!d) { PyErr_Clear(); return NULL; }
+    if (!Py_IS_TYPE(d, &PyMethodDescr_Type)) Py_CLEAR(d);
+    return d;
+}
+
+static void record_methods(RecordMethods *m, PyTypeObject *type) {
+    m->type = type;
+    Py_XSETREF(m->value, c_method_of(type, STR_VALUE));
+    Py_XSETREF(m->timestamp, c_method_of(type, STR_TIMESTAMP));
+}
+
+static inline PyObject *call_record_method(PyObject *record, PyObject *method, PyObject *name) {
+    if (method) return PyObject_Vectorcall(method, &record, 1, NULL);
+    return PyObject_CallMethodNoArgs(record, name);
+}
+
+#define NS_PER_MS 1000000LL
+
+/* submit_records(records): engine/native.py NativeEngine.submit_records. An event's `time` is
+ * engine.messages.record_time_ns of its record's timestamp: computed here for timestamps whose
+ * product fits int64 (every real Kafka timestamp), by that function otherwise. */
 static PyObject *Core_submit_records(Core *c, PyObject *const *args, Py_ssize_t nargs) {
     REQUIRE_INIT(c);
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "submit_records(records, time_ns)");
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "submit_records(records)");
         return NULL;
     }
-    PyObject *time_ns = args[1], *ts = NULL, *last_ms = NULL;
+    PyObject *ts = NULL;
+    long long last_ms = 0;
+    int have_last = 0; /* ts is the time of a timestamp equal to last_ms */
     PyObject *records = PySequence_Fast(args[0], "records must be a sequence");
     if (!records) return NULL;
     PyObject *events = PyList_New(0), *dead = PyList_New(0), *result = NULL;
     if (!events || !dead) goto done;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(records);
+    RecordMethods methods = {NULL, NULL, NULL};
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *record = PySequence_Fast_GET_ITEM(records, i);
-        PyObject *stamp = PyObject_CallMethodNoArgs(record, STR_TIMESTAMP);
+        if (Py_TYPE(record) != methods.type) record_methods(&methods, Py_TYPE(record));
+        PyObject *stamp = call_record_method(record, methods.timestamp, STR_TIMESTAMP);
         if (!stamp) goto done;
         if (!PyTuple_Check(stamp) || PyTuple_GET_SIZE(stamp) != 2) {
             Py_DECREF(stamp);
@@ -1285,12 +1366,23 @@ static PyObject *Core_submit_records(Core *c, PyObject *const *args, Py_ssize_t 
             goto done;
         }
         PyObject *ms = PyTuple_GET_ITEM(stamp, 1);
-        /* records of one producer batch share a timestamp: convert it once */
-        int same = last_ms ? PyObject_RichCompareBool(ms, last_ms, Py_EQ) : 0;
-        if (same < 0) { Py_DECREF(stamp); goto done; }
-        if (!same) {
-            Py_XSETREF(ts, PyObject_CallOneArg(time_ns, ms));
-            Py_XSETREF(last_ms, Py_NewRef(ms));
+        int overflow = 1;
+        long long v = 0;
+        if (PyLong_Check(ms)) {
+            v = PyLong_AsLongLongAndOverflow(ms, &overflow);
+            if (v == -1 && PyErr_Occurred()) { Py_DECREF(stamp); goto done; }
+        }
+        if (!overflow && v <= INT64_MAX / NS_PER_MS) {
+            /* records of one producer batch share a timestamp: convert it once */
+            if (!have_last || v != last_ms) {
+                Py_XSETREF(ts, PyLong_FromLongLong(v > 0 ? v * NS_PER_MS : 0));
+                if (!ts) { Py_DECREF(stamp); goto done; }
+                last_ms = v;
+                have_last = 1;
+            }
+        } else {
+            have_last = 0;
+            Py_XSETREF(ts, PyObject_CallOneArg(c->time_ns, ms));
             if (!ts || !PyLong_Check(ts)) {
                 Py_DECREF(stamp);
                 if (ts) PyErr_SetString(PyExc_TypeError, "time_ns must return an int");
@@ -1298,7 +1390,7 @@ static PyObject *Core_submit_records(Core *c, PyObject *const *args, Py_ssize_t 
             }
         }
         Py_DECREF(stamp);
-        PyObject *raw = PyObject_CallMethodNoArgs(record, STR_VALUE);
+        PyObject *raw = call_record_method(record, methods.value, STR_VALUE);
         if (!raw) goto done;
         if (raw == Py_None) Py_SETREF(raw, Py_NewRef(EMPTY_BYTES)); /* a record without a value */
         PyObject *outcome = raw_into(c, raw, ts, events);
@@ -1317,7 +1409,8 @@ done:
     Py_XDECREF(events);
     Py_XDECREF(dead);
     Py_XDECREF(ts);
-    Py_XDECREF(last_ms);
+    Py_XDECREF(methods.value);
+    Py_XDECREF(methods.timestamp);
     Py_DECREF(records);
     return result;
 }
@@ -1455,7 +1548,7 @@ static PyMethodDef Core_methods[] = {
     {"submit_raw", (PyCFunction)(void (*)(void))Core_submit_raw, METH_FASTCALL,
      "submit_raw(raw, ts) -> list of event bytes | DeadLetter: decode one input record and apply it."},
     {"submit_records", (PyCFunction)(void (*)(void))Core_submit_records, METH_FASTCALL,
-     "submit_records(records, time_ns) -> (event bytes, [(index, DeadLetter)]): a batch of records."},
+     "submit_records(records) -> (event bytes, [(index, DeadLetter)]): a batch of records."},
     {"submit", (PyCFunction)Core_submit, METH_VARARGS,
      "submit(order, ts, bad_field=None) -> list of event bytes | DeadLetter: apply a decoded order."},
     {"count_dead_letter", (PyCFunction)Core_count_dead_letter, METH_O,
@@ -1500,6 +1593,7 @@ PyMODINIT_FUNC PyInit__native(void) {
     STR_VALUE = PyUnicode_InternFromString("value");
     STR_TIMESTAMP = PyUnicode_InternFromString("timestamp");
     EMPTY_BYTES = PyBytes_FromStringAndSize(NULL, 0);
+    init_plain_table();
     if (!STR_VALUE || !STR_TIMESTAMP || !EMPTY_BYTES) return NULL;
     if (PyType_Ready(&CoreType) < 0) return NULL;
     PyObject *m = PyModule_Create(&native_module);

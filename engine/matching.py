@@ -32,6 +32,7 @@ from engine.messages import (
     OrderMessage,
     decode_order,
     encode_events,
+    record_time_ns,
 )
 from engine.snapshot import restore_into, take_snapshot
 from engine.validation import OrderValidator
@@ -128,12 +129,12 @@ class MatchingEngine:
             return DeadLetter(reason="not_json")
         return self.submit(order, ts)
 
-    def submit_records(self, records, time_ns) -> tuple[list[bytes], list[tuple[int, DeadLetter]]]:
+    def submit_records(self, records) -> tuple[list[bytes], list[tuple[int, DeadLetter]]]:
         """Apply a batch of input records in order: (all event bytes, [(index, DeadLetter)]).
 
         `records` have `value()` (bytes or None) and `timestamp()` ((type, ms)), the shape of a
-        Kafka record; `time_ns(ms)` is the cluster's rule for an event's `time`, applied once per
-        run of equal timestamps. The events of the batch are consecutive in `sequence`.
+        Kafka record; an event's `time` is record_time_ns of its record's timestamp. The events
+        of the batch are consecutive in `sequence`.
         """
         events: list[bytes] = []
         dead: list[tuple[int, DeadLetter]] = []
@@ -141,7 +142,7 @@ class MatchingEngine:
         for index, record in enumerate(records):
             ms = record.timestamp()[1]
             if ms != last_ms:
-                last_ms, ts = ms, time_ns(ms)
+                last_ms, ts = ms, record_time_ns(ms)
             result = self.submit_encoded(record.value() or b"", ts)
             if type(result) is DeadLetter:
                 dead.append((index, result))

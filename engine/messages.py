@@ -102,6 +102,17 @@ decode_order = _order_decoder.decode
 # record is a dead letter (not_json) and never an exception that kills the process.
 NOT_JSON = (msgspec.DecodeError, UnicodeDecodeError)
 
+NS_PER_MS = 1_000_000
+
+
+def record_time_ns(timestamp_ms: int) -> int:
+    """An event's `time` for its input record's Kafka timestamp (ms; 0 or less when it has none).
+
+    The one definition: both cores apply it in submit_records (the C core natively, for speed),
+    and replay-based checks and drills must agree with it byte for byte.
+    """
+    return timestamp_ms * NS_PER_MS if timestamp_ms > 0 else 0
+
 
 def encode_event(event: Event) -> bytes:
     """The event's published bytes (UTF-8 JSON, no trailing newline)."""

@@ -18,7 +18,15 @@ import msgspec
 from engine.config import ProductConfig
 from engine.intake import salvage_order
 from engine.matching import Counters, MatchingEngine
-from engine.messages import NOT_JSON, DeadLetter, Event, OrderMessage, decode_event, decode_order
+from engine.messages import (
+    NOT_JSON,
+    DeadLetter,
+    Event,
+    OrderMessage,
+    decode_event,
+    decode_order,
+    record_time_ns,
+)
 from engine.snapshot import SnapshotError, decode_snapshot, encode_snapshot
 
 try:
@@ -69,6 +77,7 @@ class NativeEngine:
             slow=_slow_path,
             dead_letter=DeadLetter,
             encode_str=msgspec.json.encode,
+            time_ns=record_time_ns,
         )
         self.submit_encoded = core.submit_raw
         self.submit_records = core.submit_records  # as MatchingEngine.submit_records

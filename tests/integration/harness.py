@@ -21,9 +21,10 @@ from pathlib import Path
 
 from cluster import verify
 from cluster.embedded import free_port
-from cluster.kafka_io import message_topic, read_topic, record_time_ns
+from cluster.kafka_io import message_topic, read_topic
 from cluster.verify import expected_events, read_records
 from engine.config import ProductConfig
+from engine.messages import record_time_ns
 
 
 def wait_until(condition: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.05):

@@ -21,6 +21,7 @@ LATENCY_FIELDS = {"offered_per_product_per_s", "p50_ms", "p99_ms", "p999_ms", "m
 
 def test_bench_e2e_json_has_every_figure(services):
     args = ["--products", "2", "--orders", "2000", "--rate", "500", "--seconds", "1", "--json"]
+    args += ["--rounds", "2", "--volume-matched"]
     args += ["--kafka", services.bootstrap, "--redis", services.redis_url]
     result = CliRunner().invoke(e2e, args)
     assert result.exit_code == 0, result.stderr + str(result.exception)
@@ -40,6 +41,17 @@ def test_bench_e2e_json_has_every_figure(services):
         assert LATENCY_FIELDS <= latency.keys(), f"{mode}: {latency}"
         assert latency["orders_measured"] > 0, f"{mode}: {latency}"
         assert 0 <= latency["p50_ms"] <= latency["p99_ms"] <= latency["p999_ms"] <= latency["max_ms"], latency
+        # two rounds: the figures are those of the median (lower middle) run, p99 the lower median
+        assert len(run["total_orders_per_s_by_round"]) == 2 == len(run["p99_ms_by_round"])
+        assert run["total_orders_per_s"] == min(run["total_orders_per_s_by_round"])
+        assert latency["p99_ms"] == min(run["p99_ms_by_round"])
+    assert report["rounds"] == 2 and len(report["throughput_ratio_by_round"]) == 2
+    # the volume-matched passthrough wrote as many records as the engine did events (same stream)
+    volume = report["passthrough_at_engine_volume"]
+    assert volume["latency"] is None and report["throughput_engine_over_volume_matched_passthrough"] > 0
+    engine_events = [f["events"] for f in report["engine"]["products"].values()]
+    for figures in volume["products"].values():
+        assert abs(figures["events"] - engine_events[0]) <= 2000 // 1000 + 1, (figures, engine_events)
     comparison = report["comparison"]
     assert comparison["throughput_engine_over_passthrough"] > 0
     assert isinstance(comparison["throughput_at_least_half_of_passthrough"], bool)

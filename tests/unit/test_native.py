@@ -234,6 +234,25 @@ def test_market_buy_funds_beyond_64_bits():
     assert py.trade_seq == 1
 
 
+def test_numbers_of_every_length_are_written_alike():
+    """Ids, user ids and amounts of every decimal length, 1 to 19 digits and both int64 ends:
+    the C core writes digits itself (a length from a bit count, two digits at a time)."""
+    edges = sorted({v for k in range(19) for v in (10**k - 1, 10**k, 2 * 10**k)} - {0} | {2**63 - 1})
+    users = [-(2**63), -1, 0, *edges]
+    scaled = [f"{v // 10**18}.{v % 10**18:018d}" for v in edges]  # X-Y has 18 decimals each side
+    raws = []
+    for i, oid in enumerate(edges):
+        # each amount rests as a sell, then a buy for twice the size takes it and rests the rest
+        order = {"id": oid, "product_id": "X-Y", "user_id": users[i % len(users)], "type": "limit"}
+        side, size = ("sell", scaled[i // 2]) if i % 2 == 0 else ("buy", scaled[i // 2 + 1])
+        raws.append(msgspec.json.encode({**order, "side": side, "price": scaled[i // 2], "size": size}))
+    raws += [msgspec.json.encode({"id": oid, "status": "cancelling", "product_id": "X-Y"}) for oid in edges]
+    py, nat = _pair(PRODUCTS[1])  # ids only grow, so its tiny id window drops none
+    _feed_both(py, nat, raws, first_ts=2**63 - 10**9)
+    _assert_same_state(py, nat)
+    assert py.trade_seq > len(edges) // 3 and py.sequence > 2 * len(edges)
+
+
 @pytest.mark.parametrize(
     "row",
     [
@@ -343,6 +362,7 @@ class _Record:
 
 
 def _time_ns(ms: int) -> int:
+    """The contract's `time` of an event: its record's timestamp in ns (0 when there is none)."""
     return ms * 1_000_000 if ms > 0 else 0
 
 
@@ -354,7 +374,11 @@ def test_batches_equal_record_by_record(data):
     objs = data.draw(st.lists(orderish(config["product_id"]), min_size=1, max_size=40))
     raws = [msgspec.json.encode(o) for o in objs]
     raws = [None if data.draw(st.integers(0, 20)) == 0 else raw for raw in raws]  # a record without a value
-    stamps = data.draw(st.lists(st.integers(-1, 3), min_size=len(raws), max_size=len(raws)))
+    # small and repeated stamps, and the ends of what the C core converts itself (ms * 10**6 in int64)
+    edge = st.sampled_from(
+        [2**63 // 10**6 - 1, 2**63 // 10**6, 2**63 // 10**6 + 1, 2**63 - 1, -(2**63), 2**70]
+    )
+    stamps = data.draw(st.lists(st.integers(-1, 3) | edge, min_size=len(raws), max_size=len(raws)))
     records = [_Record(raw, ms) for raw, ms in zip(raws, stamps, strict=True)]
     cfg = ProductConfig(**config)
     one_by_one = MatchingEngine(cfg)
@@ -366,5 +390,5 @@ def test_batches_equal_record_by_record(data):
         else:
             want_events.extend(got)
     for engine in (MatchingEngine(cfg), NativeEngine(cfg)):
-        assert engine.submit_records(records, _time_ns) == (want_events, want_dead), type(engine).__name__
+        assert engine.submit_records(records) == (want_events, want_dead), type(engine).__name__
         assert engine.snapshot() == one_by_one.snapshot()
