@@ -30,6 +30,7 @@ from cluster.lease import Demoted, Leadership, LeaseKeeper
 from cluster.redis_state import SNAPSHOT_FORMAT, ProductRedis, SnapshotEnvelope, async_client
 from cluster.reporting import StatusReporter
 from cluster.settings import NodeSettings
+from engine.messages import MAX_RECORD_BYTES
 from engine.native import make_engine, restore_engine
 from supervisor import EXIT_DO_NOT_RESTART, EXIT_RESTART_AT_ONCE
 
@@ -240,6 +241,12 @@ class ProductWorker:
             ("source_offset", str(offset).encode()),
             ("product_id", self.product.encode()),
         ]
+        if len(raw) > MAX_RECORD_BYTES:
+            # Only record_too_large letters are longer. A copy of any size could be refused by the
+            # broker, which would end this process on every replay of the record: the DLQ keeps the
+            # first MAX_RECORD_BYTES, and the whole record stays in the order topic at source_offset.
+            headers.append(("source_size", str(len(raw)).encode()))
+            raw = raw[:MAX_RECORD_BYTES]
         self.leader.dlq_produced += 1
         while True:
             try:

@@ -95,6 +95,7 @@ typedef struct {
     PyObject *dead_letter;     /* DeadLetter class */
     PyObject *encode_str;      /* msgspec.json.encode, for strings that need escaping */
     PyObject *time_ns;         /* engine.messages.record_time_ns, for timestamps beyond int64 arithmetic */
+    Py_ssize_t max_record;     /* engine.messages.MAX_RECORD_BYTES: longer input is a dead letter */
     Py_ssize_t field_off[13];  /* OrderMessage slot offsets, in FIELD_NAMES order */
     Buf buf;
     char ts_text[24]; /* ts_text_of as decimal text, when ts_text_ok */
@@ -1203,19 +1204,20 @@ static void Core_dealloc(Core *c) {
 static int Core_init(Core *c, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"product_id", "base_scale", "quote_scale", "tick", "lot", "min_size", "min_funds",
                              "id_window", "order_type", "decode", "validation_error", "not_json", "slow", "dead_letter",
-                             "encode_str", "time_ns", NULL};
+                             "encode_str", "time_ns", "max_record_bytes", NULL};
     PyObject *product_id, *order_type, *decode, *validation_error, *not_json, *slow, *dead_letter_cls,
         *encode_str, *time_ns;
     int base_scale, quote_scale;
     long long tick, lot, min_size, min_funds, id_window;
+    Py_ssize_t max_record;
     if (c->decode) { PyErr_SetString(PyExc_RuntimeError, "Core is initialised once"); return -1; }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "UiiLLLLLOOOOOOOO", kwlist, &product_id, &base_scale,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "UiiLLLLLOOOOOOOOn", kwlist, &product_id, &base_scale,
                                      &quote_scale, &tick, &lot, &min_size, &min_funds, &id_window, &order_type,
                                      &decode, &validation_error, &not_json, &slow, &dead_letter_cls,
-                                     &encode_str, &time_ns))
+                                     &encode_str, &time_ns, &max_record))
         return -1;
     if (base_scale < 0 || base_scale > 18 || quote_scale < 0 || quote_scale > 18 || tick <= 0 || lot <= 0 ||
-        min_size <= 0 || min_funds <= 0 || id_window <= 0) {
+        min_size <= 0 || min_funds <= 0 || id_window <= 0 || max_record <= 0) {
         PyErr_SetString(PyExc_ValueError, "invalid product rules");
         return -1;
     }
@@ -1246,6 +1248,7 @@ static int Core_init(Core *c, PyObject *args, PyObject *kwds) {
     Py_INCREF(dead_letter_cls); c->dead_letter = dead_letter_cls;
     Py_INCREF(encode_str); c->encode_str = encode_str;
     Py_INCREF(time_ns); c->time_ns = time_ns;
+    c->max_record = max_record;
     c->base_scale = base_scale;
     c->quote_scale = quote_scale;
     c->tick = tick; c->lot = lot; c->min_size = min_size; c->min_funds = min_funds;
@@ -1273,6 +1276,12 @@ static int Core_init(Core *c, PyObject *args, PyObject *kwds) {
 /* Read one record's bytes and apply it, appending events to `out`; as submit_into returns. */
 static PyObject *raw_into(Core *c, PyObject *raw, PyObject *ts, PyObject *out) {
     OrderIn o;
+    Py_ssize_t size = PyBytes_CheckExact(raw) ? PyBytes_GET_SIZE(raw) : PyObject_Length(raw);
+    if (size < 0) return NULL; /* no length: as len(raw) in the Python core */
+    if (size > c->max_record) {
+        c->orders_in++;
+        return dead_letter(c, "record_too_large");
+    }
     if (PyBytes_CheckExact(raw) && fast_read(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), &o))
         return submit_into(c, &o, ts, NULL, out);
     PyObject *order = PyObject_CallOneArg(c->decode, raw);

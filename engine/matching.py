@@ -23,6 +23,7 @@ from engine.decimals import format_scaled
 from engine.id_window import DUPLICATE, FRESH, IdWindow
 from engine.intake import MAX_ID, salvage_order
 from engine.messages import (
+    MAX_RECORD_BYTES,
     NOT_JSON,
     DeadLetter,
     Done,
@@ -113,6 +114,10 @@ class MatchingEngine:
 
     def submit_raw(self, raw: bytes, ts: int) -> list[Event] | DeadLetter:
         """Decode one input record and apply it; any bytes give events or a DeadLetter."""
+        if len(raw) > MAX_RECORD_BYTES:
+            self.counters.orders_in += 1
+            self.counters.dead_letters += 1
+            return DeadLetter(reason="record_too_large")
         try:
             order = decode_order(raw)
         except msgspec.ValidationError:

@@ -102,6 +102,12 @@ decode_order = _order_decoder.decode
 # record is a dead letter (not_json) and never an exception that kills the process.
 NOT_JSON = (msgspec.DecodeError, UnicodeDecodeError)
 
+# The largest input record read as an order (~200x an orderbook-py order). Larger ones are dead
+# letters (record_too_large): a reject echoes input text (time_in_force, user_id), so an unbounded
+# record could make an event too large for the broker, which failed the publish and crashed the
+# product process on every replay of the record.
+MAX_RECORD_BYTES = 65_536
+
 NS_PER_MS = 1_000_000
 
 

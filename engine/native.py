@@ -19,6 +19,7 @@ from engine.config import ProductConfig
 from engine.intake import salvage_order
 from engine.matching import Counters, MatchingEngine
 from engine.messages import (
+    MAX_RECORD_BYTES,
     NOT_JSON,
     DeadLetter,
     Event,
@@ -78,6 +79,7 @@ class NativeEngine:
             dead_letter=DeadLetter,
             encode_str=msgspec.json.encode,
             time_ns=record_time_ns,
+            max_record_bytes=MAX_RECORD_BYTES,
         )
         self.submit_encoded = core.submit_raw
         self.submit_records = core.submit_records  # as MatchingEngine.submit_records

@@ -21,6 +21,7 @@ from cluster.kafka_io import dlq_topic, order_topic, read_topic
 from cluster.send import produce_orders
 from cluster.workload import generate_orders
 from engine.config import load_products
+from engine.messages import MAX_RECORD_BYTES
 from tests.integration.harness import check_stream, oracle_events, output_values, read_input, wait_until
 
 pytestmark = pytest.mark.integration
@@ -234,6 +235,27 @@ def test_bad_input_goes_to_dlq_or_rejected_and_nothing_else_changes(services, cl
     assert dict(dlq[3][3])["reason"] == b"not_json"
     headers = dict(dlq[0][3])
     assert headers["reason"] == b"not_json" and headers["source_offset"] == b"1"
+
+
+def test_an_oversized_record_is_a_dead_letter_and_the_leader_survives(services, cluster_factory, product):
+    """A 2 MB record once crashed the leader on every replay: its DLQ copy was too large to publish.
+    Now it is a record_too_large dead letter whose DLQ copy is cut to MAX_RECORD_BYTES."""
+    cluster = cluster_factory([product])
+    cluster.start_node("n1")
+    _node, leader_pid = cluster.wait_leader(product)
+    order = {"id": 1, "product_id": product, "user_id": 1, "price": "10.00", "size": "1", "type": "limit"}
+    huge = json.dumps({**order, "side": "buy", "time_in_force": "X" * 2_000_000}).encode()
+    after = json.dumps({**order, "id": 2, "side": "sell", "price": "11.00"}).encode()
+    produce_orders(services.bootstrap, product, [huge, after], extra={"message.max.bytes": 10_000_000})
+
+    output = output_values(services.bootstrap, product, 1)
+    assert [(e["type"], e["order_id"]) for e in map(json.loads, output)] == [("open", 2)]
+    (letter,) = list(read_topic(services.bootstrap, dlq_topic(product), idle_s=10, count=1))
+    _offset, value, _ts, headers = letter
+    headers = dict(headers)
+    assert headers["reason"] == b"record_too_large" and headers["source_offset"] == b"0"
+    assert headers["source_size"] == str(len(huge)).encode() and value == huge[:MAX_RECORD_BYTES]
+    assert cluster.wait_leader(product)[1] == leader_pid  # the same process: it never crashed
 
 
 def session_members(session_id: int) -> list[int]:

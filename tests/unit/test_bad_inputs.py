@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from engine.messages import DeadLetter
+from engine.messages import MAX_RECORD_BYTES, DeadLetter
 from tests.unit.helpers import Harness, order
 
 pytestmark = pytest.mark.usefixtures("each_core")  # every rule, on both cores
@@ -128,3 +128,19 @@ def test_cancel_needs_only_id():
     h.send(order(1, "buy", "10.00", "1"))
     assert h.send(b'{"id": 1, "status": "cancelling"}')[0]["reason"] == "cancelled"
     assert h.send(b'{"id": 1, "status": "cancelling", "price": 5}') == []  # wrong-typed extras ignored
+
+
+def test_records_over_the_size_limit_are_dead_letters():
+    """A reject echoes input text, so an unbounded record could make an event too large to publish;
+    records over MAX_RECORD_BYTES are dead letters before any parsing, and the limit is inclusive."""
+    h = Harness()
+    raw = msgspec.json.encode(order(1, "buy", time_in_force="X" * 100))
+    padded = raw[:-1] + b" " * (MAX_RECORD_BYTES - len(raw)) + b"}"
+    assert len(padded) == MAX_RECORD_BYTES
+    (done,) = h.send(padded)  # at the limit: read, and rejected with its time_in_force echoed
+    assert done["reject_reason"] == "invalid_time_in_force" and done["time_in_force"] == "X" * 100
+    huge = msgspec.json.encode(order(2, "buy", time_in_force="X" * MAX_RECORD_BYTES))
+    assert h.send(huge) == DeadLetter(reason="record_too_large")
+    assert h.send(b"x" * (MAX_RECORD_BYTES + 1)) == DeadLetter(reason="record_too_large")
+    counters = h.engine.counters
+    assert (counters.orders_in, counters.dead_letters, counters.rejected, h.engine.sequence) == (3, 2, 1, 1)
