@@ -302,7 +302,16 @@ def run_mode(
         progress(f"{mode}: {total} orders/s in total")
         if copies_per_mille == 1000:
             progress(f"{mode}: offering {rate:.0f} orders/s per product for {seconds}s")
+            pids = {p: status[p]["pid"] for p in node.products}
+            started_at, cpu_before = time.monotonic(), {p: cpu_seconds(pid) for p, pid in pids.items()}
             latency = latency_phase(node, bootstrap, status, rate, seconds, seed, passthrough)
+            wall = time.monotonic() - started_at
+            # CPU of each product process at the offered rate (warm-up included), as cores; None
+            # for a process that restarted meanwhile
+            used = {p: (cpu_seconds(pid) - cpu_before[p]) / wall for p, pid in pids.items()}
+            latency["cpu_cores_per_process"] = {
+                p: None if math.isnan(c) else round(c, 3) for p, c in used.items()
+            }
             progress(f"{mode}: latency p50={latency['p50_ms']}ms p99={latency['p99_ms']}ms")
     finally:
         node.stop()

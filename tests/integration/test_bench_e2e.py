@@ -17,6 +17,7 @@ pytestmark = pytest.mark.integration
 
 PRODUCT_FIELDS = {"orders_per_s", "seconds", "events", "cpu_cores", "cpu_us_per_order", "peak_rss_mb", "pid"}
 LATENCY_FIELDS = {"offered_per_product_per_s", "p50_ms", "p99_ms", "p999_ms", "max_ms", "orders_measured"}
+LATENCY_FIELDS |= {"cpu_cores_per_process"}
 
 
 def test_bench_e2e_json_has_every_figure(services):
@@ -40,6 +41,8 @@ def test_bench_e2e_json_has_every_figure(services):
         latency = run["latency"]
         assert LATENCY_FIELDS <= latency.keys(), f"{mode}: {latency}"
         assert latency["orders_measured"] > 0, f"{mode}: {latency}"
+        assert latency["cpu_cores_per_process"].keys() == run["products"].keys(), latency
+        assert all(0 < cores < 4 for cores in latency["cpu_cores_per_process"].values()), latency
         assert 0 <= latency["p50_ms"] <= latency["p99_ms"] <= latency["p999_ms"] <= latency["max_ms"], latency
         # two rounds: the figures are those of the median (lower middle) run, p99 the lower median
         assert len(run["total_orders_per_s_by_round"]) == 2 == len(run["p99_ms_by_round"])
