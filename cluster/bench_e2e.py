@@ -285,11 +285,13 @@ def run_mode(
 ) -> dict:
     """Preload, start a node, measure throughput then latency (not for a copy volume other than
     one per record), stop the node."""
-    mode = (
-        "engine" if not passthrough else "passthrough" if copies_per_mille == 1000 else "volume passthrough"
-    )
+    if not passthrough:
+        mode, letter = "engine", "E"
+    elif copies_per_mille == 1000:
+        mode, letter = "passthrough", "P"
+    else:
+        mode, letter = "volume passthrough", "V"
     tag = secrets.token_hex(3).upper()
-    letter = "E" if not passthrough else "P" if copies_per_mille == 1000 else "V"
     products = [f"BENCH{tag}{letter}{i}-USD" for i in range(n)]
     progress(f"{mode}: preloading {orders} orders into each of {', '.join(products)}")
     preload(bootstrap, products, orders, seed)

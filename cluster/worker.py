@@ -248,12 +248,10 @@ class ProductWorker:
             headers.append(("source_size", str(len(raw)).encode()))
             raw = raw[:MAX_RECORD_BYTES]
         self.leader.dlq_produced += 1
-        while True:
-            try:
-                self.producer.produce(self.dlq_topic, raw, headers=headers)
-                return
-            except BufferError:
-                self.producer.poll(0.01)
+        try:
+            self.producer.produce(self.dlq_topic, raw, headers=headers)
+        except BufferError:
+            self._produce_when_room(self.dlq_topic, raw, headers)
 
     def _on_delivery(self, err, msg) -> None:
         """The producer reports failed deliveries only (delivery.report.only.error).

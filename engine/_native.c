@@ -224,24 +224,30 @@ static int fmt_scaled(char *out, int64_t value, int scale) {
     return len + scale;
 }
 
+/* PLAIN[ch]: may appear in a plain string (printable ASCII but the quote and the backslash). */
+static unsigned char PLAIN[256];
+
+static void init_plain_table(void) {
+    for (int ch = 0x20; ch <= 0x7e; ch++) PLAIN[ch] = ch != '"' && ch != '\\';
+}
+
+static inline int buf_quoted(Buf *b, const char *s, size_t n) {
+    if (buf_reserve(b, n + 2)) return -1;
+    b->p[b->n++] = '"';
+    copy_small(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n++] = '"';
+    return 0;
+}
+
 /* A str as msgspec writes it: plain printable ASCII is copied, anything else asks msgspec. */
 static int buf_json_str(Core *c, PyObject *s) {
     Py_ssize_t n;
     const char *u = PyUnicode_AsUTF8AndSize(s, &n);
     if (!u) return -1;
-    int plain = 1;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)u[i];
-        if (ch < 0x20 || ch > 0x7e || ch == '"' || ch == '\\') { plain = 0; break; }
-    }
-    if (plain) {
-        if (buf_reserve(&c->buf, (size_t)n + 2)) return -1;
-        c->buf.p[c->buf.n++] = '"';
-        memcpy(c->buf.p + c->buf.n, u, (size_t)n);
-        c->buf.n += (size_t)n;
-        c->buf.p[c->buf.n++] = '"';
-        return 0;
-    }
+    Py_ssize_t plain = 0;
+    while (plain < n && PLAIN[(unsigned char)u[plain]]) plain++;
+    if (plain == n) return buf_quoted(&c->buf, u, (size_t)n);
     PyObject *enc = PyObject_CallOneArg(c->encode_str, s);
     if (!enc) return -1;
     int rc = buf_mem(&c->buf, PyBytes_AS_STRING(enc), (size_t)PyBytes_GET_SIZE(enc));
@@ -520,8 +526,7 @@ static int book_rest(Core *c, int64_t id, int64_t user_id, int side, int64_t pri
 /* ---- events: msgspec's bytes for engine/messages.py Open, Match, Done ----------------------------- */
 
 typedef struct {
-    char ts[24];
-    int ts_len;       /* -1: write ts_obj instead (an int outside int64, from a replayed created_at) */
+    int ts_len;       /* the length of Core.ts_text; -1: write ts_obj instead (an int outside int64) */
     PyObject *ts_obj;
     PyObject *out;    /* list of event bytes */
 } Ctx;
@@ -535,7 +540,7 @@ static int event_head(Core *c, Ctx *x, const char *head, size_t head_len) {
         buf_mem(b, PyBytes_AS_STRING(c->product_json), (size_t)PyBytes_GET_SIZE(c->product_json)) ||
         BUF_LIT(b, ",\"time\":"))
         return -1;
-    if (x->ts_len >= 0) return buf_mem(b, x->ts, (size_t)x->ts_len);
+    if (x->ts_len >= 0) return buf_mem(b, c->ts_text, (size_t)x->ts_len);
     return buf_pyint(b, x->ts_obj);
 }
 
@@ -546,15 +551,6 @@ static int event_end(Core *c, Ctx *x) {
     int rc = PyList_Append(x->out, bytes);
     Py_DECREF(bytes);
     return rc;
-}
-
-static inline int buf_quoted(Buf *b, const char *s, size_t n) {
-    if (buf_reserve(b, n + 2)) return -1;
-    b->p[b->n++] = '"';
-    copy_small(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n++] = '"';
-    return 0;
 }
 
 static inline int buf_quoted_c(Buf *b, const char *s) { return buf_quoted(b, s, strlen(s)); }
@@ -892,6 +888,12 @@ static PyObject *dead_letter(Core *c, const char *reason) {
     return dl;
 }
 
+/* An input record that is not an order: counted as input and as a dead letter. */
+static PyObject *unreadable(Core *c, const char *reason) {
+    c->orders_in++;
+    return dead_letter(c, reason);
+}
+
 static int side_code(View s) {
     if (VIEW_IS(s, "buy")) return BUY;
     if (VIEW_IS(s, "sell")) return SELL;
@@ -913,7 +915,6 @@ static int ctx_init(Core *c, Ctx *x, PyObject *ts, PyObject *out) {
             c->ts_text_of = v;
             c->ts_text_ok = 1;
         }
-        memcpy(x->ts, c->ts_text, sizeof(x->ts));
         x->ts_len = c->ts_text_len;
     }
     x->out = out; /* borrowed: events are appended to the caller's list */
@@ -1050,13 +1051,6 @@ static int order_from_message(Core *c, PyObject *order, OrderIn *o) {
 static inline const char *skip_ws(const char *p, const char *end) {
     while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
     return p;
-}
-
-/* PLAIN[ch]: may appear in a plain string (printable ASCII but the quote and the backslash). */
-static unsigned char PLAIN[256];
-
-static void init_plain_table(void) {
-    for (int ch = 0x20; ch <= 0x7e; ch++) PLAIN[ch] = ch != '"' && ch != '\\';
 }
 
 /* A plain string at p (p at the opening quote): its view; NULL when it is not plain. */
@@ -1278,10 +1272,7 @@ static PyObject *raw_into(Core *c, PyObject *raw, PyObject *ts, PyObject *out) {
     OrderIn o;
     Py_ssize_t size = PyBytes_CheckExact(raw) ? PyBytes_GET_SIZE(raw) : PyObject_Length(raw);
     if (size < 0) return NULL; /* no length: as len(raw) in the Python core */
-    if (size > c->max_record) {
-        c->orders_in++;
-        return dead_letter(c, "record_too_large");
-    }
+    if (size > c->max_record) return unreadable(c, "record_too_large");
     if (PyBytes_CheckExact(raw) && fast_read(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), &o))
         return submit_into(c, &o, ts, NULL, out);
     PyObject *order = PyObject_CallOneArg(c->decode, raw);
@@ -1298,8 +1289,7 @@ static PyObject *raw_into(Core *c, PyObject *raw, PyObject *ts, PyObject *out) {
         }
         if (!PyErr_ExceptionMatches(c->not_json)) return NULL;
         PyErr_Clear();
-        c->orders_in++;
-        return dead_letter(c, "not_json");
+        return unreadable(c, "not_json");
     }
     PyObject *r = order_from_message(c, order, &o) ? NULL : submit_into(c, &o, ts, NULL, out);
     Py_DECREF(order); /* after submit: the views point into its strings */
@@ -1448,8 +1438,7 @@ static PyObject *Core_count_dead_letter(Core *c, PyObject *reason) {
     if (!PyUnicode_Check(reason)) { PyErr_SetString(PyExc_TypeError, "reason must be a str"); return NULL; }
     const char *r = PyUnicode_AsUTF8(reason);
     if (!r) return NULL;
-    c->orders_in++;
-    return dead_letter(c, r);
+    return unreadable(c, r);
 }
 
 static PyObject *level_rows(Side *s, PyObject *rows) {

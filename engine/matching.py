@@ -115,24 +115,24 @@ class MatchingEngine:
     def submit_raw(self, raw: bytes, ts: int) -> list[Event] | DeadLetter:
         """Decode one input record and apply it; any bytes give events or a DeadLetter."""
         if len(raw) > MAX_RECORD_BYTES:
-            self.counters.orders_in += 1
-            self.counters.dead_letters += 1
-            return DeadLetter(reason="record_too_large")
+            return self._unreadable(DeadLetter(reason="record_too_large"))
         try:
             order = decode_order(raw)
         except msgspec.ValidationError:
             salvaged = salvage_order(raw)
             if isinstance(salvaged, DeadLetter):
-                self.counters.orders_in += 1
-                self.counters.dead_letters += 1
-                return salvaged
+                return self._unreadable(salvaged)
             order, bad_field = salvaged
             return self.submit(order, ts, bad_field)
         except NOT_JSON:
-            self.counters.orders_in += 1
-            self.counters.dead_letters += 1
-            return DeadLetter(reason="not_json")
+            return self._unreadable(DeadLetter(reason="not_json"))
         return self.submit(order, ts)
+
+    def _unreadable(self, letter: DeadLetter) -> DeadLetter:
+        """An input record that is not an order: counted as input and as a dead letter."""
+        self.counters.orders_in += 1
+        self.counters.dead_letters += 1
+        return letter
 
     def submit_records(self, records) -> tuple[list[bytes], list[tuple[int, DeadLetter]]]:
         """Apply a batch of input records in order: (all event bytes, [(index, DeadLetter)]).

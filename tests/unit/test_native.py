@@ -125,6 +125,12 @@ ENCODINGS = [
 ]
 
 
+def _draw_orders(data, min_size: int, max_size: int) -> tuple[dict, list[dict]]:
+    """A product of PRODUCTS and a list of order-ish dicts for it."""
+    config = data.draw(st.sampled_from(PRODUCTS))
+    return config, data.draw(st.lists(orderish(config["product_id"]), min_size=min_size, max_size=max_size))
+
+
 def _pair(config: dict) -> tuple[MatchingEngine, NativeEngine]:
     cfg = ProductConfig(**config)
     return MatchingEngine(cfg), NativeEngine(cfg)
@@ -166,8 +172,7 @@ def test_same_bytes_on_valid_streams(steps):
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_same_bytes_on_mixed_and_wrong_inputs(data):
-    config = data.draw(st.sampled_from(PRODUCTS))
-    objs = data.draw(st.lists(orderish(config["product_id"]), min_size=1, max_size=60))
+    config, objs = _draw_orders(data, 1, 60)
     encode = data.draw(st.sampled_from(ENCODINGS))
     _check_same(config, [encode(o) for o in objs], first_ts=data.draw(st.integers(0, 2**63 - 1)))
 
@@ -182,8 +187,7 @@ def test_same_dead_letters_for_any_bytes(raws):
 @given(st.data())
 def test_snapshots_cross_between_cores(data):
     """Cut a stream anywhere: either core's snapshot, restored in either core, continues identically."""
-    config = data.draw(st.sampled_from(PRODUCTS))
-    objs = data.draw(st.lists(orderish(config["product_id"]), min_size=2, max_size=50))
+    config, objs = _draw_orders(data, 2, 50)
     raws = [msgspec.json.encode(o) for o in objs]
     cut = data.draw(st.integers(0, len(raws)))
     cfg = ProductConfig(**config)
@@ -370,8 +374,7 @@ def _time_ns(ms: int) -> int:
 @given(st.data())
 def test_batches_equal_record_by_record(data):
     """submit_records (the worker's call) = submit_encoded per record, on both cores."""
-    config = data.draw(st.sampled_from(PRODUCTS))
-    objs = data.draw(st.lists(orderish(config["product_id"]), min_size=1, max_size=40))
+    config, objs = _draw_orders(data, 1, 40)
     raws = [msgspec.json.encode(o) for o in objs]
     raws = [None if data.draw(st.integers(0, 20)) == 0 else raw for raw in raws]  # a record without a value
     # small and repeated stamps, and the ends of what the C core converts itself (ms * 10**6 in int64)
