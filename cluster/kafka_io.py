@@ -44,6 +44,21 @@ def base_config(bootstrap: str, extra: dict[str, str]) -> dict[str, object]:
     return config
 
 
+def overlay(config: dict[str, object], ours: dict[str, object], extra: dict[str, str], role: str) -> None:
+    """Put the settings this client relies on over the operator's, and say which operator
+    settings that ignores: a key in the properties file that silently did nothing would mislead."""
+    for key, value in ours.items():
+        if key in extra and str(extra[key]).lower() != str(value).lower():
+            log.warning(
+                "kafka setting ignored role=%s key=%s given=%s used=%s (set by orderbook-cluster)",
+                role,
+                key,
+                extra[key],
+                value,
+            )
+    config.update(ours)
+
+
 def ensure_topics(bootstrap: str, extra: dict[str, str], topics: list[str], timeout_s: float = 15.0) -> None:
     """Create the topics (one partition each) that do not exist yet; existing ones are left alone."""
     admin = AdminClient(base_config(bootstrap, extra))
@@ -67,7 +82,8 @@ def make_consumer(bootstrap: str, extra: dict[str, str], client_id: str, fetch_w
     Where to resume is decided by the snapshot in Redis, never by consumer-group state.
     """
     config = base_config(bootstrap, extra)
-    config.update(
+    overlay(
+        config,
         {
             "group.id": f"orderbook-cluster-{client_id}",
             "client.id": client_id,
@@ -80,7 +96,9 @@ def make_consumer(bootstrap: str, extra: dict[str, str], client_id: str, fetch_w
             "queued.max.messages.kbytes": 65536,
             "isolation.level": "read_uncommitted",
             "auto.offset.reset": "earliest",
-        }
+        },
+        extra,
+        "consumer",
     )
     return Consumer(config)
 
@@ -99,7 +117,8 @@ def make_producer(
     `on_delivery` hears of failed deliveries only.
     """
     config = base_config(bootstrap, extra)
-    config.update(
+    overlay(
+        config,
         {
             "client.id": client_id,
             "enable.idempotence": True,
@@ -113,7 +132,9 @@ def make_producer(
             "queue.buffering.max.kbytes": 1_048_576,
             "message.timeout.ms": 30_000,
             "allow.auto.create.topics": False,
-        }
+        },
+        extra,
+        "producer",
     )
     if on_delivery is not None:
         # Failures only: a Python call per delivered event costs ~0.25 µs of the loop. Success is

@@ -67,3 +67,23 @@ def test_secrets_are_redacted(tmp_path):
         assert secret not in shown
     assert "/etc/ca.pem" in shown and "matcher" in shown and "redis:6380" in shown
     assert redact_url("redis://redis:6379/0") == "redis://redis:6379/0"
+
+
+def test_operator_kafka_settings_we_override_are_named(caplog):
+    from cluster.kafka_io import base_config, overlay
+
+    extra = {
+        "sasl.username": "matcher",
+        "enable.idempotence": "false",
+        "acks": "all",
+        "compression.type": "zstd",
+    }
+    config = base_config("k:9092", extra)
+    with caplog.at_level("WARNING", logger="cluster.kafka_io"):
+        overlay(
+            config, {"enable.idempotence": True, "acks": "all", "compression.type": "lz4"}, extra, "producer"
+        )
+    assert config["sasl.username"] == "matcher"  # the operator's own settings stay
+    assert config["enable.idempotence"] is True and config["compression.type"] == "lz4"
+    ignored = sorted(r.args[1] for r in caplog.records)
+    assert ignored == ["compression.type", "enable.idempotence"]  # acks=all agrees: nothing to say
