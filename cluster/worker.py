@@ -297,10 +297,7 @@ class ProductWorker:
 
     def maybe_take_snapshot(self) -> None:
         """Capture state at a batch boundary when due; it is written once its events are delivered."""
-        t = self.timing
-        due = self.orders_since_snapshot >= t.snapshot_every_orders or (
-            self.orders_since_snapshot and time.monotonic() - self.last_snapshot_at >= t.snapshot_every_s
-        )
+        due = self.timing.snapshot_due(self.orders_since_snapshot, time.monotonic() - self.last_snapshot_at)
         if due and self.leader is not None and self.pending_snapshot is None:
             self.take_snapshot()
 

@@ -87,3 +87,15 @@ def test_operator_kafka_settings_we_override_are_named(caplog):
     assert config["enable.idempotence"] is True and config["compression.type"] == "lz4"
     ignored = sorted(r.args[1] for r in caplog.records)
     assert ignored == ["compression.type", "enable.idempotence"]  # acks=all agrees: nothing to say
+
+
+def test_snapshots_follow_orders_but_at_most_at_the_minimum_interval():
+    timing = parse_timing(["snapshot_every_orders=20000", "snapshot_min_interval_s=1", "snapshot_every_s=5"])
+    assert not timing.snapshot_due(0, 60.0)  # no input, nothing new to keep
+    assert not timing.snapshot_due(19_999, 4.9)
+    assert timing.snapshot_due(20_000, 1.0)
+    assert not timing.snapshot_due(400_000, 0.5)  # a burst: not 20 snapshots a second
+    assert timing.snapshot_due(1, 5.0)  # a trickle: every snapshot_every_s
+    assert timing.snapshot_due(1, float("inf"))  # a new leader takes one at once
+    with pytest.raises(SettingsError):
+        parse_timing(["snapshot_min_interval_s=10", "snapshot_every_s=5"])
