@@ -1,4 +1,4 @@
-"""Settings: typos are errors, secrets never reach logs."""
+"""Settings: typos are errors, secrets never reach logs, overridden Kafka settings are named."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster.kafka_io import base_config, overlay
 from cluster.settings import (
     SettingsError,
     Timing,
@@ -70,8 +71,6 @@ def test_secrets_are_redacted(tmp_path):
 
 
 def test_operator_kafka_settings_we_override_are_named(caplog):
-    from cluster.kafka_io import base_config, overlay
-
     extra = {
         "sasl.username": "matcher",
         "enable.idempotence": "false",
