@@ -44,9 +44,11 @@ def base_config(bootstrap: str, extra: dict[str, str]) -> dict[str, object]:
     return config
 
 
-def overlay(config: dict[str, object], ours: dict[str, object], extra: dict[str, str], role: str) -> None:
-    """Put the settings this client relies on over the operator's, and say which operator
-    settings that ignores: a key in the properties file that silently did nothing would mislead."""
+def client_config(
+    bootstrap: str, extra: dict[str, str], ours: dict[str, object], role: str
+) -> dict[str, object]:
+    """base_config with the settings this client relies on put over the operator's, naming each
+    operator setting that ignores: a key in the properties file that silently did nothing would mislead."""
     for key, value in ours.items():
         if key in extra and str(extra[key]).lower() != str(value).lower():
             log.warning(
@@ -56,7 +58,9 @@ def overlay(config: dict[str, object], ours: dict[str, object], extra: dict[str,
                 extra[key],
                 value,
             )
+    config = base_config(bootstrap, extra)
     config.update(ours)
+    return config
 
 
 def ensure_topics(bootstrap: str, extra: dict[str, str], topics: list[str], timeout_s: float = 15.0) -> None:
@@ -81,9 +85,9 @@ def make_consumer(bootstrap: str, extra: dict[str, str], client_id: str, fetch_w
 
     Where to resume is decided by the snapshot in Redis, never by consumer-group state.
     """
-    config = base_config(bootstrap, extra)
-    overlay(
-        config,
+    config = client_config(
+        bootstrap,
+        extra,
         {
             "group.id": f"orderbook-cluster-{client_id}",
             "client.id": client_id,
@@ -116,9 +120,9 @@ def make_producer(
 
     `on_delivery` hears of failed deliveries only.
     """
-    config = base_config(bootstrap, extra)
-    overlay(
-        config,
+    config = client_config(
+        bootstrap,
+        extra,
         {
             "client.id": client_id,
             "enable.idempotence": True,

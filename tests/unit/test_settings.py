@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.kafka_io import base_config, overlay
+from cluster.kafka_io import client_config
 from cluster.settings import (
     SettingsError,
     Timing,
@@ -77,10 +77,12 @@ def test_operator_kafka_settings_we_override_are_named(caplog):
         "acks": "all",
         "compression.type": "zstd",
     }
-    config = base_config("k:9092", extra)
     with caplog.at_level("WARNING", logger="cluster.kafka_io"):
-        overlay(
-            config, {"enable.idempotence": True, "acks": "all", "compression.type": "lz4"}, extra, "producer"
+        config = client_config(
+            "k:9092",
+            extra,
+            {"enable.idempotence": True, "acks": "all", "compression.type": "lz4"},
+            "producer",
         )
     assert config["sasl.username"] == "matcher"  # the operator's own settings stay
     assert config["enable.idempotence"] is True and config["compression.type"] == "lz4"
