@@ -101,7 +101,6 @@ def make_consumer(bootstrap: str, extra: dict[str, str], client_id: str, fetch_w
             "isolation.level": "read_uncommitted",
             "auto.offset.reset": "earliest",
         },
-        extra,
         "consumer",
     )
     return Consumer(config)
@@ -137,7 +136,6 @@ def make_producer(
             "message.timeout.ms": 30_000,
             "allow.auto.create.topics": False,
         },
-        extra,
         "producer",
     )
     if on_delivery is not None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.kafka_io import client_config
+from cluster.kafka_io import client_config, make_consumer, make_producer
 from cluster.settings import (
     SettingsError,
     Timing,
@@ -88,6 +88,15 @@ def test_operator_kafka_settings_we_override_are_named(caplog):
     assert config["enable.idempotence"] is True and config["compression.type"] == "lz4"
     ignored = sorted(r.args[1] for r in caplog.records)
     assert ignored == ["compression.type", "enable.idempotence"]  # acks=all agrees: nothing to say
+
+
+def test_the_node_clients_are_built_through_it(caplog):
+    extra = {"compression.type": "zstd", "enable.auto.commit": "true"}
+    with caplog.at_level("WARNING", logger="cluster.kafka_io"):
+        make_producer("127.0.0.1:1", extra, "obc-test", lambda err, msg: None)  # no connection is made yet
+        make_consumer("127.0.0.1:1", extra, "obc-test")
+    ignored = sorted((r.args[0], r.args[1]) for r in caplog.records)
+    assert ignored == [("consumer", "enable.auto.commit"), ("producer", "compression.type")]
 
 
 def test_snapshots_follow_orders_but_at_most_at_the_minimum_interval():
