@@ -18,6 +18,7 @@
 #include <structmember.h>
 #include <stdint.h>
 #include <string.h>
+#include <assert.h>
 
 typedef __int128 i128;
 
@@ -525,27 +526,102 @@ static int book_rest(Core *c, int64_t id, int64_t user_id, int side, int64_t pri
 
 /* ---- events: msgspec's bytes for engine/messages.py Open, Match, Done ----------------------------- */
 
+/* An input record's time (ns): a C integer, or the Python int when it is outside int64 (a replayed
+ * timestamp). The hot path never makes a Python int for it; the slow path gets one (time_object). */
 typedef struct {
-    int ts_len;       /* the length of Core.ts_text; -1: write ts_obj instead (an int outside int64) */
-    PyObject *ts_obj;
+    int64_t ns;
+    PyObject *big; /* borrowed; NULL: ns holds the time */
+} Time;
+
+/* A Python int as a Time; -1 with an exception when it is not an int. */
+static int time_of(PyObject *v, Time *t) {
+    int overflow = 0;
+    long long ns = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (ns == -1 && PyErr_Occurred()) return -1;
+    t->ns = overflow ? 0 : (int64_t)ns;
+    t->big = overflow ? v : NULL;
+    return 0;
+}
+
+/* The time as a new Python int, for the Python slow path. */
+static PyObject *time_object(Time t) { return t.big ? Py_NewRef(t.big) : PyLong_FromLongLong(t.ns); }
+
+typedef struct {
+    int ts_len;       /* the length of Core.ts_text; -1: write ts_big instead (an int outside int64) */
+    PyObject *ts_big;
     PyObject *out;    /* list of event bytes */
 } Ctx;
 
-static int event_head(Core *c, Ctx *x, const char *head, size_t head_len) {
-    Buf *b = &c->buf;
-    b->n = 0;
-    c->sequence++;
-    if (buf_mem(b, head, head_len) || BUF_LIT(b, ",\"sequence\":") || buf_i64(b, c->sequence) ||
-        BUF_LIT(b, ",\"product_id\":") ||
-        buf_mem(b, PyBytes_AS_STRING(c->product_json), (size_t)PyBytes_GET_SIZE(c->product_json)) ||
-        BUF_LIT(b, ",\"time\":"))
-        return -1;
-    if (x->ts_len >= 0) return buf_mem(b, c->ts_text, (size_t)x->ts_len);
-    return buf_pyint(b, x->ts_obj);
+/* Events are written with a cursor `w` into Core.buf, without a capacity check per field: event_begin
+ * leaves EVENT_ROOM bytes free after the head, more than any event's fixed fields take (the longest,
+ * a match, ~420 bytes: six integers, two decimals, a level's text). A field of unbounded length (a
+ * Python int or str a reject echoes) goes through the checked Buf writers, then event_room makes room
+ * again. Why: the cursor stays in a register; with b->n in memory every byte store (char aliases
+ * everything) made the compiler reload it, and the checks were ~15% of writing an event. */
+#define EVENT_ROOM 1024
+
+static inline char *put_mem(char *w, const char *s, size_t n) {
+    copy_small(w, s, n);
+    return w + n;
+}
+#define PUT_LIT(w, s) put_mem((w), (s), sizeof(s) - 1)
+
+static inline char *put_i64(char *w, int64_t v) {
+    if (v < 0) {
+        *w++ = '-';
+        return w + write_u64(w, (uint64_t)0 - (uint64_t)v);
+    }
+    return w + write_u64(w, (uint64_t)v);
 }
 
-static int event_end(Core *c, Ctx *x) {
-    if (BUF_LIT(&c->buf, "}")) return -1;
+static inline char *put_quoted(char *w, const char *s, size_t n) {
+    *w++ = '"';
+    copy_small(w, s, n);
+    w += n;
+    *w++ = '"';
+    return w;
+}
+
+static const size_t SIDE_LENS[] = {3, 4};
+#define PUT_SIDE(w, side) put_quoted((w), SIDE_NAMES[side], SIDE_LENS[side])
+#define PUT_TIF(w, tif) put_quoted((w), TIF_NAMES[tif], 3)
+
+static inline char *put_scaled(char *w, int64_t v, int scale) {
+    *w++ = '"';
+    w += fmt_scaled(w, v, scale);
+    *w++ = '"';
+    return w;
+}
+
+/* The cursor after a checked write that ended at buf.n (rc its result), with EVENT_ROOM free again. */
+static char *event_room(Core *c, int rc) {
+    if (rc || buf_reserve(&c->buf, EVENT_ROOM)) return NULL;
+    return c->buf.p + c->buf.n;
+}
+
+/* The head every event starts with; NULL on error. */
+static char *event_begin(Core *c, Ctx *x, const char *head, size_t head_len) {
+    Buf *b = &c->buf;
+    size_t product_len = (size_t)PyBytes_GET_SIZE(c->product_json);
+    b->n = 0;
+    if (buf_reserve(b, 96 + product_len + sizeof(c->ts_text) + EVENT_ROOM)) return NULL;
+    c->sequence++;
+    char *w = put_mem(b->p, head, head_len);
+    w = PUT_LIT(w, ",\"sequence\":");
+    w = put_i64(w, c->sequence);
+    w = PUT_LIT(w, ",\"product_id\":");
+    w = put_mem(w, PyBytes_AS_STRING(c->product_json), product_len);
+    w = PUT_LIT(w, ",\"time\":");
+    if (x->ts_len >= 0) return put_mem(w, c->ts_text, (size_t)x->ts_len);
+    b->n = (size_t)(w - b->p);
+    return event_room(c, buf_pyint(b, x->ts_big));
+}
+
+/* Close the event at w and append its bytes to the batch's list. */
+static int event_finish(Core *c, Ctx *x, char *w) {
+    *w++ = '}';
+    c->buf.n = (size_t)(w - c->buf.p);
+    assert(c->buf.n <= c->buf.cap);
     PyObject *bytes = PyBytes_FromStringAndSize(c->buf.p, (Py_ssize_t)c->buf.n);
     if (!bytes) return -1;
     int rc = PyList_Append(x->out, bytes);
@@ -553,62 +629,95 @@ static int event_end(Core *c, Ctx *x) {
     return rc;
 }
 
-static inline int buf_quoted_c(Buf *b, const char *s) { return buf_quoted(b, s, strlen(s)); }
-static const size_t SIDE_LENS[] = {3, 4};
-#define BUF_SIDE(b, side) buf_quoted((b), SIDE_NAMES[side], SIDE_LENS[side])
-#define BUF_TIF(b, tif) buf_quoted((b), TIF_NAMES[tif], 3)
-
-static int buf_scaled(Buf *b, int64_t v, int scale) {
-    char tmp[64];
-    return buf_quoted(b, tmp, (size_t)fmt_scaled(tmp, v, scale));
-}
-
 static int emit_open(Core *c, Ctx *x, int64_t id, int64_t user_id, int64_t remaining, const Level *lv, int side,
                      int tif) {
-    Buf *b = &c->buf;
-    if (event_head(c, x, "{\"type\":\"open\"", 14) || BUF_LIT(b, ",\"order_id\":") || buf_i64(b, id) ||
-        BUF_LIT(b, ",\"user_id\":") || buf_i64(b, user_id) || BUF_LIT(b, ",\"remaining_size\":") ||
-        buf_scaled(b, remaining, c->base_scale) || BUF_LIT(b, ",\"price\":") ||
-        buf_quoted(b, lv->text, (size_t)lv->text_len) || BUF_LIT(b, ",\"side\":") ||
-        BUF_SIDE(b, side) || BUF_LIT(b, ",\"time_in_force\":") ||
-        BUF_TIF(b, tif))
-        return -1;
-    return event_end(c, x);
+    char *w = event_begin(c, x, "{\"type\":\"open\"", 14);
+    if (!w) return -1;
+    w = PUT_LIT(w, ",\"order_id\":");
+    w = put_i64(w, id);
+    w = PUT_LIT(w, ",\"user_id\":");
+    w = put_i64(w, user_id);
+    w = PUT_LIT(w, ",\"remaining_size\":");
+    w = put_scaled(w, remaining, c->base_scale);
+    w = PUT_LIT(w, ",\"price\":");
+    w = put_quoted(w, lv->text, (size_t)lv->text_len);
+    w = PUT_LIT(w, ",\"side\":");
+    w = PUT_SIDE(w, side);
+    w = PUT_LIT(w, ",\"time_in_force\":");
+    w = PUT_TIF(w, tif);
+    return event_finish(c, x, w);
 }
 
 static int emit_match(Core *c, Ctx *x, int64_t taker_id, int64_t taker_user, int taker_tif, const Order *m,
                       const Level *lv, int64_t fill) {
-    Buf *b = &c->buf;
+    char *w = event_begin(c, x, "{\"type\":\"match\"", 15);
+    if (!w) return -1;
     c->trade_seq++;
-    if (event_head(c, x, "{\"type\":\"match\"", 15) || BUF_LIT(b, ",\"trade_seq\":") ||
-        buf_i64(b, c->trade_seq) || BUF_LIT(b, ",\"taker_order_id\":") || buf_i64(b, taker_id) ||
-        BUF_LIT(b, ",\"maker_order_id\":") || buf_i64(b, m->id) || BUF_LIT(b, ",\"taker_user_id\":") ||
-        buf_i64(b, taker_user) || BUF_LIT(b, ",\"maker_user_id\":") || buf_i64(b, m->user_id) ||
-        BUF_LIT(b, ",\"side\":") || BUF_SIDE(b, m->side) || BUF_LIT(b, ",\"price\":") ||
-        buf_quoted(b, lv->text, (size_t)lv->text_len) || BUF_LIT(b, ",\"size\":") ||
-        buf_scaled(b, fill, c->base_scale) || BUF_LIT(b, ",\"taker_time_in_force\":") ||
-        BUF_TIF(b, taker_tif) || BUF_LIT(b, ",\"maker_time_in_force\":") ||
-        BUF_TIF(b, m->tif))
-        return -1;
-    return event_end(c, x);
+    w = PUT_LIT(w, ",\"trade_seq\":");
+    w = put_i64(w, c->trade_seq);
+    w = PUT_LIT(w, ",\"taker_order_id\":");
+    w = put_i64(w, taker_id);
+    w = PUT_LIT(w, ",\"maker_order_id\":");
+    w = put_i64(w, m->id);
+    w = PUT_LIT(w, ",\"taker_user_id\":");
+    w = put_i64(w, taker_user);
+    w = PUT_LIT(w, ",\"maker_user_id\":");
+    w = put_i64(w, m->user_id);
+    w = PUT_LIT(w, ",\"side\":");
+    w = PUT_SIDE(w, m->side);
+    w = PUT_LIT(w, ",\"price\":");
+    w = put_quoted(w, lv->text, (size_t)lv->text_len);
+    w = PUT_LIT(w, ",\"size\":");
+    w = put_scaled(w, fill, c->base_scale);
+    w = PUT_LIT(w, ",\"taker_time_in_force\":");
+    w = PUT_TIF(w, taker_tif);
+    w = PUT_LIT(w, ",\"maker_time_in_force\":");
+    w = PUT_TIF(w, m->tif);
+    return event_finish(c, x, w);
 }
 
-/* A done event. user_obj/tif_obj, when given, replace user_id/tif (a reject echoes the input). */
+/* A done event. user_obj/tif_obj, when given, replace user_id/tif (a reject echoes the input).
+ * remaining and price are at most 64 bytes (fmt_scaled's buffers); reason and reject_reason are
+ * this file's short constants. */
 static int emit_done(Core *c, Ctx *x, int64_t id, int64_t user_id, PyObject *user_obj, const char *remaining,
                      size_t remaining_len, const char *price, size_t price_len, const char *reason, int side,
                      int tif, PyObject *tif_obj, const char *reject_reason, PyObject *reject_obj) {
-    Buf *b = &c->buf;
-    if (event_head(c, x, "{\"type\":\"done\"", 14) || BUF_LIT(b, ",\"order_id\":") || buf_i64(b, id) ||
-        BUF_LIT(b, ",\"user_id\":") || (user_obj ? buf_pyint(b, user_obj) : buf_i64(b, user_id)) ||
-        BUF_LIT(b, ",\"remaining_size\":") || buf_quoted(b, remaining, remaining_len) ||
-        BUF_LIT(b, ",\"price\":") || buf_quoted(b, price, price_len) || BUF_LIT(b, ",\"reason\":") ||
-        buf_quoted_c(b, reason) || BUF_LIT(b, ",\"side\":") || BUF_SIDE(b, side) ||
-        BUF_LIT(b, ",\"time_in_force\":") ||
-        (tif_obj ? buf_json_str(c, tif_obj) : BUF_TIF(b, tif)))
-        return -1;
-    if (reject_reason && (BUF_LIT(b, ",\"reject_reason\":") || buf_quoted_c(b, reject_reason))) return -1;
-    if (reject_obj && (BUF_LIT(b, ",\"reject_reason\":") || buf_json_str(c, reject_obj))) return -1;
-    return event_end(c, x);
+    char *w = event_begin(c, x, "{\"type\":\"done\"", 14);
+    if (!w) return -1;
+    w = PUT_LIT(w, ",\"order_id\":");
+    w = put_i64(w, id);
+    w = PUT_LIT(w, ",\"user_id\":");
+    if (user_obj) {
+        c->buf.n = (size_t)(w - c->buf.p);
+        if (!(w = event_room(c, buf_pyint(&c->buf, user_obj)))) return -1;
+    } else {
+        w = put_i64(w, user_id);
+    }
+    w = PUT_LIT(w, ",\"remaining_size\":");
+    w = put_quoted(w, remaining, remaining_len);
+    w = PUT_LIT(w, ",\"price\":");
+    w = put_quoted(w, price, price_len);
+    w = PUT_LIT(w, ",\"reason\":");
+    w = put_quoted(w, reason, strlen(reason));
+    w = PUT_LIT(w, ",\"side\":");
+    w = PUT_SIDE(w, side);
+    w = PUT_LIT(w, ",\"time_in_force\":");
+    if (tif_obj) {
+        c->buf.n = (size_t)(w - c->buf.p);
+        if (!(w = event_room(c, buf_json_str(c, tif_obj)))) return -1;
+    } else {
+        w = PUT_TIF(w, tif);
+    }
+    if (reject_reason) {
+        w = PUT_LIT(w, ",\"reject_reason\":");
+        w = put_quoted(w, reject_reason, strlen(reject_reason));
+    }
+    if (reject_obj) {
+        w = PUT_LIT(w, ",\"reject_reason\":");
+        c->buf.n = (size_t)(w - c->buf.p);
+        if (!(w = event_room(c, buf_json_str(c, reject_obj)))) return -1;
+    }
+    return event_finish(c, x, w);
 }
 
 /* done of a taker (or a resting order) with amounts as scaled integers */
@@ -900,12 +1009,10 @@ static int side_code(View s) {
     return -1;
 }
 
-static int ctx_init(Core *c, Ctx *x, PyObject *ts, PyObject *out) {
-    int overflow = 0;
-    long long v = PyLong_AsLongLongAndOverflow(ts, &overflow);
-    if (v == -1 && PyErr_Occurred()) return -1;
-    x->ts_obj = ts;
-    if (overflow) x->ts_len = -1;
+static int ctx_init(Core *c, Ctx *x, Time ts, PyObject *out) {
+    int64_t v = ts.ns;
+    x->ts_big = ts.big;
+    if (ts.big) x->ts_len = -1;
     else {
         /* the orders of one producer batch share a timestamp: format it once */
         if (!c->ts_text_ok || c->ts_text_of != v) {
@@ -941,8 +1048,8 @@ static int reject(Core *c, Ctx *x, const OrderIn *o, int side, const char *reaso
 }
 
 /* Apply one order, appending its events to `out`. Returns Py_None, a DeadLetter (both new
- * references) or NULL on error. `ts` is an int, checked by the callers before any state changes. */
-static PyObject *submit_into(Core *c, const OrderIn *o, PyObject *ts, PyObject *bad_field, PyObject *out) {
+ * references) or NULL on error. */
+static PyObject *submit_into(Core *c, const OrderIn *o, Time ts, PyObject *bad_field, PyObject *out) {
     c->orders_in++;
     if (o->id_state == ID_NONE) return dead_letter(c, "missing_id");
     if (o->id_state == ID_BAD) return dead_letter(c, "invalid_id");
@@ -1100,19 +1207,58 @@ static int field_index(const char *k, Py_ssize_t n) {
 #undef KEY_IS
 }
 
+/* A key of the order, with its closing quote, at p (after the opening quote): its field, with *after
+ * past the quote; -1 for anything else, which field_index then reads the long way. One switch and a
+ * fixed-size compare per key instead of a byte loop to the quote (whose exit mispredicts each time). */
+static inline int known_key(const char *p, const char *end, const char **after) {
+#define KEY_AT(name, f)                                                                       \
+    if (end - p >= (Py_ssize_t)sizeof(name) && memcmp(p, name "\"", sizeof(name)) == 0) { \
+        *after = p + sizeof(name);                                                          \
+        return (f);                                                                         \
+    }
+    if (p >= end) return -1;
+    switch (*p) {
+    case 'i': KEY_AT("id", F_ID); break;
+    case 'c': KEY_AT("created_at", F_CREATED); KEY_AT("client_oid", F_CLIENT_OID); break;
+    case 'p': KEY_AT("product_id", F_PRODUCT); KEY_AT("price", F_PRICE); break;
+    case 'u': KEY_AT("user_id", F_USER); break;
+    case 's': KEY_AT("size", F_SIZE); KEY_AT("side", F_SIDE); KEY_AT("status", F_STATUS); KEY_AT("stp", F_STP); break;
+    case 'f': KEY_AT("funds", F_FUNDS); break;
+    case 't': KEY_AT("type", F_TYPE); KEY_AT("time_in_force", F_TIF); break;
+    default: break;
+    }
+    return -1;
+#undef KEY_AT
+}
+
 /* 1: `o` holds the record; 0: not the common shape, let msgspec read it. */
 static int fast_read(const char *p, Py_ssize_t len, OrderIn *o) {
     const char *end = p + len;
-    *o = (OrderIn){.user_ok = 1, .tif = {"GTC", 3}, .status = {"new", 3}};
+    /* field by field: a compound literal zeroes the whole struct with `rep stos`, ~5% of a record */
+    static const View none = {NULL, 0};
+    o->id_state = ID_NONE;
+    o->id = 0;
+    o->user_ok = 1;
+    o->user_id = 0;
+    o->user_obj = o->tif_obj = NULL;
+    o->product = o->price = o->size = o->funds = o->type = o->side = o->stp = none;
+    o->tif = (View){"GTC", 3};
+    o->status = (View){"new", 3};
     unsigned seen = 0;
     p = skip_ws(p, end);
     if (p >= end || *p != '{') return 0;
     p = skip_ws(p + 1, end);
     if (p < end && *p == '}') return 0; /* {} is rare: msgspec's path answers it */
     for (;;) {
-        View key;
-        if (p >= end || *p != '"' || !(p = scan_plain_string(p, end, &key))) return 0;
-        int field = field_index(key.p, key.n);
+        if (p >= end || *p != '"') return 0;
+        const char *after;
+        int field = known_key(p + 1, end, &after);
+        if (field >= 0) p = after;
+        else {
+            View key;
+            if (!(p = scan_plain_string(p, end, &key))) return 0;
+            field = field_index(key.p, key.n);
+        }
         if (field < 0 || (seen & (1u << field))) return 0;
         seen |= 1u << field;
         p = skip_ws(p, end);
@@ -1268,7 +1414,7 @@ static int Core_init(Core *c, PyObject *args, PyObject *kwds) {
     }
 
 /* Read one record's bytes and apply it, appending events to `out`; as submit_into returns. */
-static PyObject *raw_into(Core *c, PyObject *raw, PyObject *ts, PyObject *out) {
+static PyObject *raw_into(Core *c, PyObject *raw, Time ts, PyObject *out) {
     OrderIn o;
     Py_ssize_t size = PyBytes_CheckExact(raw) ? PyBytes_GET_SIZE(raw) : PyObject_Length(raw);
     if (size < 0) return NULL; /* no length: as len(raw) in the Python core */
@@ -1279,8 +1425,11 @@ static PyObject *raw_into(Core *c, PyObject *raw, PyObject *ts, PyObject *out) {
     if (!order) {
         if (PyErr_ExceptionMatches(c->validation_error)) { /* JSON of the wrong shape: salvage it */
             PyErr_Clear();
-            PyObject *slow_args[3] = {(PyObject *)c, raw, ts};
+            PyObject *ts_obj = time_object(ts);
+            if (!ts_obj) return NULL;
+            PyObject *slow_args[3] = {(PyObject *)c, raw, ts_obj};
             PyObject *r = PyObject_Vectorcall(c->slow, slow_args, 3, NULL);
+            Py_DECREF(ts_obj);
             if (!r || !PyList_CheckExact(r)) return r; /* a DeadLetter, or NULL */
             int rc = PyList_SetSlice(out, PY_SSIZE_T_MAX, PY_SSIZE_T_MAX, r);
             Py_DECREF(r);
@@ -1302,9 +1451,11 @@ static PyObject *Core_submit_raw(Core *c, PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_TypeError, "submit_raw(raw: bytes, ts: int)");
         return NULL;
     }
+    Time ts;
+    if (time_of(args[1], &ts)) return NULL;
     PyObject *out = PyList_New(0);
     if (!out) return NULL;
-    return as_result(raw_into(c, args[0], args[1], out), out);
+    return as_result(raw_into(c, args[0], ts, out), out);
 }
 
 /* A record type's value() and timestamp() as C method descriptors, looked up once per batch: a
@@ -1345,9 +1496,7 @@ static PyObject *Core_submit_records(Core *c, PyObject *const *args, Py_ssize_t 
         PyErr_SetString(PyExc_TypeError, "submit_records(records)");
         return NULL;
     }
-    PyObject *ts = NULL;
-    long long last_ms = 0;
-    int have_last = 0; /* ts is the time of a timestamp equal to last_ms */
+    PyObject *big = NULL; /* time_ns's answer for the current record, when it gave one */
     PyObject *records = PySequence_Fast(args[0], "records must be a sequence");
     if (!records) return NULL;
     PyObject *events = PyList_New(0), *dead = PyList_New(0), *result = NULL;
@@ -1371,22 +1520,15 @@ static PyObject *Core_submit_records(Core *c, PyObject *const *args, Py_ssize_t 
             v = PyLong_AsLongLongAndOverflow(ms, &overflow);
             if (v == -1 && PyErr_Occurred()) { Py_DECREF(stamp); goto done; }
         }
-        if (!overflow && v <= INT64_MAX / NS_PER_MS) {
-            /* records of one producer batch share a timestamp: convert it once */
-            if (!have_last || v != last_ms) {
-                Py_XSETREF(ts, PyLong_FromLongLong(v > 0 ? v * NS_PER_MS : 0));
-                if (!ts) { Py_DECREF(stamp); goto done; }
-                last_ms = v;
-                have_last = 1;
-            }
-        } else {
-            have_last = 0;
-            Py_XSETREF(ts, PyObject_CallOneArg(c->time_ns, ms));
-            if (!ts || !PyLong_Check(ts)) {
+        Time ts = {v > 0 ? v * NS_PER_MS : 0, NULL};
+        if (overflow || v > INT64_MAX / NS_PER_MS) {
+            Py_XSETREF(big, PyObject_CallOneArg(c->time_ns, ms));
+            if (!big || !PyLong_Check(big)) {
                 Py_DECREF(stamp);
-                if (ts) PyErr_SetString(PyExc_TypeError, "time_ns must return an int");
+                if (big) PyErr_SetString(PyExc_TypeError, "time_ns must return an int");
                 goto done;
             }
+            if (time_of(big, &ts)) { Py_DECREF(stamp); goto done; }
         }
         Py_DECREF(stamp);
         PyObject *raw = call_record_method(record, methods.value, STR_VALUE);
@@ -1407,7 +1549,7 @@ static PyObject *Core_submit_records(Core *c, PyObject *const *args, Py_ssize_t 
 done:
     Py_XDECREF(events);
     Py_XDECREF(dead);
-    Py_XDECREF(ts);
+    Py_XDECREF(big);
     Py_XDECREF(methods.value);
     Py_XDECREF(methods.timestamp);
     Py_DECREF(records);
@@ -1426,11 +1568,13 @@ static PyObject *Core_submit(Core *c, PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "bad_field must be a str or None");
         return NULL;
     }
+    Time t;
+    if (time_of(ts, &t)) return NULL;
     OrderIn o;
     if (order_from_message(c, order, &o)) return NULL;
     PyObject *out = PyList_New(0);
     if (!out) return NULL;
-    return as_result(submit_into(c, &o, ts, bad_field, out), out);
+    return as_result(submit_into(c, &o, t, bad_field, out), out);
 }
 
 static PyObject *Core_count_dead_letter(Core *c, PyObject *reason) {

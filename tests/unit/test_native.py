@@ -331,6 +331,29 @@ def test_unusual_json_reads_as_msgspec_reads_it():
     _check_same(CONFIG, raws)
 
 
+def test_keys_near_the_known_ones_read_as_msgspec_reads_them():
+    """The C reader matches known keys with one compare each: a key that starts like one (`ids`,
+    `pric`, `sizes`), is cut short at the end of the record, or is written with an escape must still
+    be read as msgspec reads it (unknown keys skipped, escaped ones decoded, truncation not JSON).
+    The values are valid for every field, so a key taken for a known one changes the events."""
+    base = '"product_id":"BTC-USD","type":"limit","price":"10.00","size":"1.000"'
+    near = ["ids", "i", "pric", "prices", "sizes", "sid", "stat", "statuses", "stpx", "typ", "time_in_forc",
+            "user_ids", "created_at_", "client_oi", "fund", "product_i",
+            # the same length as a known key, one byte off
+            "ie", "prica", "sizf", "sidf", "statuz", "stq", "typf", "time_in_forcf", "user_ie", "created_au",
+            "client_oie", "fundt", "product_ie", "Id", "xrice"]
+    raws = [f'{{"id":{n + 1},"side":"buy","{key}":"1",{base}}}'.encode() for n, key in enumerate(near)]
+    raws += [
+        b'{"i\u0064":40,"side":"sell",' + base.encode() + b"}",
+        b'{"id":41,"s\u0069de":"sell",' + base.encode() + b"}",
+        b'{"id":42,"side":"sell",' + base.encode() + b',"time_in_force',
+        b'{"id":43,"side":"sell",' + base.encode() + b',"st',
+        b'{"id":44,"side":"sell",' + base.encode() + b',"',
+        b'{"id":45,"side":"sell","price":"10.00","product_id":"BTC-USD","type":"limit","size":"1","stp":"cn"}',
+    ]
+    _check_same(CONFIG, raws)
+
+
 @pytest.mark.parametrize("engine_cls", [MatchingEngine, NativeEngine])
 def test_depth_needs_a_count(engine_cls):
     with pytest.raises(ValueError):
