@@ -337,11 +337,40 @@ def test_keys_near_the_known_ones_read_as_msgspec_reads_them():
     be read as msgspec reads it (unknown keys skipped, escaped ones decoded, truncation not JSON).
     The values are valid for every field, so a key taken for a known one changes the events."""
     base = '"product_id":"BTC-USD","type":"limit","price":"10.00","size":"1.000"'
-    near = ["ids", "i", "pric", "prices", "sizes", "sid", "stat", "statuses", "stpx", "typ", "time_in_forc",
-            "user_ids", "created_at_", "client_oi", "fund", "product_i",
-            # the same length as a known key, one byte off
-            "ie", "prica", "sizf", "sidf", "statuz", "stq", "typf", "time_in_forcf", "user_ie", "created_au",
-            "client_oie", "fundt", "product_ie", "Id", "xrice"]
+    near = [
+        "ids",
+        "i",
+        "pric",
+        "prices",
+        "sizes",
+        "sid",
+        "stat",
+        "statuses",
+        "stpx",
+        "typ",
+        "time_in_forc",
+        "user_ids",
+        "created_at_",
+        "client_oi",
+        "fund",
+        "product_i",
+        # the same length as a known key, one byte off
+        "ie",
+        "prica",
+        "sizf",
+        "sidf",
+        "statuz",
+        "stq",
+        "typf",
+        "time_in_forcf",
+        "user_ie",
+        "created_au",
+        "client_oie",
+        "fundt",
+        "product_ie",
+        "Id",
+        "xrice",
+    ]
     raws = [f'{{"id":{n + 1},"side":"buy","{key}":"1",{base}}}'.encode() for n, key in enumerate(near)]
     raws += [
         b'{"i\u0064":40,"side":"sell",' + base.encode() + b"}",
