@@ -13,6 +13,7 @@ import os
 
 import msgspec
 import pytest
+from confluent_kafka import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -404,6 +405,35 @@ def test_core_misuse_raises_instead_of_crashing():
         nat.submit_encoded(b'{"id":1,"side":"buy"}', "not a time")
 
 
+def test_the_c_core_reads_kafka_messages_through_their_fields():
+    """The C core finds where a Message keeps its timestamp and value and reads them there (the
+    tuple timestamp() builds was 14% of its time); what it reads equals what the methods answer,
+    for every kind of timestamp a record can have (none: type 0 and -1)."""
+    if not native_available():
+        pytest.skip("the C core is not built")
+    from engine.config import load_products
+
+    cfg = load_products("configs/products.toml")["BTC-USD"]
+    objs = list(generate_orders("BTC-USD", 2_000, 5))
+    stamps = [-1, 0, 1, 1_700_000_000_123, 2**63 // 10**6, 2**63 // 10**6 + 1, 2**63 - 1]
+    records = [
+        Message(value=msgspec.json.encode(o), timestamp=(0 if i % 7 == 0 else 1, stamps[i % len(stamps)]))
+        for i, o in enumerate(objs)
+    ]
+    records.append(Message(value=None, timestamp=(1, 5)))
+    native, oracle = NativeEngine(cfg), MatchingEngine(cfg)
+    want = ([], [])
+    for i, record in enumerate(records):
+        got = oracle.submit_encoded(record.value() or b"", _time_ns(record.timestamp()[1]))
+        if isinstance(got, DeadLetter):
+            want[1].append((i, got))
+        else:
+            want[0].extend(got)
+    assert native.submit_records(records) == want
+    assert native._core.record_layout_ts > 0  # the fields were read, not the methods
+    assert native.snapshot() == oracle.snapshot()
+
+
 class _Record:
     """The shape of a consumed Kafka record that submit_records reads."""
 
@@ -434,7 +464,13 @@ def test_batches_equal_record_by_record(data):
         [2**63 // 10**6 - 1, 2**63 // 10**6, 2**63 // 10**6 + 1, 2**63 - 1, -(2**63), 2**70]
     )
     stamps = data.draw(st.lists(st.integers(-1, 3) | edge, min_size=len(raws), max_size=len(raws)))
-    records = [_Record(raw, ms) for raw, ms in zip(raws, stamps, strict=True)]
+    # confluent_kafka's own Message objects (whose fields the C core reads directly) mixed with a
+    # duck-typed record (read through its methods); a Message holds int64 timestamps only
+    kinds = data.draw(st.lists(st.booleans(), min_size=len(raws), max_size=len(raws)))
+    records = [
+        Message(value=raw, timestamp=(1, ms)) if kafka and -(2**63) <= ms < 2**63 else _Record(raw, ms)
+        for raw, ms, kafka in zip(raws, stamps, kinds, strict=True)
+    ]
     cfg = ProductConfig(**config)
     one_by_one = MatchingEngine(cfg)
     want_events, want_dead = [], []
