@@ -1654,12 +1654,12 @@ static PyObject *Core_submit_records(Core *c, PyObject *const *args, Py_ssize_t 
         return NULL;
     }
     PyObject *big = NULL; /* time_ns's answer for the current record, when it gave one */
+    RecordMethods methods = {NULL, NULL, NULL}; /* before the first goto: `done` releases them */
     PyObject *records = PySequence_Fast(args[0], "records must be a sequence");
     if (!records) return NULL;
     PyObject *events = PyList_New(0), *dead = PyList_New(0), *result = NULL;
     if (!events || !dead) goto done;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(records);
-    RecordMethods methods = {NULL, NULL, NULL};
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *record = PySequence_Fast_GET_ITEM(records, i);
         PyTypeObject *type = Py_TYPE(record);
