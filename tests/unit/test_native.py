@@ -374,8 +374,8 @@ def test_keys_near_the_known_ones_read_as_msgspec_reads_them():
     ]
     raws = [f'{{"id":{n + 1},"side":"buy","{key}":"1",{base}}}'.encode() for n, key in enumerate(near)]
     raws += [
-        b'{"i\u0064":40,"side":"sell",' + base.encode() + b"}",
-        b'{"id":41,"s\u0069de":"sell",' + base.encode() + b"}",
+        b'{"i\\u0064":40,"side":"sell",' + base.encode() + b"}",
+        b'{"id":41,"s\\u0069de":"sell",' + base.encode() + b"}",
         b'{"id":42,"side":"sell",' + base.encode() + b',"time_in_force',
         b'{"id":43,"side":"sell",' + base.encode() + b',"st',
         b'{"id":44,"side":"sell",' + base.encode() + b',"',
