@@ -74,6 +74,7 @@ class ProductWorker:
         self.snapshot_written_at: float | None = None
         self.events_delivered = 0
         self.fatal_demotion: str | None = None
+        self.record_path_logged = False
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"consume-{product}")
 
     # ---- start-up: the one recovery path -------------------------------------------------
@@ -145,6 +146,8 @@ class ProductWorker:
             engine = self.engine
             first_sequence = engine.sequence + 1
             events, dead_letters = engine.submit_records(records)
+            if not self.record_path_logged:
+                self.log_record_path()
             for index, letter in dead_letters:
                 self.metric.dead_letters.inc()
                 msg = records[index]
@@ -169,6 +172,22 @@ class ProductWorker:
             leader.batch_marks.append((self.next_offset, leader.produced_seq, leader.dlq_produced))
             now_ms = time.time() * 1000.0
             self.metric.order_to_event.observe(max(0.0, now_ms - records[-1].timestamp()[1]) / 1000)
+
+    def log_record_path(self) -> None:
+        """Say once how the C core reads records: a confluent-kafka whose Message it did not
+        recognise costs ~65 ns per order (the methods), which an operator should be able to see."""
+        self.record_path_logged = True
+        fields = getattr(self.engine, "reads_record_fields", None)
+        if fields is None:
+            return  # the Python core reads every record through its methods
+        if fields:
+            log.info("core reads Message fields product=%s", self.product)
+        else:
+            log.warning(
+                "core reads records through Message.timestamp()/value() product=%s: this confluent-kafka's "
+                "Message layout was not recognised (correct, ~65 ns more per order)",
+                self.product,
+            )
 
     def publish(self, events: list, headers) -> None:
         """Produce a batch's events in order. The epoch/node headers go on the first event only:

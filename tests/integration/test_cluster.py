@@ -22,6 +22,7 @@ from cluster.send import produce_orders
 from cluster.workload import generate_orders
 from engine.config import load_products
 from engine.messages import MAX_RECORD_BYTES
+from engine.native import native_available
 from tests.integration.harness import check_stream, oracle_events, output_values, read_input, wait_until
 
 pytestmark = pytest.mark.integration
@@ -76,6 +77,10 @@ def test_worked_example_through_kafka(services, cluster_factory):
     check_stream(output_values(services.bootstrap, "BTC-USD", 13), expected)
     eth = [json.loads(v) for v in output_values(services.bootstrap, "ETH-USD", 1)]
     assert eth[0]["type"] == "open" and eth[0]["product_id"] == "ETH-USD"
+    if native_available():  # the C core found where this confluent-kafka's Message keeps its fields
+        wait_until(
+            lambda: "core reads Message fields product=BTC-USD" in node.log_text(), 10, "the record path log"
+        )
 
 
 def kill_leader_while_matching(services, cluster, product, total, chunks, kills_wanted, env=None) -> int:
