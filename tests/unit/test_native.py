@@ -308,9 +308,13 @@ def test_native_required_but_missing(monkeypatch):
         resolve_core("native")
 
 
+# the rest of a limit order, after the keys a test varies
+LIMIT_FIELDS = '"product_id":"BTC-USD","type":"limit","price":"10.00","size":"1.000"'
+
+
 def test_unusual_json_reads_as_msgspec_reads_it():
     """Escapes, duplicate keys, unknown keys, floats, big ints, lone surrogates: msgspec decides."""
-    base = '"product_id":"BTC-USD","type":"limit","price":"10.00","size":"1.000"'
+    base = LIMIT_FIELDS
     raws = [
         b'{"id":1,"side":"buy",' + base.encode() + b"}",
         b'{"id":2,"side":"s\\u0065ll",' + base.encode() + b"}",
@@ -337,7 +341,7 @@ def test_keys_near_the_known_ones_read_as_msgspec_reads_them():
     `pric`, `sizes`), is cut short at the end of the record, or is written with an escape must still
     be read as msgspec reads it (unknown keys skipped, escaped ones decoded, truncation not JSON).
     The values are valid for every field, so a key taken for a known one changes the events."""
-    base = '"product_id":"BTC-USD","type":"limit","price":"10.00","size":"1.000"'
+    base = LIMIT_FIELDS
     near = [
         "ids",
         "i",
