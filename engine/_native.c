@@ -153,14 +153,27 @@ static inline void copy_small(char *d, const char *s, size_t n) {
     }
 }
 
-static inline int buf_mem(Buf *b, const char *s, size_t n) {
-    if (buf_reserve(b, n)) return -1;
-    copy_small(b->p + b->n, s, n);
-    b->n += n;
-    return 0;
+/* Unchecked writes at w, which return the position after what they wrote: events use them with a
+ * cursor (event_begin); the checked buf_* writers below are a reservation and one of them. */
+static inline char *put_mem(char *w, const char *s, size_t n) {
+    copy_small(w, s, n);
+    return w + n;
+}
+#define PUT_LIT(w, s) put_mem((w), (s), sizeof(s) - 1)
+
+static inline char *put_quoted(char *w, const char *s, size_t n) {
+    *w++ = '"';
+    copy_small(w, s, n);
+    w += n;
+    *w++ = '"';
+    return w;
 }
 
-#define BUF_LIT(b, s) buf_mem((b), (s), sizeof(s) - 1)
+static inline int buf_mem(Buf *b, const char *s, size_t n) {
+    if (buf_reserve(b, n)) return -1;
+    b->n = (size_t)(put_mem(b->p + b->n, s, n) - b->p);
+    return 0;
+}
 
 static const char DIGIT_PAIRS[] = "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
                                   "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
@@ -216,15 +229,17 @@ static int fmt_u128(char *out, unsigned __int128 v) { /* decimal digits of v; re
     return head + 48 - n;
 }
 
+static inline char *put_i64(char *w, int64_t v) {
+    if (v < 0) {
+        *w++ = '-';
+        return w + write_u64(w, (uint64_t)0 - (uint64_t)v);
+    }
+    return w + write_u64(w, (uint64_t)v);
+}
+
 static inline int buf_i64(Buf *b, int64_t v) {
     if (buf_reserve(b, 21)) return -1;
-    char *out = b->p + b->n;
-    if (v < 0) {
-        *out = '-';
-        b->n += 1 + (size_t)write_u64(out + 1, (uint64_t)0 - (uint64_t)v);
-    } else {
-        b->n += (size_t)write_u64(out, (uint64_t)v);
-    }
+    b->n = (size_t)(put_i64(b->p + b->n, v) - b->p);
     return 0;
 }
 
@@ -251,10 +266,7 @@ static void init_plain_table(void) {
 
 static inline int buf_quoted(Buf *b, const char *s, size_t n) {
     if (buf_reserve(b, n + 2)) return -1;
-    b->p[b->n++] = '"';
-    copy_small(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n++] = '"';
+    b->n = (size_t)(put_quoted(b->p + b->n, s, n) - b->p);
     return 0;
 }
 
@@ -571,28 +583,6 @@ typedef struct {
  * again. Why: the cursor stays in a register; with b->n in memory every byte store (char aliases
  * everything) made the compiler reload it, and the checks were ~15% of writing an event. */
 #define EVENT_ROOM 1024
-
-static inline char *put_mem(char *w, const char *s, size_t n) {
-    copy_small(w, s, n);
-    return w + n;
-}
-#define PUT_LIT(w, s) put_mem((w), (s), sizeof(s) - 1)
-
-static inline char *put_i64(char *w, int64_t v) {
-    if (v < 0) {
-        *w++ = '-';
-        return w + write_u64(w, (uint64_t)0 - (uint64_t)v);
-    }
-    return w + write_u64(w, (uint64_t)v);
-}
-
-static inline char *put_quoted(char *w, const char *s, size_t n) {
-    *w++ = '"';
-    copy_small(w, s, n);
-    w += n;
-    *w++ = '"';
-    return w;
-}
 
 static const size_t SIDE_LENS[] = {3, 4};
 #define PUT_SIDE(w, side) put_quoted((w), SIDE_NAMES[side], SIDE_LENS[side])
@@ -1028,9 +1018,7 @@ static int ctx_init(Core *c, Ctx *x, Time ts, PyObject *out) {
     else {
         /* the orders of one producer batch share a timestamp: format it once */
         if (!c->ts_text_ok || c->ts_text_of != v) {
-            Buf b = {c->ts_text, 0, sizeof(c->ts_text)};
-            buf_i64(&b, v);
-            c->ts_text_len = (int)b.n;
+            c->ts_text_len = (int)(put_i64(c->ts_text, v) - c->ts_text);
             c->ts_text_of = v;
             c->ts_text_ok = 1;
         }
@@ -1201,27 +1189,9 @@ static const char *scan_int(const char *p, const char *end, int64_t *out) {
     return p;
 }
 
-/* A key's field, by length then by constant-size compares (which the compiler inlines). */
-static int field_index(const char *k, Py_ssize_t n) {
-#define KEY_IS(name) (memcmp(k, name, sizeof(name) - 1) == 0)
-    switch (n) {
-    case 2: return KEY_IS("id") ? F_ID : -1;
-    case 3: return KEY_IS("stp") ? F_STP : -1;
-    case 4: return KEY_IS("side") ? F_SIDE : KEY_IS("type") ? F_TYPE : KEY_IS("size") ? F_SIZE : -1;
-    case 5: return KEY_IS("price") ? F_PRICE : KEY_IS("funds") ? F_FUNDS : -1;
-    case 6: return KEY_IS("status") ? F_STATUS : -1;
-    case 7: return KEY_IS("user_id") ? F_USER : -1;
-    case 10:
-        return KEY_IS("product_id") ? F_PRODUCT : KEY_IS("created_at") ? F_CREATED : KEY_IS("client_oid") ? F_CLIENT_OID : -1;
-    case 13: return KEY_IS("time_in_force") ? F_TIF : -1;
-    default: return -1;
-    }
-#undef KEY_IS
-}
-
 /* A key of the order, with its closing quote, at p (after the opening quote): its field, with *after
- * past the quote; -1 for anything else, which field_index then reads the long way. One switch and a
- * fixed-size compare per key instead of a byte loop to the quote (whose exit mispredicts each time). */
+ * past the quote; -1 for anything else (another key, an escape, the record's end), which is not the
+ * common shape. One switch and a fixed-size compare per key, not a byte loop to the quote. */
 static inline int known_key(const char *p, const char *end, const char **after) {
 #define KEY_AT(name, f)                                                                       \
     if (end - p >= (Py_ssize_t)sizeof(name) && memcmp(p, name "\"", sizeof(name)) == 0) { \
@@ -1265,13 +1235,8 @@ static int fast_read(const char *p, Py_ssize_t len, OrderIn *o) {
         if (p >= end || *p != '"') return 0;
         const char *after;
         int field = known_key(p + 1, end, &after);
-        if (field >= 0) p = after;
-        else {
-            View key;
-            if (!(p = scan_plain_string(p, end, &key))) return 0;
-            field = field_index(key.p, key.n);
-        }
         if (field < 0 || (seen & (1u << field))) return 0;
+        p = after;
         seen |= 1u << field;
         p = skip_ws(p, end);
         if (p >= end || *p != ':') return 0;
@@ -1571,6 +1536,21 @@ static inline PyObject *field_value(Core *c, PyObject *record) { /* new referenc
     return v ? Py_NewRef(v) : Py_NewRef(Py_None);
 }
 
+/* The ms of a record.timestamp() answer, with *overflow set when it is not an int that fits long
+ * long (record_time then asks record_time_ns); -1 with an exception when it is not a (type, ms) pair. */
+static int stamp_ms(PyObject *stamp, long long *ms, int *overflow) {
+    if (!PyTuple_Check(stamp) || PyTuple_GET_SIZE(stamp) != 2) {
+        PyErr_SetString(PyExc_TypeError, "record.timestamp() must return (type, ms)");
+        return -1;
+    }
+    PyObject *v = PyTuple_GET_ITEM(stamp, 1);
+    *ms = 0;
+    *overflow = 1;
+    if (!PyLong_Check(v)) return 0;
+    *ms = PyLong_AsLongLongAndOverflow(v, overflow);
+    return *ms == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
 /* The fields agree with what the methods answer for this record: 1 yes, 0 no, -1 error. */
 static int layout_agrees(Core *c, PyObject *record, RecordMethods *methods) {
     PyObject *stamp = call_record_method(record, methods->timestamp, STR_TIMESTAMP);
@@ -1578,14 +1558,10 @@ static int layout_agrees(Core *c, PyObject *record, RecordMethods *methods) {
     PyObject *value = call_record_method(record, methods->value, STR_VALUE);
     if (!value) { Py_DECREF(stamp); return -1; }
     PyObject *field = field_value(c, record);
-    int agrees = field == value && PyTuple_Check(stamp) && PyTuple_GET_SIZE(stamp) == 2 &&
-                 PyLong_Check(PyTuple_GET_ITEM(stamp, 1));
-    if (agrees) {
-        int overflow = 0;
-        long long ms = PyLong_AsLongLongAndOverflow(PyTuple_GET_ITEM(stamp, 1), &overflow);
-        agrees = !overflow && !(ms == -1 && PyErr_Occurred()) && ms == field_ts(c, record);
-        PyErr_Clear();
-    }
+    long long ms;
+    int overflow;
+    int agrees = field == value && stamp_ms(stamp, &ms, &overflow) == 0 && !overflow && ms == field_ts(c, record);
+    PyErr_Clear(); /* an answer stamp_ms refuses is a disagreement, not an error */
     Py_DECREF(field);
     Py_DECREF(value);
     Py_DECREF(stamp);
@@ -1626,19 +1602,9 @@ static int read_record(Core *c, PyObject *record, RecordMethods *methods, PyObje
     }
     PyObject *stamp = call_record_method(record, methods->timestamp, STR_TIMESTAMP);
     if (!stamp) return -1;
-    if (!PyTuple_Check(stamp) || PyTuple_GET_SIZE(stamp) != 2) {
-        Py_DECREF(stamp);
-        PyErr_SetString(PyExc_TypeError, "record.timestamp() must return (type, ms)");
-        return -1;
-    }
-    PyObject *ms = PyTuple_GET_ITEM(stamp, 1);
-    int overflow = 1;
-    long long v = 0;
-    if (PyLong_Check(ms)) {
-        v = PyLong_AsLongLongAndOverflow(ms, &overflow);
-        if (v == -1 && PyErr_Occurred()) { Py_DECREF(stamp); return -1; }
-    }
-    int rc = record_time(c, v, overflow, ms, ts, big);
+    long long ms;
+    int overflow;
+    int rc = stamp_ms(stamp, &ms, &overflow) || record_time(c, ms, overflow, PyTuple_GET_ITEM(stamp, 1), ts, big);
     Py_DECREF(stamp);
     if (rc) return -1;
     *raw = call_record_method(record, methods->value, STR_VALUE);
