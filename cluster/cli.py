@@ -19,6 +19,7 @@ import click
 
 from cluster.bench_core import core as bench_core
 from cluster.bench_e2e import e2e as bench_e2e
+from cluster.drill import FAULTS
 from cluster.http_api import DEFAULT_HTTP_PORT
 from cluster.replay import replay
 from cluster.settings import SettingsError, parse_timing, redact_url
@@ -279,8 +280,11 @@ def tail(kafka, state_dir, product, count, idle_timeout) -> None:
 )
 @click.option(
     "--fault",
-    type=click.Choice(["kill", "pause", "node-kill", "redis-restart"]),
+    type=click.Choice(FAULTS),
     required=True,
+    help="kill: SIGKILL the leader's product process; pause: SIGSTOP it; stall: block its matching "
+    "loop past the stall limit (its lease renewer runs on); node-kill: the leader's whole node; "
+    "redis-restart: the embedded Redis.",
 )
 @click.option("--rounds", type=int, default=5, show_default=True)
 @click.option("--rate", type=float, default=500.0, show_default=True, help="Offered orders per second.")

@@ -31,8 +31,8 @@ from cluster.workload import generate_orders
 from engine.config import ProductConfig
 from engine.messages import record_time_ns
 
-FAULTS = ("kill", "pause", "node-kill", "redis-restart")
-LEADER_CHANGING = ("kill", "pause", "node-kill")
+FAULTS = ("kill", "pause", "stall", "node-kill", "redis-restart")
+LEADER_CHANGING = ("kill", "pause", "stall", "node-kill")
 _sequence_of = msgspec.json.Decoder(dict)
 
 
@@ -338,7 +338,7 @@ def one_round(number, fault, product, redis_client, watcher, admin_token, pause_
         f"in {result.takeover_ms} ms (seen by the drill's consumer at +{result.seen_ms} ms)"
     )
     # Let a paused ex-leader wake and demote, and the restarted process rejoin, before the next round.
-    paused_for = (pause_s or 2.0) if fault == "pause" else 0.0
+    paused_for = (pause_s or 2.0) if fault == "pause" else float(answer.get("stall_s") or 0.0)
     time.sleep(settle_s + paused_for)
     return result
 

@@ -3,7 +3,12 @@
 Guarantees (with cluster/redis_state.py's scripts):
 - At most one lease value `<epoch>|<token>` exists per product; epochs only grow.
 - A leader trusts its lease only until the send time of its last successful renewal plus
-  TTL minus a safety margin, on its own monotonic clock; past that it must stop (Demoted).
+  TTL minus a safety margin, on its own monotonic clock; past that it must stop publishing and
+  step down to standby (Demoted).
+- Renewal runs on its own thread and Redis connection (LeaseRenewer), so a long batch, a
+  snapshot or a GC pause on the matching loop does not cost the lease. It renews only while the
+  loop has shown progress within `Timing.loop_stall_limit_ms`: a loop that truly hangs (or a
+  process that is stopped) lets the lease lapse, and a standby takes over.
 - A standby takes the lease only when the key is gone. Placement decides who goes first:
   a caught-up standby on the product's preferred node at once, other caught-up standbys after
   `placement_defer_ms`, standbys still catching up after three times that. Nobody preempts.
@@ -15,12 +20,14 @@ import asyncio
 import collections
 import json
 import logging
+import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from cluster.redis_state import NODES_KEY, status_key
+from cluster.redis_state import NODES_KEY, LeaseRenewal, status_key, sync_client
 
 if TYPE_CHECKING:
     from cluster.worker import ProductWorker
@@ -59,6 +66,97 @@ class Leadership:
     batch_marks: collections.deque = field(default_factory=collections.deque)
     progress: tuple[int, int] = (0, 0)
     written_progress: tuple[int, int] = (-1, -1)
+    # Set by the renewer thread when Redis says the lease is not ours any more.
+    lost: str | None = None
+
+
+class LeaseRenewer:
+    """Renews the leader's lease on its own thread and connection, apart from the matching loop.
+
+    The loop proves it is alive by `loop_beat()` (the monotonic time of its last turn); past
+    `loop_stall_limit_ms` without a turn the renewer stops renewing, so a hung loop loses the
+    lease within a TTL of the limit while a merely slow one (a large snapshot, a GC pause, a busy
+    core) keeps it. The only state shared with the loop is the Leadership it is handed: the
+    renewer writes its `valid_until` (a float) and `lost`; the loop reads them.
+    """
+
+    def __init__(self, redis_url: str, product: str, timing, loop_beat: Callable[[], float]) -> None:
+        self.product = product
+        self.timing = timing
+        self.loop_beat = loop_beat
+        # A renewal that takes longer than the lease can be trusted is worth nothing: time out then.
+        timeout_s = (timing.lease_ttl_ms - timing.lease_safety_ms) / 1000
+        self.renew = LeaseRenewal(sync_client(redis_url, timeout_s=timeout_s), product)
+        self.leader: Leadership | None = None
+        self.wake = threading.Event()
+        self.stopped = False
+        self.stalled_logged = False
+        self.thread = threading.Thread(target=self.run, name=f"lease-{product}", daemon=True)
+
+    def start(self) -> None:
+        """Start the renewal thread (idle until `hold`)."""
+        self.thread.start()
+
+    def hold(self, leader: Leadership) -> None:
+        """Renew this leadership from now on."""
+        self.leader = leader
+        self.stalled_logged = False
+        self.wake.set()
+
+    def drop(self) -> None:
+        """Stop renewing (stepped down or stopping); the lease expires or was released."""
+        self.leader = None
+
+    def stop(self) -> None:
+        """End the thread."""
+        self.stopped = True
+        self.leader = None
+        self.wake.set()
+
+    def valid_until(self, sent: float) -> float:
+        """How long a renewal sent at `sent` (monotonic) lets the leader publish."""
+        return sent + (self.timing.lease_ttl_ms - self.timing.lease_safety_ms) / 1000
+
+    def run(self) -> None:
+        """Thread: renew every lease_renew_ms while holding a lease and the loop is alive."""
+        t = self.timing
+        while not self.stopped:
+            leader = self.leader
+            if leader is None:
+                self.wake.wait()
+                self.wake.clear()
+                continue
+            sent = time.monotonic()
+            stalled_ms = (sent - self.loop_beat()) * 1000
+            if stalled_ms > t.loop_stall_limit_ms:
+                if not self.stalled_logged:
+                    self.stalled_logged = True
+                    log.error(
+                        "matching loop stalled product=%s epoch=%d stalled_ms=%d limit_ms=%d: "
+                        "no longer renewing the lease",
+                        self.product,
+                        leader.epoch,
+                        stalled_ms,
+                        t.loop_stall_limit_ms,
+                    )
+            else:
+                self.renew_once(leader, sent)
+            self.wake.wait(t.lease_renew_ms / 1000)
+            self.wake.clear()
+
+    def renew_once(self, leader: Leadership, sent: float) -> None:
+        """One renewal; on success the leader may publish until valid_until(sent)."""
+        try:
+            still_ours = self.renew(leader.lease_value, self.timing.lease_ttl_ms)
+        except Exception as exc:  # noqa: BLE001 - Redis unreachable or slow: the clock decides
+            log.warning("lease renew failed product=%s error=%s", self.product, exc)
+            return
+        if self.leader is not leader:
+            return  # stepped down meanwhile: this answer is about an old leadership
+        if still_ours:
+            leader.valid_until = self.valid_until(sent)
+        else:
+            leader.lost = "lease lost"
 
 
 class LeaseKeeper:
@@ -73,27 +171,12 @@ class LeaseKeeper:
         self.lease_free_since: float | None = None
         self.started_at = time.monotonic()
 
-    def valid_until(self, sent: float) -> float:
-        """How long a renewal sent at `sent` (monotonic) lets the leader publish."""
-        return sent + (self.timing.lease_ttl_ms - self.timing.lease_safety_ms) / 1000
-
     async def run(self) -> None:
-        """Renew as leader; as standby, follow progress and take the lease when it is free."""
+        """As standby, follow progress and take the lease when it is free (the renewer renews it)."""
         worker, t = self.worker, self.timing
         while not worker.stopping:
-            leader = worker.leader
-            if leader is not None:
-                sent = time.monotonic()
-                try:
-                    still_ours = await self.redis.renew(leader.lease_value, t.lease_ttl_ms)
-                except Exception as exc:  # noqa: BLE001 - Redis unreachable: the clock decides
-                    log.warning("lease renew failed product=%s error=%s", self.product, exc)
-                else:
-                    if not still_ours:
-                        worker.demote("lease lost")
-                        return
-                    leader.valid_until = self.valid_until(sent)
-                await asyncio.sleep(t.lease_renew_ms / 1000)
+            if worker.leader is not None:
+                await asyncio.sleep(t.standby_poll_ms / 1000)
                 continue
             try:
                 await self.standby_step()
@@ -117,9 +200,9 @@ class LeaseKeeper:
         acquired = await self.redis.try_acquire(self.worker.token, self.timing.lease_ttl_ms)
         if acquired is not None:
             try:
-                await self.worker.start_publishing(acquired, self.valid_until(sent))
+                await self.worker.start_publishing(acquired, self.worker.renewer.valid_until(sent))
             except Demoted as exc:
-                self.worker.demote(str(exc))
+                self.worker.restart(str(exc))  # its exit releases the lease it just took
 
     async def placement_allows(self, now: float) -> bool:
         """Whether this standby may try for the free lease now (see the module docstring)."""

@@ -45,6 +45,15 @@ producer_waits = Counter(
     "Loop turns spent waiting for the broker: more undelivered events than producer_max_outstanding",
     LABELS,
 )
+demotions = Counter(
+    "obc_demotions", "Times this product's leader stepped down to standby without restarting", LABELS
+)
+loop_stall_seconds = Histogram(
+    "obc_loop_stall_seconds",
+    "How long the product process's event loop was held up (a batch, a snapshot, a GC pause)",
+    LABELS,
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
 epoch = Gauge("obc_epoch", "Lease epoch of this process (0 as standby)", LABELS, multiprocess_mode="liveall")
 
 
@@ -67,6 +76,8 @@ class Bound:
         self.duplicates = duplicates.labels(**labels)
         self.unknown_cancels = unknown_cancels.labels(**labels)
         self.producer_waits = producer_waits.labels(**labels)
+        self.demotions = demotions.labels(**labels)
+        self.loop_stall = loop_stall_seconds.labels(**labels)
 
 
 def bind(product: str, node: str) -> Bound:

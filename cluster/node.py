@@ -19,7 +19,7 @@ from cluster import http_api
 from cluster.embedded import EmbeddedServices
 from cluster.redis_state import NODE_ADDRESSES_KEY, NODES_KEY, durability_problems, release_sync, sync_client
 from cluster.settings import NodeSettings
-from cluster.worker import run_product
+from cluster.worker import STALL_SIGNAL, run_product
 from supervisor import ChildSpec, Supervisor
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class Node:
         product = request.get("product")
         child = self.supervisor.children.get(product) if isinstance(product, str) else None
         at_ms = int(time.time() * 1000)
-        if fault in ("kill", "pause"):
+        if fault in ("kill", "pause", "stall"):
             if child is None or child.process is None or not child.process.is_alive():
                 return 409, {
                     "error": f"no running process for product {product!r} on {self.settings.node_id}"
@@ -109,6 +109,8 @@ class Node:
             pid = child.process.pid
             if fault == "kill":
                 os.kill(pid, signal.SIGKILL)
+            elif fault == "stall":
+                os.kill(pid, STALL_SIGNAL)  # the product process blocks its matching loop (worker.py)
             else:
                 pause_s = float(request.get("pause_s") or 2 * self.settings.timing.lease_ttl_ms / 1000)
                 os.kill(pid, signal.SIGSTOP)
@@ -122,6 +124,7 @@ class Node:
                 "pid": pid,
                 "node": self.settings.node_id,
                 "at_ms": at_ms,
+                "stall_s": self.settings.timing.drill_stall_s() if fault == "stall" else 0.0,
             }
         if fault == "node-kill":
             if self.embedded is not None:

@@ -136,7 +136,6 @@ class ProductRedis:
         self.product = product
         self.keys = (leader_key(product), epoch_key(product), progress_key(product), snapshot_key(product))
         self._acquire = client.register_script(ACQUIRE)
-        self._renew = client.register_script(RENEW)
         self._release = client.register_script(RELEASE)
         self._progress = client.register_script(WRITE_PROGRESS)
         self._snapshot = client.register_script(WRITE_SNAPSHOT)
@@ -148,10 +147,6 @@ class ProductRedis:
         if not epoch_no:
             return None
         return Acquired(int(epoch_no), f"{epoch_no}|{token}", int(seq), int(offset))
-
-    async def renew(self, lease_value: str, ttl_ms: int) -> bool:
-        """Extend our lease; False if it is no longer ours (expired or taken)."""
-        return bool(await self._renew(keys=[self.keys[0]], args=[lease_value, ttl_ms]))
 
     async def release(self, token: str) -> bool:
         """Give the lease up if `token` holds it (clean exit), so a standby takes over at once."""
@@ -200,6 +195,18 @@ def sync_client(url: str, timeout_s: float = 2.0) -> redis.Redis:
 def async_client(url: str, timeout_s: float = 1.0) -> aredis.Redis:
     """An asyncio client, for a product process."""
     return aredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+
+
+class LeaseRenewal:
+    """Renewal of one product's lease from a blocking client (the renewer thread of a leader)."""
+
+    def __init__(self, client: redis.Redis, product: str) -> None:
+        self.key = leader_key(product)
+        self._renew = client.register_script(RENEW)
+
+    def __call__(self, lease_value: str, ttl_ms: int) -> bool:
+        """Extend the lease; False if it is no longer ours (expired or taken)."""
+        return bool(self._renew(keys=[self.key], args=[lease_value, ttl_ms]))
 
 
 def release_sync(client: redis.Redis, product: str, token: str) -> bool:

@@ -35,6 +35,7 @@ class StatusReporter:
             rate = (w.events_delivered - last_events) / max(now - last_t, 1e-6)
             last_events, last_t = w.events_delivered, now
             status = self.status(rate)
+            w.loop_stall_window = 0.0
             self.sync_counters()
             if w.status_conn is not None:
                 try:
@@ -84,6 +85,9 @@ class StatusReporter:
             "caught_up": leader is not None or w.caught_up(),
             "read_ahead": len(w.pending),
             "events_per_s": round(events_per_s, 1),
+            # The longest event-loop stall since the last report, and since the process started.
+            "loop_stall_ms": round(w.loop_stall_window * 1000, 1),
+            "loop_stall_max_ms": round(w.loop_stall_max * 1000, 1),
             "snapshot_age_s": None
             if w.snapshot_written_at is None
             else round(time.monotonic() - w.snapshot_written_at, 1),

@@ -50,6 +50,8 @@ def collect_status(redis_url: str, products: list[str] | None = None) -> dict:
             "events_per_s": leader["events_per_s"] if leader else 0.0,
             "snapshot_sequence": int(snap[0]) if snap[0] else None,
             "snapshot_age_s": round((now_ms - int(snap[2])) / 1000, 1) if snap[2] else None,
+            # The largest event-loop stall of any of its processes since they started (ms).
+            "loop_stall_max_ms": max((p.get("loop_stall_max_ms") or 0.0 for p in processes), default=None),
             "processes": [
                 {
                     k: p.get(k)
@@ -63,6 +65,8 @@ def collect_status(redis_url: str, products: list[str] | None = None) -> dict:
                         "behind",
                         "caught_up",
                         "events_per_s",
+                        "loop_stall_ms",
+                        "loop_stall_max_ms",
                     )
                 }
                 for p in processes
@@ -76,7 +80,7 @@ def format_status(doc: dict) -> str:
     lines = []
     header = (
         f"{'PRODUCT':<12} {'LEADER':<16} {'PID':>7} {'EPOCH':>6} {'OFFSET':>10} {'SEQUENCE':>10} "
-        f"{'LAG':>6} {'SNAP AGE':>8} {'EV/S':>9}  STANDBYS (behind)"
+        f"{'LAG':>6} {'SNAP AGE':>8} {'EV/S':>9} {'STALL MS':>8}  STANDBYS (behind)"
     )
     lines.append(header)
     for product, p in doc["products"].items():
@@ -84,6 +88,7 @@ def format_status(doc: dict) -> str:
         lines.append(
             f"{product:<12} {p['leader_node'] or '-':<16} {p['leader_pid'] or '-':>7} {p['epoch']:>6} "
             f"{p['input_offset_processed']:>10} {p['last_sequence_published']:>10} {p['lag'] if p['lag'] is not None else '-':>6} "
-            f"{p['snapshot_age_s'] if p['snapshot_age_s'] is not None else '-':>8} {p['events_per_s']:>9}  {standbys or '-'}"
+            f"{p['snapshot_age_s'] if p['snapshot_age_s'] is not None else '-':>8} {p['events_per_s']:>9} "
+            f"{p['loop_stall_max_ms'] if p['loop_stall_max_ms'] is not None else '-':>8}  {standbys or '-'}"
         )
     return "\n".join(lines)

@@ -8,8 +8,12 @@ Invariants (the argument is in docs/exactly-once.md):
   is free, then publish only events whose sequence is above the progress read with the lease.
 - Progress (last delivered sequence, next input offset) is written only for events the broker
   acknowledged, and only while holding exactly our lease value; snapshots are of delivered state only.
-- A leader stops publishing before its lease can expire by its own monotonic clock; losing the
-  lease ends the process (exit 75) so it comes back as a standby through the same path.
+- A leader stops publishing before its lease can expire by its own monotonic clock. Losing the
+  lease makes it a hot standby in the same process: it purges what it had not yet delivered and
+  keeps applying input (the new leader publishes the same events). It leads again from memory
+  only once the recorded progress has passed everything it computed; otherwise (and with Kafka
+  transactions) it restarts (exit 75) through the one recovery path.
+- The lease is renewed on its own thread (cluster/lease.py) while this loop keeps turning.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ import gc
 import logging
 import signal
 import time
+from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from cluster import kafka_io
+from cluster import kafka_io, snapshots
 from cluster import metrics as m
-from cluster.lease import Demoted, Leadership, LeaseKeeper
+from cluster.lease import Demoted, Leadership, LeaseKeeper, LeaseRenewer
 from cluster.redis_state import SNAPSHOT_FORMAT, ProductRedis, SnapshotEnvelope, async_client
 from cluster.reporting import StatusReporter
 from cluster.settings import NodeSettings
@@ -43,10 +48,24 @@ EXIT_CONFIG = EXIT_DO_NOT_RESTART
 
 STANDBY_READ_AHEAD = 200_000  # records a standby holds ahead of the leader's recorded progress
 READ_AHEAD_FULL_WAIT_S = 0.02  # then it waits this long before looking again
+# Drills (`fault stall`): on this signal the matching loop blocks, as a hung loop would, while the
+# lease renewer thread runs on; it must stop renewing after Timing.loop_stall_limit_ms.
+STALL_SIGNAL = signal.SIGUSR1
+LOOP_WATCH_PERIOD_S = 0.1  # how often the stall watch wakes; it sees stalls of any length
 
 
 class ConfigMismatch(Exception):
     """State in Redis was made under other product settings: refuse to lead from it."""
+
+
+@dataclass
+class PendingSnapshot:
+    """A snapshot captured at a batch boundary, written once its events are delivered."""
+
+    epoch: int
+    next_offset: int
+    sequence: int
+    engine: concurrent.futures.Future  # of the engine's snapshot bytes
 
 
 class ProductWorker:
@@ -70,11 +89,24 @@ class ProductWorker:
         self.stopping = False
         self.orders_since_snapshot = 0
         self.last_snapshot_at = time.monotonic()
-        self.pending_snapshot: SnapshotEnvelope | None = None
+        self.pending_snapshot: PendingSnapshot | None = None
+        self.snapshot_reader = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix=f"snapshot-{product}"
+        )
         self.snapshot_written_at: float | None = None
         self.events_delivered = 0
-        self.fatal_demotion: str | None = None
+        self.demotion: str | None = None
+        self.restart_reason: str | None = None
         self.record_path_logged = False
+        # Monotonic time of the main loop's last turn: the renewer renews only while it is recent.
+        self.loop_beat = time.monotonic()
+        # The longest time the event loop was held up since the last status report, and ever (s).
+        self.loop_stall_max = 0.0
+        self.loop_stall_window = 0.0
+        # True after stepping down with computed events that may never have been delivered; the
+        # process may then lead again from memory only once the recorded progress covers them.
+        self.undelivered_state = False
+        self.renewer = LeaseRenewer(settings.redis_url, product, self.timing, lambda: self.loop_beat)
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"consume-{product}")
 
     # ---- start-up: the one recovery path -------------------------------------------------
@@ -106,22 +138,31 @@ class ProductWorker:
     def open_kafka(self) -> None:
         """Consumer assigned at our offset; producer for events and dead letters."""
         s = self.settings
-        client_id = f"obc-{self.product}-{s.node_id}"
         self.consumer = kafka_io.make_consumer(
-            s.kafka_bootstrap, s.kafka_extra, client_id, fetch_wait_ms=self.timing.fetch_wait_ms
+            s.kafka_bootstrap, s.kafka_extra, self.client_id, fetch_wait_ms=self.timing.fetch_wait_ms
         )
         self.consumer.assign([TopicPartition(kafka_io.order_topic(self.product), 0, self.next_offset)])
-        self.producer = kafka_io.make_producer(
+        self.producer = self.new_producer()
+        self.message_topic = kafka_io.message_topic(self.product)
+        self.dlq_topic = kafka_io.dlq_topic(self.product)
+
+    @property
+    def client_id(self) -> str:
+        """The Kafka client.id of this product process (broker logs and quotas)."""
+        return f"obc-{self.product}-{self.settings.node_id}"
+
+    def new_producer(self):
+        """An idempotent producer for events and dead letters (transactional with --kafka-transactions)."""
+        s = self.settings
+        return kafka_io.make_producer(
             s.kafka_bootstrap,
             s.kafka_extra,
-            client_id,
+            self.client_id,
             self._on_delivery,
             self.timing.producer_linger_ms,
             self.timing.producer_batch_bytes,
             transactional_id=f"orderbook-cluster-{self.product}" if s.kafka_transactions else None,
         )
-        self.message_topic = kafka_io.message_topic(self.product)
-        self.dlq_topic = kafka_io.dlq_topic(self.product)
 
     def warm_producer(self) -> None:
         """Fetch the output topics' metadata now, while still a standby.
@@ -275,10 +316,11 @@ class ProductWorker:
     def _on_delivery(self, err, msg) -> None:
         """The producer reports failed deliveries only (delivery.report.only.error).
 
-        Any failure ends the process: publishing on past a hole would break the sequence, and
-        the restart republishes from the recorded progress.
+        A leader's failure ends the process: publishing on past a hole would break the sequence,
+        and the restart republishes from the recorded progress. A standby publishes nothing, so
+        what an old leadership's producer reports after stepping down does not matter.
         """
-        if err is not None:
+        if err is not None and self.leader is not None:
             self.fatal = f"delivery to {msg.topic()} failed: {err}"
 
     def settle_delivery(self) -> None:
@@ -321,15 +363,15 @@ class ProductWorker:
             self.take_snapshot()
 
     def take_snapshot(self) -> None:
-        """Capture the engine's state now, as the snapshot waiting for its events' delivery."""
-        self.pending_snapshot = SnapshotEnvelope(
-            format=SNAPSHOT_FORMAT,
-            product=self.product,
+        """Capture the engine's state now (a large book in a forked child, see cluster/snapshots.py),
+        as the snapshot waiting for its events' delivery."""
+        self.pending_snapshot = PendingSnapshot(
             epoch=self.leader.epoch,
             next_offset=self.next_offset,
             sequence=self.engine.sequence,
-            fingerprint=self.fingerprint,
-            engine=self.engine.snapshot(),
+            engine=snapshots.capture(
+                self.engine, self.timing.snapshot_fork_above_orders, self.snapshot_reader
+            ),
         )
         self.orders_since_snapshot = 0
         self.last_snapshot_at = time.monotonic()
@@ -387,12 +429,14 @@ class ProductWorker:
 
     async def main_loop(self) -> None:
         """Fetch, apply, publish, until asked to stop or something fatal happens."""
-        producer = self.producer
         max_outstanding = self.timing.producer_max_outstanding
         while not self.stopping:
+            self.loop_beat = time.monotonic()
             if self.fatal:
                 raise RuntimeError(self.fatal)
-            if self.leader is not None and len(producer) >= max_outstanding:
+            if self.restart_reason:
+                raise Demoted(self.restart_reason)
+            if self.leader is not None and len(self.producer) >= max_outstanding:
                 # The broker is behind: wait for it here, where the lease keeps being renewed.
                 self.metric.producer_waits.inc()
                 await asyncio.sleep(0.001)
@@ -410,11 +454,11 @@ class ProductWorker:
                     await self.apply_in_transaction(batch)
                 else:
                     self.apply(batch)
-                self.maybe_take_snapshot()
+            self.maybe_take_snapshot()  # also when idle: the last orders get their snapshot too
             if self.leader is not None:
                 self.settle_progress()
             else:
-                producer.poll(0)
+                self.producer.poll(0)
 
     async def apply_in_transaction(self, batch: list) -> None:
         """One batch, one transaction: committed as a whole, or the process restarts (fenced or failed)."""
@@ -444,16 +488,64 @@ class ProductWorker:
         self.become_leader(acquired, valid_until)
 
     def check_lease_clock(self) -> None:
-        """A leader whose last renewal is too old stops before it could overlap a successor."""
-        if self.leader is not None and time.monotonic() > self.leader.valid_until:
-            raise Demoted("lease renewal overdue")
+        """A leader whose last renewal is too old, or whose lease is gone, stops publishing
+        before it could overlap a successor."""
+        leader = self.leader
+        if leader is None:
+            return
+        if leader.lost:
+            self.step_down(leader.lost)
+        elif self.demotion:
+            self.step_down(self.demotion)
+        elif time.monotonic() > leader.valid_until:
+            self.step_down("lease renewal overdue")
 
     def caught_up(self) -> bool:
         """A standby is caught up when it applied input up to the leader's recorded progress."""
         return self.progress_seen[1] - self.next_offset <= self.timing.caught_up_slack
 
+    def step_down(self, reason: str) -> None:
+        """Stop publishing and go on as a hot standby in this process (no restart, no replay).
+
+        What was produced and not yet acknowledged is purged: the successor publishes the same
+        events from the recorded progress (they are byte-identical), so a copy that still arrives
+        is a redelivery consumers drop by sequence. With transactions the producer's transaction
+        state cannot be carried over: the process restarts instead.
+        """
+        leader = self.leader
+        log.warning("demoted product=%s epoch=%d reason=%s", self.product, leader.epoch, reason)
+        if self.settings.kafka_transactions:
+            raise Demoted(reason)
+        self.renewer.drop()
+        self.leader = None
+        self.demotion = None
+        # A fresh producer for the next leadership: the old one's idempotence sequence has a gap
+        # where the purged messages were. It is purged and closed off the loop.
+        retired, self.producer = self.producer, self.new_producer()
+        asyncio.get_running_loop().run_in_executor(None, self.retire_producer, retired)
+        self.pending_snapshot = None
+        self.undelivered_state = self.engine.sequence > leader.delivered_seq
+        self.progress_seen = leader.progress
+        self.metric.is_leader.set(0)
+        self.metric.epoch.set(0)
+        self.metric.demotions.inc()
+
+    def retire_producer(self, producer) -> None:
+        """Thread: drop an old leadership's unsent messages, then let the producer go."""
+        producer.purge(in_queue=True, in_flight=False)
+        producer.flush(self.timing.lease_ttl_ms / 1000)  # in-flight ones end either way
+        self.warm_producer()
+
     def become_leader(self, acquired, valid_until: float) -> None:
         """Switch to publishing: everything up to the recorded progress was already delivered."""
+        if self.undelivered_state and self.engine.sequence > acquired.progress_sequence:
+            # Events this process computed as an earlier leader were purged and nobody has
+            # delivered them since: they can only be rebuilt from a snapshot and the input.
+            raise Demoted(
+                f"leading from memory would skip undelivered events {acquired.progress_sequence + 1}.."
+                f"{self.engine.sequence}"
+            )
+        self.undelivered_state = False
         if self.engine.sequence > acquired.progress_sequence:
             # Only possible if Redis lost the progress record: state we restored was delivered.
             log.warning(
@@ -476,8 +568,9 @@ class ProductWorker:
             headers=[("epoch", str(acquired.epoch).encode()), ("node", self.settings.node_id.encode())],
         )
         self.progress_seen = (acquired.progress_sequence, acquired.progress_offset)
-        # The stored snapshot may be far behind: take one at the next batch boundary.
-        self.last_snapshot_at = float("-inf")
+        # No snapshot is forced here: the next one is due by the usual rule (at most
+        # snapshot_every_s away), so a new leader of a large book starts by matching.
+        self.renewer.hold(self.leader)
         self.metric.is_leader.set(1)
         self.metric.epoch.set(acquired.epoch)
         log.info(
@@ -499,7 +592,6 @@ class ProductWorker:
                 await self.write_progress()
             except Demoted:
                 self.demote("progress write refused")
-                return
             except Exception as exc:  # noqa: BLE001 - Redis down: retry; the lease clock fences us
                 log.warning("progress write failed product=%s error=%s", self.product, exc)
 
@@ -521,14 +613,33 @@ class ProductWorker:
         snap = self.pending_snapshot
         if (
             snap is not None
+            and snap.engine.done()
             and snap.sequence <= leader.delivered_seq
             and snap.next_offset <= leader.progress[1]
         ):
-            rc = await self.redis.write_snapshot(leader.lease_value, snap)
+            try:
+                envelope = self.envelope(snap)
+            except OSError as exc:
+                log.warning("snapshot capture failed product=%s error=%s", self.product, exc)
+                self.pending_snapshot = None
+                return
+            rc = await self.redis.write_snapshot(leader.lease_value, envelope)
             if rc == -1:
                 raise Demoted("not the lease holder")
             self.pending_snapshot = None
             self.snapshot_written_at = time.monotonic()
+
+    def envelope(self, snap: PendingSnapshot) -> SnapshotEnvelope:
+        """The stored form of a captured snapshot; raises OSError if its capture failed."""
+        return SnapshotEnvelope(
+            format=SNAPSHOT_FORMAT,
+            product=self.product,
+            epoch=snap.epoch,
+            next_offset=snap.next_offset,
+            sequence=snap.sequence,
+            fingerprint=self.fingerprint,
+            engine=snap.engine.result(),
+        )
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def run(self) -> int:
@@ -536,6 +647,7 @@ class ProductWorker:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(STALL_SIGNAL, self.stall_for_drill)
         self.redis = ProductRedis(async_client(self.settings.redis_url), self.product)
         try:
             await self.wait_for_redis()
@@ -545,14 +657,14 @@ class ProductWorker:
             return EXIT_CONFIG
         self.open_kafka()
         await loop.run_in_executor(self.executor, self.warm_producer)
+        self.renewer.start()
         lease = LeaseKeeper(self)
         reporter = StatusReporter(self)
-        tasks = [asyncio.create_task(c) for c in (lease.run(), self.progress_task(), reporter.run())]
+        coroutines = (lease.run(), self.progress_task(), reporter.run(), self.watch_loop_stalls())
+        tasks = [asyncio.create_task(c) for c in coroutines]
         code = EXIT_OK
         try:
             await self.main_loop()
-            if self.fatal_demotion:
-                raise Demoted(self.fatal_demotion)
         except Demoted as exc:
             log.warning("demoted product=%s reason=%s", self.product, exc)
             # Queued events are byte-identical to the successor's, but a demoted process sends nothing more.
@@ -565,8 +677,10 @@ class ProductWorker:
             await asyncio.gather(*tasks, return_exceptions=True)
         if code == EXIT_OK:
             await self.drain()
+        self.renewer.stop()
         self.consumer.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.snapshot_reader.shutdown(wait=True, cancel_futures=False)  # reaps a snapshot child
         return code
 
     async def wait_for_redis(self) -> None:
@@ -592,16 +706,40 @@ class ProductWorker:
         try:
             if remaining == 0 and time.monotonic() < self.leader.valid_until:
                 self.take_snapshot()  # replaces any pending one: this one is newer
+                await asyncio.wrap_future(self.pending_snapshot.engine)
                 await self.write_progress()
+            self.renewer.drop()
             await self.redis.release(self.token)
             log.info("released lease product=%s epoch=%d", self.product, self.leader.epoch)
         except Exception as exc:  # noqa: BLE001 - the lease expires by itself
             log.warning("drain incomplete product=%s error=%s", self.product, exc)
 
+    def restart(self, reason: str) -> None:
+        """Leave the loop and exit for a restart through the recovery path (exit 75)."""
+        self.restart_reason = reason
+
     def demote(self, reason: str) -> None:
-        """Leave the loop and exit for a restart as standby (the lease is not ours any more)."""
-        self.fatal_demotion = reason
-        self.stopping = True
+        """The lease is not ours any more (a fenced write was refused): the loop steps down."""
+        self.demotion = reason
+
+    async def watch_loop_stalls(self) -> None:
+        """Measure how long the event loop is held up: a timer's lateness is the stall it waited
+        behind (a batch, a snapshot, a GC pause). Published as obc_loop_stall_seconds and in status."""
+        period = LOOP_WATCH_PERIOD_S
+        loop = asyncio.get_running_loop()
+        while not self.stopping:
+            due = loop.time() + period
+            await asyncio.sleep(period)
+            stall = max(0.0, loop.time() - due)
+            self.metric.loop_stall.observe(stall)
+            if stall > self.loop_stall_window:
+                self.loop_stall_window = stall
+                self.loop_stall_max = max(self.loop_stall_max, stall)
+
+    def stall_for_drill(self) -> None:
+        """Fault injection: hold the loop past the stall limit and a lease TTL, then go on."""
+        log.warning("stalling the matching loop for a drill product=%s", self.product)
+        time.sleep(self.timing.drill_stall_s())
 
     def request_stop(self) -> None:
         """Signal handler: only record the request; the loop acts on it."""

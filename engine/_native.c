@@ -1713,6 +1713,87 @@ static PyObject *Core_export(Core *c, PyObject *Py_UNUSED(ignored)) {
     return r;
 }
 
+/* (id_window_max, id_window_bits): the duplicate-id window, the part of a snapshot before the book. */
+static PyObject *Core_id_window(Core *c, PyObject *Py_UNUSED(ignored)) {
+    REQUIRE_INIT(c);
+    return Py_BuildValue("(Ly#)", (long long)c->ids.max_seen, (const char *)c->ids.bits, c->ids.nbytes);
+}
+
+/* ---- snapshot bytes, written here: no Python object per resting order ------------------------- */
+
+/* msgpack as msgspec writes it: the smallest form of each integer, fixstr for the short names. */
+static char *mp_int(char *p, int64_t v) {
+    if (v >= 0) {
+        uint64_t u = (uint64_t)v;
+        if (u < 128) { *p++ = (char)u; return p; }
+        int n;
+        if (u < 256) { *p++ = (char)0xcc; n = 1; }
+        else if (u < 65536) { *p++ = (char)0xcd; n = 2; }
+        else if (u < 4294967296ULL) { *p++ = (char)0xce; n = 4; }
+        else { *p++ = (char)0xcf; n = 8; }
+        for (int i = n - 1; i >= 0; i--) *p++ = (char)(u >> (8 * i));
+        return p;
+    }
+    if (v >= -32) { *p++ = (char)(int8_t)v; return p; }
+    int n;
+    if (v >= -128) { *p++ = (char)0xd0; n = 1; }
+    else if (v >= -32768) { *p++ = (char)0xd1; n = 2; }
+    else if (v >= -2147483648LL) { *p++ = (char)0xd2; n = 4; }
+    else { *p++ = (char)0xd3; n = 8; }
+    uint64_t u = (uint64_t)v;
+    for (int i = n - 1; i >= 0; i--) *p++ = (char)(u >> (8 * i));
+    return p;
+}
+
+static char *mp_fixstr(char *p, const char *text) {
+    size_t n = strlen(text);
+    *p++ = (char)(0xa0 | n);
+    memcpy(p, text, n);
+    return p + n;
+}
+
+static char *mp_side_rows(Side *s, char *p) {
+    for (Py_ssize_t i = s->n - 1; i >= 0; i--)
+        for (Order *o = s->lv[i]->head; o; o = o->next) {
+            *p++ = (char)0x96;
+            p = mp_int(p, o->id);
+            p = mp_int(p, o->user_id);
+            p = mp_fixstr(p, SIDE_NAMES[o->side]);
+            p = mp_int(p, s->lv[i]->price);
+            p = mp_int(p, o->remaining);
+            p = mp_fixstr(p, TIF_NAMES[o->tif]);
+        }
+    return p;
+}
+
+#define MP_ROW_MAX (1 + 9 + 9 + 5 + 9 + 9 + 4)
+
+/* snapshot_bytes(head) -> head + the resting orders as a msgpack array (bids best first, then asks,
+   FIFO per level), where head is msgspec's encoding of the snapshot up to its `orders` value: the
+   bytes engine/snapshot.py's encode_snapshot writes for the same state. The rows are written with
+   the GIL released (only this call's thread touches the core), so a large book's snapshot does not
+   hold up the process's other threads, e.g. the lease renewal. */
+static PyObject *Core_snapshot_bytes(Core *c, PyObject *head) {
+    REQUIRE_INIT(c);
+    if (!PyBytes_Check(head)) { PyErr_SetString(PyExc_TypeError, "head must be bytes"); return NULL; }
+    size_t count = c->index.count, head_len = (size_t)PyBytes_GET_SIZE(head);
+    if (count > ((size_t)PY_SSIZE_T_MAX - head_len - 5) / MP_ROW_MAX) return PyErr_NoMemory();
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(head_len + 5 + count * MP_ROW_MAX));
+    if (!out) return NULL;
+    char *start = PyBytes_AS_STRING(out), *p = start;
+    memcpy(p, PyBytes_AS_STRING(head), head_len);
+    p += head_len;
+    Py_BEGIN_ALLOW_THREADS
+    if (count < 16) *p++ = (char)(0x90 | count);
+    else if (count < 65536) { *p++ = (char)0xdc; *p++ = (char)(count >> 8); *p++ = (char)count; }
+    else { *p++ = (char)0xdd; for (int i = 3; i >= 0; i--) *p++ = (char)(count >> (8 * i)); }
+    p = mp_side_rows(&c->bids, p);
+    p = mp_side_rows(&c->asks, p);
+    Py_END_ALLOW_THREADS
+    if (_PyBytes_Resize(&out, p - start)) return NULL;
+    return out;
+}
+
 /* Put a fresh core into a snapshot's state; ValueError when a row or the bitmap does not fit. */
 static PyObject *Core_load(Core *c, PyObject *args) {
     long long sequence, trade_seq, id_max;
@@ -1804,6 +1885,9 @@ static PyMethodDef Core_methods[] = {
     {"count_dead_letter", (PyCFunction)Core_count_dead_letter, METH_O,
      "count_dead_letter(reason) -> DeadLetter: an input the slow path could not read as an order."},
     {"export", (PyCFunction)Core_export, METH_NOARGS, "export() -> (id_window_max, id_window_bits, rows)."},
+    {"id_window", (PyCFunction)Core_id_window, METH_NOARGS, "id_window() -> (id_window_max, id_window_bits)."},
+    {"snapshot_bytes", (PyCFunction)Core_snapshot_bytes, METH_O,
+     "snapshot_bytes(head) -> head + the resting orders as msgpack rows, as encode_snapshot writes them."},
     {"load", (PyCFunction)Core_load, METH_VARARGS, "load(sequence, trade_seq, id_window_max, bits, rows)."},
     {"depth", (PyCFunction)Core_depth, METH_O, "depth(n) -> (bids, asks) of (price, size), best first."},
     {"best_bid", (PyCFunction)Core_best_bid, METH_NOARGS, "Highest bid price (scaled) or None."},

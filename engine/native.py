@@ -28,7 +28,7 @@ from engine.messages import (
     decode_order,
     record_time_ns,
 )
-from engine.snapshot import SnapshotError, decode_snapshot, encode_snapshot
+from engine.snapshot import SnapshotError, decode_snapshot, encode_snapshot_head
 
 try:
     from engine import _native
@@ -132,12 +132,16 @@ class NativeEngine:
         return len(self._core)
 
     def snapshot(self) -> bytes:
-        """The business state, in the same bytes MatchingEngine.snapshot writes for that state."""
+        """The business state, in the same bytes MatchingEngine.snapshot writes for that state.
+
+        The C core writes the resting orders itself, with the GIL released: ~1,000,000 resting
+        orders take tens of milliseconds, not the second that a row object per order took."""
         core = self._core
-        id_max, bits, rows = core.export()
-        return encode_snapshot(
-            self.fingerprint, self.product_id, core.sequence, core.trade_seq, id_max, bits, rows
+        id_max, bits = core.id_window()
+        head = encode_snapshot_head(
+            self.fingerprint, self.product_id, core.sequence, core.trade_seq, id_max, bits
         )
+        return core.snapshot_bytes(head)
 
     @classmethod
     def restore(cls, config: ProductConfig, data: bytes) -> NativeEngine:

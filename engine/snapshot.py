@@ -93,6 +93,21 @@ def encode_snapshot(
     )
 
 
+def encode_snapshot_head(
+    fingerprint: str,
+    product_id: str,
+    sequence: int,
+    trade_seq: int,
+    id_window_max: int,
+    id_window_bits: bytes,
+) -> bytes:
+    """encode_snapshot's bytes up to the value of `orders`, which comes last: the C core appends
+    the resting orders itself (engine/_native.c snapshot_bytes), with no Python object per order."""
+    encoded = encode_snapshot(fingerprint, product_id, sequence, trade_seq, id_window_max, id_window_bits, [])
+    assert encoded[-1] == 0x90, "orders must be the last field, encoded as an empty array here"
+    return encoded[:-1]
+
+
 def decode_snapshot(data: bytes, fingerprint: str, product_id: str) -> EngineSnapshot:
     """The snapshot in `data`; raises SnapshotError unless its version and config fit this engine."""
     try:

@@ -20,6 +20,7 @@ import pytest
 
 from cluster.embedded import redis_server, s3_server, tansu_server
 from cluster.kafka_io import message_topic, order_topic
+from cluster.redis_state import leader_key, sync_client
 from cluster.send import produce_orders
 from cluster.verify import read_records
 from cluster.workload import generate_orders
@@ -135,9 +136,11 @@ def test_paused_leader_is_fenced_and_comes_back_as_standby(services, cluster_fac
         wait_until(lambda: other.product_pid(product, role="leader"), 30, "the standby to lead while paused")
     finally:
         os.kill(pid, signal.SIGCONT)
-    # The woken ex-leader sees its lease clock expired, publishes nothing new and returns as standby.
-    wait_until(lambda: leader.product_pid(product) not in (None, pid), 30, "the ex-leader to restart")
+    # The woken ex-leader sees its lease clock expired, publishes nothing new and goes on as a hot
+    # standby in the same process: no restart, no snapshot restore, no replay.
     wait_until(lambda: standby_caught_up(leader, product), 30, "the ex-leader to be a standby")
+    assert leader.product_pid(product) == pid, "the ex-leader's process was restarted"
+    assert "child exited" not in leader.log_text()
     sent = load.finish()
     verify(services, cluster, product, sent)
     by_epoch = epochs_in_output(services.bootstrap, product)
@@ -278,3 +281,54 @@ def test_status_shows_leader_and_standbys(services, cluster_factory, product):
     assert roles == {leader.node_id: "leader", other.node_id: "standby"}
     table = subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
     assert product in table and f"{other.node_id}(0)" in table
+
+
+def test_a_leader_whose_lease_is_taken_steps_down_in_the_same_process(services, cluster_factory, product):
+    """The lease vanishes under a leader (as when Redis lost it): its renewer finds it gone, the
+    leader stops publishing and stays a hot standby; whoever leads next, no process restarts."""
+    cluster = cluster_factory([product])
+    leader, pid, other = leader_and_hot_standby(cluster, product)
+    load = Load(services.bootstrap, product, 15_000)
+    load.start()
+    wait_until(lambda: load.sent >= 4_000, 60, "load to flow")
+    old_epoch = leader.product_status(product)["epoch"]
+    sync_client(services.redis_url).delete(leader_key(product))
+    wait_until(lambda: "reason=lease lost" in leader.log_text(), 30, "the leader to step down")
+    new_leader, new_pid = wait_until(
+        lambda: next(
+            (
+                (n, p)
+                for n in (leader, other)
+                if (p := n.product_pid(product, role="leader"))
+                and n.product_status(product)["epoch"] > old_epoch
+            ),
+            None,
+        ),
+        30,
+        "a leader under a new epoch",
+    )
+    sent = load.finish()
+    verify(services, cluster, product, sent)
+    assert leader.product_pid(product) == pid, "the ex-leader's process was restarted"
+    for node in (leader, other):
+        assert "child exited" not in node.log_text(), f"{node.node_id} restarted a product process"
+    demotions = leader.get("/metrics")[1]
+    assert "obc_demotions_total" in demotions and new_pid in (pid, other.product_pid(product))
+
+
+def test_a_hung_matching_loop_loses_its_lease_and_recovers_as_standby(services, cluster_factory, product):
+    """The `stall` fault blocks a leader's loop while its renewer thread runs: past the stall limit
+    the renewer stops renewing, a standby takes over, and the woken loop steps down in place."""
+    cluster = cluster_factory([product])
+    env = {"ORDERBOOK_CLUSTER_START_ADMIN_TOKEN": ADMIN_TOKEN}
+    leader, pid, other = leader_and_hot_standby(cluster, product, env)
+    report = run_drill_cli(services, cluster, product, "stall", ADMIN_TOKEN, rounds=1)
+    assert all(r["new_epoch"] > r["old_epoch"] for r in report["rounds"])
+    stalled = leader if "matching loop stalled" in leader.log_text() else other
+    assert (
+        "matching loop stalled" in stalled.log_text() and "reason=lease renewal overdue" in stalled.log_text()
+    )
+    wait_until(lambda: standby_caught_up(stalled, product), 30, "the stalled ex-leader to be a standby")
+    for node in (leader, other):
+        assert "child exited" not in node.log_text(), f"{node.node_id} restarted a product process"
+    print("drill stall takeover ms:", report["takeover"])

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from cluster.redis_state import ProductRedis, SnapshotEnvelope, async_client
+from cluster.redis_state import LeaseRenewal, ProductRedis, SnapshotEnvelope, async_client, sync_client
 
 pytestmark = pytest.mark.integration
 
@@ -27,11 +27,12 @@ def test_epochs_grow_and_stale_leaders_are_refused(services, product):
     async def scenario() -> None:
         client = async_client(services.redis_url)
         store = ProductRedis(client, product)
+        renew = LeaseRenewal(sync_client(services.redis_url), product)  # the renewer thread's call
         first = await store.try_acquire("node-a:p:1", 10_000)
         assert first is not None and first.epoch == 1
         assert await store.try_acquire("node-b:p:2", 10_000) is None, "one holder at a time"
-        assert not await store.renew("1|someone-else", 10_000)
-        assert await store.renew(first.lease_value, 10_000)
+        assert not renew("1|someone-else", 10_000)
+        assert renew(first.lease_value, 10_000)
 
         assert await store.write_progress(first.lease_value, 1, 10, 5, "f") == 1
         assert await store.write_progress(first.lease_value, 1, 9, 5, "f") == -2, "progress never goes back"
@@ -46,7 +47,7 @@ def test_epochs_grow_and_stale_leaders_are_refused(services, product):
         # The old leader wakes up and writes late: refused, nothing changes.
         assert await store.write_progress(first.lease_value, 1, 99, 50, "f") == -1
         assert await store.write_snapshot(first.lease_value, envelope(product, 99, 50)) == -1
-        assert not await store.renew(first.lease_value, 10_000)
+        assert not renew(first.lease_value, 10_000)
         assert not await store.release("node-a:p:1"), "a stale owner cannot release the new lease"
         assert await store.read_progress() == (10, 5, "f")
         assert (await store.read_snapshot()).sequence == 10

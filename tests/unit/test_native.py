@@ -487,3 +487,38 @@ def test_batches_equal_record_by_record(data):
     for engine in (MatchingEngine(cfg), NativeEngine(cfg)):
         assert engine.submit_records(records) == (want_events, want_dead), type(engine).__name__
         assert engine.snapshot() == one_by_one.snapshot()
+
+
+@pytest.mark.parametrize("resting", [0, 1, 15, 16, 17, 65_535, 65_536, 70_000])
+def test_the_c_core_writes_the_snapshot_bytes_msgspec_writes(resting):
+    """NativeEngine.snapshot writes the resting orders in C: at every msgpack array size boundary and
+    for integers of every width (user ids down to -2**63, prices up to 2**63-1), the bytes equal
+    the Python core's msgspec-written snapshot of the same state, and restore into either core."""
+    cfg = ProductConfig(product_id="X-Y", base_scale=0, quote_scale=0, id_window=200_000)
+    widths = [0, 1, 127, 128, 255, 256, 65_535, 65_536, 2**32 - 1, 2**32, 2**63 - 1]
+    user_ids = widths + [-1, -32, -33, -128, -129, -32_768, -32_769, -(2**31), -(2**31) - 1, -(2**63)]
+    py, nat = MatchingEngine(cfg), NativeEngine(cfg)
+    for i in range(resting):
+        side = "buy" if i % 2 else "sell"
+        price = 1 + i % 1000 if side == "buy" else 2**63 - 1 - i % 1000
+        raw = msgspec.json.encode(
+            {
+                "id": i + 1,
+                "product_id": "X-Y",
+                "user_id": user_ids[i % len(user_ids)],
+                "price": str(price),
+                "size": str(widths[1 + i % (len(widths) - 1)]),
+                "type": "limit",
+                "side": side,
+                "time_in_force": "GTX" if i % 3 else "GTC",
+            }
+        )
+        assert nat.submit_encoded(raw, i) == py.submit_encoded(raw, i), f"order id={i + 1}"
+    assert nat.resting_orders() == py.resting_orders() == resting
+    written = nat.snapshot()
+    assert written == py.snapshot()
+    assert (
+        MatchingEngine.restore(cfg, written).snapshot()
+        == NativeEngine.restore(cfg, written).snapshot()
+        == written
+    )
