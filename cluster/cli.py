@@ -232,6 +232,29 @@ def status(redis, state_dir, products, as_json) -> None:
 
 
 @cli.command()
+@click.option("--redis", default=None, help="Redis URL (default: the embedded one started here).")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=DEFAULT_STATE_DIR)
+@click.option("--product", required=True, help="The product whose leadership moves.")
+@click.option(
+    "--to", "to_node", default=None, help="The node to lead it (default: the preferred caught-up standby)."
+)
+@click.option("--timeout-s", type=float, default=15.0, show_default=True, help="How long to wait for it.")
+def handover(redis, state_dir, product, to_node, timeout_s) -> None:
+    """Hand a product's leadership to a caught-up standby: everything is delivered first, no kill."""
+    from cluster.handover import HandoverError, request_handover
+
+    redis_url = service_address(redis, "redis", state_dir)
+    try:
+        done = request_handover(redis_url, product, to_node, timeout_s)
+    except HandoverError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"{product}: {done.old_node} (epoch {done.old_epoch}) -> {done.new_node} (epoch {done.new_epoch}) "
+        f"in {done.took_ms:.0f} ms"
+    )
+
+
+@cli.command()
 @click.option("--kafka", default=None)
 @click.option("--state-dir", type=click.Path(path_type=Path), default=DEFAULT_STATE_DIR)
 @click.option("--product", required=True)

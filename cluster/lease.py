@@ -12,6 +12,13 @@ Guarantees (with cluster/redis_state.py's scripts):
 - A standby takes the lease only when the key is gone. Placement decides who goes first:
   a caught-up standby on the product's preferred node at once, other caught-up standbys after
   `placement_defer_ms`, standbys still catching up after three times that. Nobody preempts.
+- Planned handover: a leader that hands over (SIGTERM, an operator's `handover`, or placement)
+  first delivers and records everything, then releases its lease and wakes its chosen caught-up
+  standby in one script; that standby, blocked on its handover list, acquires at once.
+- Leaders spread evenly: the preferred node of the k-th product (of the node's sorted products)
+  is the (k mod n)-th of the n nodes that can lead it. A leader that finds another caught-up
+  node preferred, after `rebalance_after_s` of leading, hands over to it: a node that joins gets
+  its share by handover, never by a kill.
 """
 
 from __future__ import annotations
@@ -39,12 +46,16 @@ class Demoted(Exception):
     """The lease is gone or can no longer be trusted: restart as a standby."""
 
 
-def preferred_node(product: str, nodes: list[str]) -> str | None:
-    """Spread leaders over nodes: a stable hash of the product picks one of `nodes`."""
+def preferred_node(product: str, nodes, products=()) -> str | None:
+    """The node of `nodes` that should lead `product`: the k-th of `products` (sorted) goes to the
+    (k mod n)-th node (sorted), so n nodes running the same products lead equal shares; a
+    product not in `products` falls back to a stable hash."""
     if not nodes:
         return None
     ordered = sorted(nodes)
-    return ordered[zlib.crc32(product.encode()) % len(ordered)]
+    names = sorted(products)
+    index = names.index(product) if product in names else zlib.crc32(product.encode())
+    return ordered[index % len(ordered)]
 
 
 @dataclass
@@ -68,6 +79,7 @@ class Leadership:
     written_progress: tuple[int, int] = (-1, -1)
     # Set by the renewer thread when Redis says the lease is not ours any more.
     lost: str | None = None
+    since: float = field(default_factory=time.monotonic)
 
 
 class LeaseRenewer:
@@ -168,24 +180,59 @@ class LeaseKeeper:
         self.redis = worker.redis
         self.product = worker.product
         self.node_id = worker.settings.node_id
+        self.products = worker.settings.products
         self.lease_free_since: float | None = None
         self.started_at = time.monotonic()
 
     async def run(self) -> None:
-        """As standby, follow progress and take the lease when it is free (the renewer renews it)."""
+        """As standby, follow progress and take the lease when it is free or handed to us; as
+        leader, look for handover requests and a better-placed node (the renewer renews)."""
         worker, t = self.worker, self.timing
+        handed = False
         while not worker.stopping:
             if worker.leader is not None:
-                await asyncio.sleep(t.standby_poll_ms / 1000)
+                handed = False
+                try:
+                    await self.leader_step()
+                except Exception as exc:  # noqa: BLE001 - placement is best effort
+                    log.warning("leader step failed product=%s error=%s", self.product, exc)
+                await asyncio.sleep(t.status_every_ms / 1000)
                 continue
             try:
-                await self.standby_step()
+                await self.standby_step(handed)
+                # Wait for the next look, or less if a leader hands the product to this node.
+                handed = await self.redis.wait_for_handover(self.node_id, t.standby_poll_ms / 1000)
             except Exception as exc:  # noqa: BLE001 - keep following when Redis comes back
                 log.warning("standby step failed product=%s error=%s", self.product, exc)
-            await asyncio.sleep(t.standby_poll_ms / 1000)
+                handed = False
+                await asyncio.sleep(t.standby_poll_ms / 1000)
 
-    async def standby_step(self) -> None:
-        """Read the leader's progress; acquire the lease when it is free and placement allows."""
+    async def leader_step(self) -> None:
+        """Take an operator's handover request, or hand over to the preferred node if it is another."""
+        worker = self.worker
+        request = await self.redis.take_handover_request()
+        if request is not None:
+            worker.handover_wanted = request
+            return
+        leader = worker.leader
+        if leader is None or time.monotonic() - leader.since < self.timing.rebalance_after_s:
+            return
+        standbys = await self.caught_up_standbys()
+        preferred = preferred_node(self.product, standbys | {self.node_id}, self.products)
+        if preferred != self.node_id:
+            log.info("placement prefers another node product=%s node=%s", self.product, preferred)
+            worker.handover_wanted = preferred
+
+    async def handover_target(self, wanted: str) -> str | None:
+        """The caught-up standby to hand over to: `wanted`, or the preferred one if it is ''."""
+        standbys = await self.caught_up_standbys() - {self.node_id}
+        if wanted:
+            return wanted if wanted in standbys else None
+        return preferred_node(self.product, standbys, self.products)
+
+    async def standby_step(self, handed: bool = False) -> None:
+        """Read the leader's progress; acquire the lease when it is free and placement allows
+        (at once when the leader handed it to this node)."""
         seq, offset, _ = await self.redis.read_progress()
         self.worker.progress_seen = (seq, offset)
         if await self.redis.holder() is not None:
@@ -194,7 +241,7 @@ class LeaseKeeper:
         now = time.monotonic()
         if self.lease_free_since is None:
             self.lease_free_since = now
-        if not await self.placement_allows(now):
+        if not handed and not await self.placement_allows(now):
             return
         sent = time.monotonic()
         acquired = await self.redis.try_acquire(self.worker.token, self.timing.lease_ttl_ms)
@@ -213,7 +260,7 @@ class LeaseKeeper:
         if (now - self.started_at) * 1000 < self.timing.startup_grace_ms and await self.other_nodes_live():
             return False  # let the nodes starting together see each other before leases are taken
         candidates = {self.node_id} | await self.caught_up_standbys()
-        if preferred_node(self.product, sorted(candidates)) == self.node_id:
+        if preferred_node(self.product, candidates, self.products) == self.node_id:
             return True
         return waited_ms >= defer_ms
 

@@ -41,6 +41,16 @@ def status_key(product: str) -> str:
     return f"matching_status_{product}"
 
 
+def handover_key(product: str, node: str) -> str:
+    """A list a standby blocks on: a leader handing the product over pushes to its target's list."""
+    return f"matching_handover_{product}:{node}"
+
+
+def handover_request_key(product: str) -> str:
+    """An operator's request (`orderbook-cluster handover`): the target node, or '' for any."""
+    return f"matching_handover_request_{product}"
+
+
 NODES_KEY = "matching_nodes"
 NODE_ADDRESSES_KEY = "matching_node_addresses"
 
@@ -70,6 +80,16 @@ if string.sub(v, -string.len(suffix)) == suffix then
   return 1
 end
 return 0
+"""
+
+HAND_OVER = """
+local v = redis.call('GET', KEYS[1])
+if v ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[2])
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return 1
 """
 
 WRITE_PROGRESS = """
@@ -137,6 +157,7 @@ class ProductRedis:
         self.keys = (leader_key(product), epoch_key(product), progress_key(product), snapshot_key(product))
         self._acquire = client.register_script(ACQUIRE)
         self._release = client.register_script(RELEASE)
+        self._hand_over = client.register_script(HAND_OVER)
         self._progress = client.register_script(WRITE_PROGRESS)
         self._snapshot = client.register_script(WRITE_SNAPSHOT)
 
@@ -151,6 +172,21 @@ class ProductRedis:
     async def release(self, token: str) -> bool:
         """Give the lease up if `token` holds it (clean exit), so a standby takes over at once."""
         return bool(await self._release(keys=[self.keys[0]], args=[token]))
+
+    async def hand_over(self, lease_value: str, target_node: str, epoch: int, ttl_ms: int) -> bool:
+        """Release our lease and wake `target_node`'s standby at once (planned handover); False if
+        the lease was not ours any more. The wake-up expires after ttl_ms if nobody takes it."""
+        keys = [self.keys[0], handover_key(self.product, target_node)]
+        return bool(await self._hand_over(keys=keys, args=[lease_value, epoch, ttl_ms]))
+
+    async def wait_for_handover(self, node: str, timeout_s: float) -> bool:
+        """Block up to timeout_s for a leader handing this product to `node`; True if one did."""
+        return await self.client.blpop([handover_key(self.product, node)], timeout=timeout_s) is not None
+
+    async def take_handover_request(self) -> str | None:
+        """An operator's pending handover request (its target node, '' for any), consumed."""
+        value = await self.client.getdel(handover_request_key(self.product))
+        return None if value is None else value.decode()
 
     async def holder(self) -> str | None:
         """The current lease value `<epoch>|<token>`, or None."""

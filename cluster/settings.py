@@ -36,6 +36,9 @@ class Timing:
     loop_stall_limit_ms: int = 3000
     standby_poll_ms: int = 50
     placement_defer_ms: int = 200
+    # A leader hands over to the preferred node (see cluster/lease.py) only after leading this
+    # long, so that placement settles once after nodes join instead of moving leaders back and forth.
+    rebalance_after_s: float = 10.0
     startup_grace_ms: int = 700
     caught_up_slack: int = 1000
     node_heartbeat_ms: int = 250

@@ -97,6 +97,8 @@ class ProductWorker:
         self.events_delivered = 0
         self.demotion: str | None = None
         self.restart_reason: str | None = None
+        # A planned handover the leader should make at its next turn: a node, or '' for any.
+        self.handover_wanted: str | None = None
         self.record_path_logged = False
         # Monotonic time of the main loop's last turn: the renewer renews only while it is recent.
         self.loop_beat = time.monotonic()
@@ -436,6 +438,10 @@ class ProductWorker:
                 raise RuntimeError(self.fatal)
             if self.restart_reason:
                 raise Demoted(self.restart_reason)
+            if self.handover_wanted is not None and self.leader is not None:
+                wanted, self.handover_wanted = self.handover_wanted, None
+                await self.hand_over(wanted)
+                continue
             if self.leader is not None and len(self.producer) >= max_outstanding:
                 # The broker is behind: wait for it here, where the lease keeps being renewed.
                 self.metric.producer_waits.inc()
@@ -516,19 +522,62 @@ class ProductWorker:
         log.warning("demoted product=%s epoch=%d reason=%s", self.product, leader.epoch, reason)
         if self.settings.kafka_transactions:
             raise Demoted(reason)
-        self.renewer.drop()
-        self.leader = None
-        self.demotion = None
         # A fresh producer for the next leadership: the old one's idempotence sequence has a gap
         # where the purged messages were. It is purged and closed off the loop.
         retired, self.producer = self.producer, self.new_producer()
         asyncio.get_running_loop().run_in_executor(None, self.retire_producer, retired)
-        self.pending_snapshot = None
         self.undelivered_state = self.engine.sequence > leader.delivered_seq
+        self.become_standby(leader)
+        self.metric.demotions.inc()
+
+    def become_standby(self, leader: Leadership) -> None:
+        """Stop leading (the lease is gone or given away); the loop goes on applying input."""
+        self.renewer.drop()
+        self.leader = None
+        self.demotion = None
+        self.handover_wanted = None
+        self.pending_snapshot = None
         self.progress_seen = leader.progress
         self.metric.is_leader.set(0)
         self.metric.epoch.set(0)
-        self.metric.demotions.inc()
+
+    async def hand_over(self, wanted: str) -> bool:
+        """Planned handover to a caught-up standby (`wanted`, or the preferred one if ''): stop
+        taking input, deliver and record everything, then release the lease and wake the target
+        in one step; it takes over at once from its own in-memory state. False when no standby
+        was fit or the lease went meanwhile (nothing changes then; the caller carries on)."""
+        leader = self.leader
+        target = await self.lease.handover_target(wanted)
+        if target is None:
+            log.warning(
+                "handover skipped product=%s wanted=%s: no caught-up standby", self.product, wanted or "any"
+            )
+            return False
+        loop = asyncio.get_running_loop()
+        remaining = await loop.run_in_executor(None, self.producer.flush, self.timing.lease_ttl_ms / 1000)
+        if remaining or self.leader is not leader or time.monotonic() > leader.valid_until:
+            return False
+        self.pending_snapshot = None  # the successor snapshots soon; writing one now would lengthen the pause
+        try:
+            await self.write_progress()
+        except Demoted as exc:
+            self.demote(str(exc))
+            return False
+        if leader.progress[0] != self.engine.sequence or leader.progress[1] != self.next_offset:
+            return False  # not all recorded: the target would publish what we may have published
+        self.renewer.drop()
+        if not await self.redis.hand_over(leader.lease_value, target, leader.epoch, self.timing.lease_ttl_ms):
+            return False
+        log.info(
+            "handed over product=%s epoch=%d to=%s sequence=%d offset=%d",
+            self.product,
+            leader.epoch,
+            target,
+            self.engine.sequence,
+            self.next_offset,
+        )
+        self.become_standby(leader)
+        return True
 
     def retire_producer(self, producer) -> None:
         """Thread: drop an old leadership's unsent messages, then let the producer go."""
@@ -658,7 +707,7 @@ class ProductWorker:
         self.open_kafka()
         await loop.run_in_executor(self.executor, self.warm_producer)
         self.renewer.start()
-        lease = LeaseKeeper(self)
+        self.lease = lease = LeaseKeeper(self)
         reporter = StatusReporter(self)
         coroutines = (lease.run(), self.progress_task(), reporter.run(), self.watch_loop_stalls())
         tasks = [asyncio.create_task(c) for c in coroutines]
@@ -698,8 +747,15 @@ class ProductWorker:
                 delay = min(delay * 2, 1.0)
 
     async def drain(self) -> None:
-        """SIGTERM: flush events, record progress and a final snapshot, give the lease up."""
+        """SIGTERM: hand the product over to a caught-up standby; without one, flush events,
+        record progress and a final snapshot, and give the lease up."""
         loop = asyncio.get_running_loop()
+        if self.leader is not None:
+            try:
+                if await self.hand_over(""):
+                    return
+            except Exception as exc:  # noqa: BLE001 - Redis trouble: the plain release below
+                log.warning("handover failed product=%s error=%s", self.product, exc)
         remaining = await loop.run_in_executor(None, self.producer.flush, 5.0)
         if self.leader is None:
             return

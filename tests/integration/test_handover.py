@@ -1,0 +1,82 @@
+"""Planned handovers: an operator's `handover`, SIGTERM of a leader's node, and placement moving a
+share of the leaders to a node that joins. No process restarts, nothing lost or doubled."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from cluster.redis_state import leader_key, sync_client
+from tests.integration.harness import wait_until
+from tests.integration.test_failover import Load, leader_and_hot_standby, standby_caught_up, verify
+
+pytestmark = pytest.mark.integration
+
+
+def leader_node(redis_url: str, product: str) -> str | None:
+    value = sync_client(redis_url).get(leader_key(product))
+    return value.decode().partition("|")[2].rsplit(":", 2)[0] if value else None
+
+
+def test_handover_command_moves_the_leader_without_a_restart(services, cluster_factory, product):
+    cluster = cluster_factory([product])
+    leader, pid, other = leader_and_hot_standby(cluster, product)
+    other_pid = other.product_pid(product)
+    load = Load(services.bootstrap, product, 12_000)
+    load.start()
+    wait_until(lambda: load.sent >= 3_000, 60, "load to flow")
+    argv = [sys.executable, "-m", "cluster", "handover", "--redis", services.redis_url, "--product", product]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"{leader.node_id} (epoch" in result.stdout and f"-> {other.node_id} (epoch" in result.stdout
+    assert leader_node(services.redis_url, product) == other.node_id
+    wait_until(lambda: standby_caught_up(leader, product), 30, "the old leader to be a hot standby")
+    sent = load.finish()
+    verify(services, cluster, product, sent)
+    assert "handed over" in leader.log_text()
+    assert (leader.product_pid(product), other.product_pid(product)) == (pid, other_pid), (
+        "a process restarted"
+    )
+
+    refused = subprocess.run(
+        [*argv, "--to", "nobody", "--timeout-s", "2"], capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode != 0 and "no handover" in refused.stderr
+
+
+def test_sigterm_of_the_leaders_node_hands_the_product_over(services, cluster_factory, product):
+    cluster = cluster_factory([product])
+    leader, _, other = leader_and_hot_standby(cluster, product)
+    load = Load(services.bootstrap, product, 12_000)
+    load.start()
+    wait_until(lambda: load.sent >= 3_000, 60, "load to flow")
+    os.killpg(leader.process.pid, signal.SIGTERM)
+    assert leader.process.wait(30) == 0
+    assert f"handed over product={product}" in leader.log_text()
+    wait_until(lambda: other.product_pid(product, role="leader"), 10, "the standby to lead")
+    sent = load.finish()
+    verify(services, cluster, product, sent)
+
+
+def test_a_node_that_joins_gets_its_share_of_leaders_by_handover(services, cluster_factory):
+    products = [f"T{uuid.uuid4().hex[:10].upper()}-{n}" for n in ("A", "B")]
+    cluster = cluster_factory(products)
+    env = {"ORDERBOOK_CLUSTER_START_TUNE": "rebalance_after_s=1"}
+    first = cluster.start_node("j1", env)
+    for product in products:
+        wait_until(lambda p=product: first.product_pid(p, role="leader"), 30, f"j1 to lead {product}")
+    second = cluster.start_node("j2", env)
+
+    def spread():
+        holders = [leader_node(services.redis_url, p) for p in products]
+        return sorted(holders) == ["j1", "j2"]
+
+    wait_until(spread, 60, "one product led by each node")
+    assert "handed over" in first.log_text()
+    for node in (first, second):
+        assert "child exited" not in node.log_text(), f"{node.node_id} restarted a product process"
