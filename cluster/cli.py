@@ -303,11 +303,12 @@ def tail(kafka, state_dir, product, count, idle_timeout) -> None:
 )
 @click.option(
     "--fault",
-    type=click.Choice(FAULTS),
+    type=click.Choice([*FAULTS, "rolling-restart"]),
     required=True,
     help="kill: SIGKILL the leader's product process; pause: SIGSTOP it; stall: block its matching "
     "loop past the stall limit (its lease renewer runs on); node-kill: the leader's whole node; "
-    "redis-restart: the embedded Redis.",
+    "redis-restart: the embedded Redis; rolling-restart: restart every node in turn (--product may "
+    "name several products, comma-separated) and report each product's largest output pause.",
 )
 @click.option("--rounds", type=int, default=5, show_default=True)
 @click.option("--rate", type=float, default=500.0, show_default=True, help="Offered orders per second.")
@@ -332,9 +333,30 @@ def drill(
     if not admin_token:
         raise click.UsageError("give --admin-token (the nodes' ORDERBOOK_CLUSTER_START_ADMIN_TOKEN)")
     configs = load_products(config)
-    if product not in configs:
-        raise click.UsageError(f"{config} has no settings for {product}")
+    names = [p for p in product.split(",") if p]
+    missing = [p for p in names if p not in configs]
+    if missing or len(names) != 1 and fault != "rolling-restart":
+        raise click.UsageError(
+            f"{config} has no settings for {', '.join(missing)}" if missing else "one --product"
+        )
     log = (lambda _line: None) if as_json else (lambda line: click.echo(line, err=True))
+    if fault == "rolling-restart":
+        from cluster.rolling import format_rolling, run_rolling_restart
+
+        try:
+            rolling = run_rolling_restart(
+                bootstrap,
+                redis_url,
+                {p: configs[p] for p in names},
+                rate,
+                admin_token,
+                kafka_extra=load_kafka_properties(kafka_config),
+                log=log,
+            )
+        except DrillError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(json.dumps(rolling.as_dict(), indent=2) if as_json else format_rolling(rolling))
+        sys.exit(0 if rolling.ok() else 1)
     try:
         report = run_drill(
             bootstrap=bootstrap,

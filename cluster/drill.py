@@ -13,6 +13,7 @@ stop). With the leader on another host that mixes two clocks (NTP keeps them wit
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import threading
@@ -160,6 +161,7 @@ class OutputWatcher(threading.Thread):
         self.max_sequence = 0
         self.last_arrival: float = 0.0
         self.produced_after: list[tuple[float, int]] = []  # (arrival, record timestamp ms)
+        self.stamp_of_sequence: dict[int, int] = {}  # producer timestamp (ms) of each sequence's first copy
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
 
@@ -182,6 +184,7 @@ class OutputWatcher(threading.Thread):
                         self.first_stamp[epoch] = msg.timestamp()[1]
                     seq = _sequence_of.decode(value).get("sequence", 0)
                     self.max_sequence = max(self.max_sequence, seq)
+                    self.stamp_of_sequence.setdefault(seq, msg.timestamp()[1])
                     self.last_arrival = now
                     self.produced_after.append((now, msg.timestamp()[1]))
                     if len(self.produced_after) > 100_000:
@@ -198,6 +201,13 @@ class OutputWatcher(threading.Thread):
         """(arrival, producer timestamp ms) of the first event produced after `wall_ms`."""
         with self.lock:
             return next(((arrival, ts) for arrival, ts in self.produced_after if ts > wall_ms), None)
+
+    def largest_pause_ms(self, from_ms: int, to_ms: int) -> int:
+        """The longest time between consecutive events (by sequence, producer timestamps) in a window."""
+        with self.lock:
+            stamps = [self.stamp_of_sequence[s] for s in sorted(self.stamp_of_sequence)]
+        inside = [t for t in stamps if from_ms <= t <= to_ms]
+        return max((b - a for a, b in itertools.pairwise(inside)), default=0)
 
     def distinct_count(self) -> int:
         """Distinct sequences seen (events arrive in order per leader; duplicates repeat old ones)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -37,6 +38,7 @@ class Node:
         specs = [ChildSpec(p, run_product, (settings, p)) for p in settings.products]
         self.supervisor = Supervisor(specs, settings.node_id, on_exit=self.child_exited, on_tick=self.tick)
         self.http: http_api.ThreadingHTTPServer | None = None
+        self.restart_requested = False
 
     def child_exited(self, product: str, token: str, code: int | None) -> None:
         """A child that did not stop cleanly may still hold its lease: release it now, by token."""
@@ -126,6 +128,16 @@ class Node:
                 "at_ms": at_ms,
                 "stall_s": self.settings.timing.drill_stall_s() if fault == "stall" else 0.0,
             }
+        if fault == "restart":
+            if self.embedded is not None:
+                return 409, {
+                    "error": "this node runs the embedded broker and Redis; restarting it restarts the cluster"
+                }
+            log.warning("fault injected fault=restart node=%s", self.settings.node_id)
+            self.restart_requested = True
+            # As SIGTERM does: every leader hands its product over, then the node starts afresh.
+            threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM)).start()
+            return 200, {"ok": True, "fault": fault, "node": self.settings.node_id, "at_ms": at_ms}
         if fault == "node-kill":
             if self.embedded is not None:
                 return 409, {
@@ -178,7 +190,7 @@ class Node:
             ",".join(self.settings.products),
         )
         try:
-            return self.supervisor.run()
+            code = self.supervisor.run()
         finally:
             self.http.shutdown()
             try:
@@ -186,6 +198,13 @@ class Node:
                 self.redis.hdel(NODE_ADDRESSES_KEY, self.settings.node_id)
             except Exception:  # noqa: BLE001 - Redis gone: the heartbeat just ages out
                 pass
+        if self.restart_requested and code == 0:
+            # The drill's rolling restart: the same command line in this process (same pid, so a
+            # process manager sees no exit), like a StatefulSet pod coming back.
+            log.warning("restarting node=%s", self.settings.node_id)
+            logging.shutdown()
+            os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+        return code
 
 
 def prepare_metrics_dir(state_dir: Path) -> Path:

@@ -3,6 +3,7 @@ share of the leaders to a node that joins. No process restarts, nothing lost or 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,13 @@ import pytest
 
 from cluster.redis_state import leader_key, sync_client
 from tests.integration.harness import wait_until
-from tests.integration.test_failover import Load, leader_and_hot_standby, standby_caught_up, verify
+from tests.integration.test_failover import (
+    ADMIN_TOKEN,
+    Load,
+    leader_and_hot_standby,
+    standby_caught_up,
+    verify,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -80,3 +87,52 @@ def test_a_node_that_joins_gets_its_share_of_leaders_by_handover(services, clust
     assert "handed over" in first.log_text()
     for node in (first, second):
         assert "child exited" not in node.log_text(), f"{node.node_id} restarted a product process"
+
+
+def test_rolling_restart_drill_restarts_every_node_and_the_streams_stay_whole(services, cluster_factory):
+    products = [f"T{uuid.uuid4().hex[:10].upper()}-{n}" for n in ("A", "B", "C")]
+    cluster = cluster_factory(products)
+    env = {
+        "ORDERBOOK_CLUSTER_START_ADMIN_TOKEN": ADMIN_TOKEN,
+        "ORDERBOOK_CLUSTER_START_TUNE": "rebalance_after_s=1",
+    }
+    nodes = [cluster.start_node(n, env) for n in ("r1", "r2", "r3")]
+    for product in products:
+        cluster.wait_leader(product)
+        wait_until(
+            lambda p=product: sum(bool(n.product_status(p).get("caught_up")) for n in nodes) == 3,
+            60,
+            f"three caught-up processes for {product}",
+        )
+    argv = [
+        sys.executable,
+        "-m",
+        "cluster",
+        "drill",
+        "--kafka",
+        services.bootstrap,
+        "--redis",
+        services.redis_url,
+        "--config",
+        str(cluster.config),
+        "--product",
+        ",".join(products),
+        "--fault",
+        "rolling-restart",
+        "--rate",
+        "300",
+        "--admin-token",
+        ADMIN_TOKEN,
+        "--json",
+    ]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    report = json.loads(result.stdout)
+    assert sorted(report["restarted"]) == ["r1", "r2", "r3"]
+    for product in products:
+        assert report["per_product"][product]["stream"]["ok"], report["per_product"][product]
+    for node in nodes:
+        assert node.process.poll() is None, f"{node.node_id} did not come back"
+        assert "restarting node=" in node.log_text()
+    # The figures go to the note and docs (a benchmark), not into an assertion.
+    print("rolling restart pauses ms:", {p: report["per_product"][p] for p in products})
