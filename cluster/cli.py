@@ -261,7 +261,11 @@ def send(kafka, state_dir, product, generate, seed, start_id, source) -> None:
     "--idle-timeout", type=float, default=None, help="Stop when no event came for this many seconds."
 )
 def tail(kafka, state_dir, product, count, idle_timeout) -> None:
-    """Print a product's events from the start, dropping redelivered sequences."""
+    """Print a product's events from the start, dropping redelivered sequences.
+
+    Follows the topic like `tail -f`: it runs until --count events (or --idle-timeout seconds
+    without one) or Ctrl-C. A product without topics is an error at once.
+    """
     from cluster.send import tail_events
 
     bootstrap = service_address(kafka, "kafka", state_dir)
