@@ -275,6 +275,32 @@ def tail(kafka, state_dir, product, count, idle_timeout) -> None:
 
 @cli.command()
 @click.option("--kafka", default=None)
+@click.option("--state-dir", type=click.Path(path_type=Path), default=DEFAULT_STATE_DIR)
+@click.option("--product", required=True)
+@click.option("--count", type=int, default=None, help="Stop after this many dead letters.")
+@click.option(
+    "--idle-timeout",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Stop when no dead letter came for this many seconds (0: follow until Ctrl-C).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per dead letter.")
+def dlq(kafka, state_dir, product, count, idle_timeout, as_json) -> None:
+    """Print a product's dead letters: reason, source offset, and the record's first 120 bytes."""
+    from cluster.dlq import dead_letters, format_letter
+    from cluster.kafka_io import dlq_topic
+    from cluster.send import require_topic
+
+    bootstrap = service_address(kafka, "kafka", state_dir)
+    require_topic(bootstrap, dlq_topic(product), product)
+    letters = dead_letters(bootstrap, product, count=count, idle_timeout=idle_timeout or None)
+    for letter in letters:
+        click.echo(json.dumps(letter) if as_json else format_letter(letter))
+
+
+@cli.command()
+@click.option("--kafka", default=None)
 @click.option("--redis", default=None)
 @click.option("--kafka-config", type=click.Path(path_type=Path, exists=True), default=None)
 @click.option("--state-dir", type=click.Path(path_type=Path), default=DEFAULT_STATE_DIR)
