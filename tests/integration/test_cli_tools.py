@@ -88,3 +88,12 @@ def test_dlq_shows_reason_offset_and_an_escaped_preview(services, cluster_factor
 def test_dlq_of_a_product_without_topics_fails_at_once(services, product):
     result = CliRunner().invoke(cli, ["dlq", "--kafka", services.bootstrap, "--product", product])
     assert result.exit_code == 1 and "no such product topic" in result.output
+
+
+def test_tail_without_a_broker_fails_in_bounded_time():
+    from cluster.embedded import free_port
+
+    began = time.monotonic()
+    result = CliRunner().invoke(cli, ["tail", "--kafka", f"127.0.0.1:{free_port()}", "--product", "X-USD"])
+    assert result.exit_code == 1 and "did not answer in 10 s" in result.output, result.output
+    assert time.monotonic() - began < 20
