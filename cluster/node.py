@@ -197,8 +197,8 @@ def log_core(wanted: str) -> None:
     if wanted == "auto" and took == "python":
         log.warning(
             "core=python asked=auto: no C core in %s (%s); the Python core runs, about 3x slower "
-            "end to end. Build it (pip install with a C compiler, or python setup.py build_ext "
-            "--inplace in a checkout) or run the installed command from outside the checkout",
+            "end to end. Build it (pip install with a C compiler; in a checkout, pip install -e .) "
+            "or run the installed orderbook-cluster command from outside the checkout",
             Path(engine.__file__).parent,
             native_import_error(),
         )
