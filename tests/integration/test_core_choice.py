@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster.status import collect_status
 from engine.native import native_available
 from tests.integration.harness import wait_until
 
@@ -44,9 +45,15 @@ def test_auto_without_the_c_core_warns_and_reports_python(cluster_factory, produ
 
 
 @pytest.mark.skipif(not native_available(), reason="the C core is not built here")
-def test_auto_with_the_c_core_reports_native(cluster_factory, product):
+def test_auto_with_the_c_core_reports_native(services, cluster_factory, product):
     cluster = cluster_factory([product])
     node = cluster.start_node("n1")
     cluster.wait_leader(product)
     assert wait_until(lambda: node.product_status(product).get("core"), 30, "the core in /status") == "native"
+
+    def status_cores():
+        processes = collect_status(services.redis_url, [product])["products"][product]["processes"]
+        return [p["core"] for p in processes]
+
+    assert wait_until(status_cores, 10, "`status` to show the core") == ["native"]
     assert "INFO cluster.node" in node.log_text() and "core=native asked=auto" in node.log_text()
