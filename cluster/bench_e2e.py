@@ -265,6 +265,7 @@ def throughput_phase(
             "peak_rss_mb": peak_rss_mb(pid),
             "pid": pid,
             "restarts": done[product].get("restarts", 0),
+            "core": done[product].get("core"),  # as the product process reported it in /status
         }
     return figures, done
 
@@ -374,6 +375,13 @@ def summarize(runs: list[dict]) -> dict:
     return summary
 
 
+def ran_cores(engine_runs: list[dict]) -> str:
+    """The core every engine product process reported running ("native", "python"; both joined
+    by "+" if they differed): what the figures are of, whatever was asked for."""
+    cores = {f.get("core") or "unknown" for run in engine_runs for f in run["products"].values()}
+    return "+".join(sorted(cores))
+
+
 def run_bench(
     bootstrap: str,
     redis_url: str,
@@ -404,6 +412,11 @@ def run_bench(
                 per_mille = max(1000, round(1000 * events / (orders * n)))
                 runs["volume"].append(run_mode(*args, passthrough=True, copies_per_mille=per_mille))
     passthrough, engine = summarize(runs["passthrough"]), summarize(runs["engine"])
+    ran = ran_cores(runs["engine"])
+    if ran != resolve_core(core):
+        progress(
+            f"the engine's product processes ran the {ran} core, not the {resolve_core(core)} core found here"
+        )
     volume = {}
     if volume_matched:
         limit = summarize(runs["volume"])
@@ -422,7 +435,8 @@ def run_bench(
         "rounds": rounds,
         "cpus": os.cpu_count(),
         "broker": broker,
-        "core": resolve_core(core),
+        "core": ran,
+        "core_asked": core,
         "passthrough": passthrough,
         "engine": engine,
         "comparison": compare(passthrough, engine),

@@ -19,6 +19,7 @@ import click
 
 from cluster.bench_core import core as bench_core
 from cluster.bench_e2e import e2e as bench_e2e
+from cluster.bench_replay import replay as bench_replay
 from cluster.drill import FAULTS
 from cluster.http_api import DEFAULT_HTTP_PORT
 from cluster.replay import replay
@@ -284,12 +285,42 @@ def send(kafka, state_dir, product, generate, seed, start_id, source) -> None:
     "--idle-timeout", type=float, default=None, help="Stop when no event came for this many seconds."
 )
 def tail(kafka, state_dir, product, count, idle_timeout) -> None:
-    """Print a product's events from the start, dropping redelivered sequences."""
+    """Print a product's events from the start, dropping redelivered sequences.
+
+    Follows the topic like `tail -f`: it runs until --count events (or --idle-timeout seconds
+    without one) or Ctrl-C. A product without topics is an error at once.
+    """
     from cluster.send import tail_events
 
     bootstrap = service_address(kafka, "kafka", state_dir)
     for line in tail_events(bootstrap, product, count=count, idle_timeout=idle_timeout):
         click.echo(line)
+
+
+@cli.command()
+@click.option("--kafka", default=None)
+@click.option("--state-dir", type=click.Path(path_type=Path), default=DEFAULT_STATE_DIR)
+@click.option("--product", required=True)
+@click.option("--count", type=int, default=None, help="Stop after this many dead letters.")
+@click.option(
+    "--idle-timeout",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Stop when no dead letter came for this many seconds (0: follow until Ctrl-C).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per dead letter.")
+def dlq(kafka, state_dir, product, count, idle_timeout, as_json) -> None:
+    """Print a product's dead letters: reason, source offset, and the record's first 120 bytes."""
+    from cluster.dlq import dead_letters, format_letter
+    from cluster.kafka_io import dlq_topic
+    from cluster.send import require_topic
+
+    bootstrap = service_address(kafka, "kafka", state_dir)
+    require_topic(bootstrap, dlq_topic(product), product)
+    letters = dead_letters(bootstrap, product, count=count, idle_timeout=idle_timeout or None)
+    for letter in letters:
+        click.echo(json.dumps(letter) if as_json else format_letter(letter))
 
 
 @cli.command()
@@ -385,6 +416,7 @@ def bench() -> None:
 
 bench.add_command(bench_core, "core")
 bench.add_command(bench_e2e, "e2e")
+bench.add_command(bench_replay, "replay")
 cli.add_command(replay)
 
 __all__ = ["cli", "main", "redact_url"]

@@ -80,6 +80,13 @@ def ensure_topics(bootstrap: str, extra: dict[str, str], topics: list[str], time
                 raise
 
 
+def topic_exists(bootstrap: str, topic: str, extra: dict | None = None, timeout_s: float = 10.0) -> bool:
+    """Whether the broker knows `topic` (a listing of all topics: asking for one by name could
+    create it). Raises KafkaException when the broker does not answer within `timeout_s`."""
+    admin = AdminClient(base_config(bootstrap, extra or {}))
+    return topic in admin.list_topics(timeout=timeout_s).topics
+
+
 def make_consumer(bootstrap: str, extra: dict[str, str], client_id: str, fetch_wait_ms: int = 20) -> Consumer:
     """A consumer for explicit `assign()` reads: no group rebalances, no committed offsets.
 

@@ -16,11 +16,13 @@ import threading
 import time
 from pathlib import Path
 
+import engine
 from cluster import http_api
 from cluster.embedded import EmbeddedServices
 from cluster.redis_state import NODE_ADDRESSES_KEY, NODES_KEY, durability_problems, release_sync, sync_client
 from cluster.settings import NodeSettings
 from cluster.worker import STALL_SIGNAL, run_product
+from engine.native import native_import_error, resolve_core
 from supervisor import ChildSpec, Supervisor
 
 log = logging.getLogger(__name__)
@@ -189,6 +191,7 @@ class Node:
             port,
             ",".join(self.settings.products),
         )
+        log_core(self.settings.core)
         try:
             code = self.supervisor.run()
         finally:
@@ -205,6 +208,24 @@ class Node:
             logging.shutdown()
             os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
         return code
+
+
+def log_core(wanted: str) -> None:
+    """Say which matching core the product processes take, and warn when `auto` fell back to the
+    Python core: e.g. `python -m cluster` run from a checkout imports that source tree, which has no
+    C core built in place, even when the installed package has one. (Children are spawned with
+    this process's sys.path, so they import the same engine.)"""
+    took = resolve_core(wanted)
+    if wanted == "auto" and took == "python":
+        log.warning(
+            "core=python asked=auto: no C core in %s (%s); the Python core runs, about 3x slower "
+            "end to end. Build it (pip install with a C compiler; in a checkout, pip install -e .) "
+            "or run the installed orderbook-cluster command from outside the checkout",
+            Path(engine.__file__).parent,
+            native_import_error(),
+        )
+    else:
+        log.info("core=%s asked=%s engine=%s", took, wanted, Path(engine.__file__).parent)
 
 
 def prepare_metrics_dir(state_dir: Path) -> Path:

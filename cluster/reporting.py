@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from cluster.redis_state import status_key
+from engine.native import NativeEngine
 
 if TYPE_CHECKING:
     from cluster.worker import ProductWorker
@@ -77,6 +78,8 @@ class StatusReporter:
             "node": w.settings.node_id,
             "pid": os.getpid(),
             "role": "leader" if leader else "standby",
+            # the core this process runs (not the one asked for): what benchmarks and operators must see
+            "core": "native" if isinstance(w.engine, NativeEngine) else "python",
             "epoch": leader.epoch if leader else 0,
             "offset": w.next_offset,
             "sequence": w.engine.sequence,

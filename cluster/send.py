@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 import click
 import msgspec
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 
-from cluster.kafka_io import message_topic, order_topic, read_topic
+from cluster.kafka_io import message_topic, order_topic, read_topic, topic_exists
 from engine.messages import NOT_JSON
 
 _created_at = msgspec.json.Decoder(dict)
+TOPIC_LOOKUP_TIMEOUT_S = 10.0
 
 
 def record_timestamp_ms(raw: bytes) -> int | None:
@@ -78,9 +80,15 @@ def send_orders(
         from cluster.workload import generate_orders
 
         encoder = msgspec.json.Encoder()
-        lines: Iterable[bytes] = (
-            encoder.encode(o) for o in generate_orders(product, generate, seed, start_id=start_id)
-        )
+
+        def sent_now(order: dict) -> bytes:
+            # A generated order has no creation time of its own: it is stamped as it is sent (in ms,
+            # and so is its record), not with the generator's fixed 2023 clock, which made the
+            # order-to-event metric (from the record's timestamp) read three years.
+            order["created_at"] = time.time_ns() // 1_000_000 * 1_000_000
+            return encoder.encode(order)
+
+        lines: Iterable[bytes] = map(sent_now, generate_orders(product, generate, seed, start_id=start_id))
         with click.progressbar(
             lines,
             length=generate,
@@ -89,6 +97,21 @@ def send_orders(
         ) as bar:
             return produce_orders(bootstrap, product, bar)
     return produce_orders(bootstrap, product, source)
+
+
+def require_topic(bootstrap: str, topic: str, product: str, extra: dict | None = None) -> None:
+    """Fail at once, in bounded time, rather than wait forever on a topic that does not exist."""
+    try:
+        exists = topic_exists(bootstrap, topic, extra, TOPIC_LOOKUP_TIMEOUT_S)
+    except KafkaException as exc:
+        raise click.ClickException(
+            f"the broker at {bootstrap} did not answer in {TOPIC_LOOKUP_TIMEOUT_S:.0f} s: {exc}"
+        ) from None
+    if not exists:
+        raise click.ClickException(
+            f"no such product topic {topic} at {bootstrap}: check the product name; a node running "
+            f"the product (start --products {product}) creates its topics"
+        )
 
 
 _sequence = msgspec.json.Decoder(dict)
@@ -107,8 +130,11 @@ def dedupe_by_sequence(values: Iterable[bytes]) -> Iterator[bytes]:
 def tail_events(
     bootstrap: str, product: str, *, count: int | None, idle_timeout: float | None
 ) -> Iterator[str]:
-    """The `tail` command: events as JSON lines, each sequence once."""
-    records = read_topic(bootstrap, message_topic(product), idle_s=idle_timeout)
+    """The `tail` command: events as JSON lines, each sequence once; follows the topic until
+    `count` events or `idle_timeout` seconds without one (each None: until interrupted)."""
+    topic = message_topic(product)
+    require_topic(bootstrap, topic, product)
+    records = read_topic(bootstrap, topic, idle_s=idle_timeout)
     values = (value for _, value, _, _ in records)
     for n, value in enumerate(dedupe_by_sequence(values), 1):
         yield value.decode()

@@ -59,6 +59,7 @@ def collect_status(redis_url: str, products: list[str] | None = None) -> dict:
                         "node",
                         "pid",
                         "role",
+                        "core",
                         "epoch",
                         "offset",
                         "sequence",

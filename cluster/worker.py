@@ -32,6 +32,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from cluster import kafka_io, snapshots
 from cluster import metrics as m
 from cluster.lease import Demoted, Leadership, LeaseKeeper, LeaseRenewer
+from cluster.log_limit import RateLimitedWarning
 from cluster.redis_state import SNAPSHOT_FORMAT, ProductRedis, SnapshotEnvelope, async_client
 from cluster.reporting import StatusReporter
 from cluster.settings import NodeSettings
@@ -109,6 +110,7 @@ class ProductWorker:
         # process may then lead again from memory only once the recorded progress covers them.
         self.undelivered_state = False
         self.renewer = LeaseRenewer(settings.redis_url, product, self.timing, lambda: self.loop_beat)
+        self.dead_letter_log = RateLimitedWarning(log, 10.0)  # a line per reason per 10 s at most
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"consume-{product}")
 
     # ---- start-up: the one recovery path -------------------------------------------------
@@ -298,6 +300,9 @@ class ProductWorker:
                 continue
 
     def _produce_dead_letter(self, offset: int, raw: bytes, reason: str) -> None:
+        self.dead_letter_log.warn(
+            reason, "dead letter product=%s reason=%s source_offset=%d", self.product, reason, offset
+        )
         headers = [
             ("reason", reason.encode()),
             ("source_offset", str(offset).encode()),

@@ -177,3 +177,40 @@ def orders_jsonl(
     """The same stream as JSON lines (one order per line, trailing newline)."""
     encode = _encoder.encode
     return b"".join(encode(o) + b"\n" for o in generate_orders(product_id, n, seed, start_id, start_ts, **kw))
+
+
+# What an order gateway gets wrong now and then: each turns a generated new order into a reject
+# (an event with reason `rejected`), or a record into a dead letter (no event).
+_REJECTS = (
+    {"price": "10.001"},  # price_too_precise
+    {"size": "0.0000001"},  # size_too_precise
+    {"product_id": "OTHER-USD"},  # product_mismatch
+    {"time_in_force": "GTD"},  # invalid_time_in_force
+    {"user_id": -1},  # invalid_user_id
+)
+_DEAD_LETTERS = (b"not json", b'{"created_at": 1}', b'{"id": 1, "status": "new", "side": "sideways"}', b"[]")
+
+
+def orders_with_faults_jsonl(
+    product_id: str,
+    n: int,
+    seed: int,
+    reject_every: int = 50,
+    dead_letter_every: int = 500,
+    users: int = 50,
+) -> bytes:
+    """The realistic stream as JSON lines, with about one new order in `reject_every` made invalid
+    (a `done` rejected) and one record in `dead_letter_every` replaced by an unreadable one
+    (a dead letter). ~5% of new orders carry `stp`; with 50 active users (a book dominated by a
+    few dozen market makers) it decides outcomes all along, where among 300 it rarely bites."""
+    rng = random.Random(seed ^ 0x5EED)
+    encode = _encoder.encode
+    lines = []
+    for i, order in enumerate(generate_orders(product_id, n, seed, users=users), start=1):
+        if i % dead_letter_every == 0:
+            lines.append(rng.choice(_DEAD_LETTERS))
+            continue
+        if order["status"] == "new" and rng.randrange(reject_every) == 0:
+            order = {**order, **rng.choice(_REJECTS)}
+        lines.append(encode(order))
+    return b"".join(line + b"\n" for line in lines)

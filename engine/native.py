@@ -32,8 +32,11 @@ from engine.snapshot import SnapshotError, decode_snapshot, encode_snapshot_head
 
 try:
     from engine import _native
-except ImportError:  # built without a C compiler: the Python core runs instead
+
+    _native_error = ""
+except ImportError as exc:  # built without a C compiler: the Python core runs instead
     _native = None
+    _native_error = str(exc)
 
 CORES = ("auto", "native", "python")
 
@@ -41,6 +44,11 @@ CORES = ("auto", "native", "python")
 def native_available() -> bool:
     """Whether the C extension was built and imports."""
     return _native is not None
+
+
+def native_import_error() -> str:
+    """Why the C extension did not import ("" when it did)."""
+    return _native_error
 
 
 def _slow_path(core, raw: bytes, ts: int):

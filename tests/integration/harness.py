@@ -101,8 +101,11 @@ class Cluster:
         self.config = write_config(tmp_path / "products.toml", products)
         self.nodes: list[NodeProcess] = []
 
-    def start_node(self, node_id: str, extra_env: dict[str, str] | None = None) -> NodeProcess:
-        """Start `orderbook-cluster start` for every product, as node `node_id`."""
+    def start_node(
+        self, node_id: str, extra_env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> NodeProcess:
+        """Start `orderbook-cluster start` for every product, as node `node_id` (`python -m cluster`
+        run in `cwd`, default the current directory, imports the source tree there)."""
         port = free_port()
         log_path = self.tmp_path / f"{node_id}.log"
         argv = [
@@ -133,6 +136,7 @@ class Cluster:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 env={**os.environ, **(extra_env or {})},
+                cwd=cwd,
             )
         node = NodeProcess(node_id, proc, port, log_path)
         self.nodes.append(node)

@@ -28,7 +28,9 @@ def test_bench_e2e_json_has_every_figure(services):
     assert result.exit_code == 0, result.stderr + str(result.exception)
     report = json.loads(result.stdout)
     assert report["products"] == 2 and report["orders_per_product"] == 2000
-    assert report["core"] == ("native" if native_available() else "python")
+    # the core the engine's product processes reported in /status, not the one this process would take
+    assert report["core"] == ("native" if native_available() else "python") and report["core_asked"] == "auto"
+    assert {f["core"] for f in report["engine"]["products"].values()} == {report["core"]}
     for mode in ("passthrough", "engine"):
         run = report[mode]
         assert len(run["products"]) == 2, f"{mode}: {run['products']}"
