@@ -28,6 +28,11 @@ order_to_event_seconds = Histogram(
     LABELS,
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+order_time_unmeasurable = Counter(
+    "obc_order_time_unmeasurable",
+    "Batches whose last input record was stamped over an hour from this node's clock (old or replayed orders), left out of obc_order_to_event_seconds",
+    LABELS,
+)
 input_lag = Gauge(
     "obc_input_lag_records", "Records read but not yet applied", LABELS, multiprocess_mode="liveall"
 )
@@ -67,6 +72,7 @@ class Bound:
         self.dead_letters = dead_letters.labels(**labels)
         self.batch_size = batch_size.labels(**labels)
         self.order_to_event = order_to_event_seconds.labels(**labels)
+        self.order_time_unmeasurable = order_time_unmeasurable.labels(**labels)
         self.input_lag = input_lag.labels(**labels)
         self.last_sequence = last_sequence.labels(**labels)
         self.snapshot_age = snapshot_age.labels(**labels)
