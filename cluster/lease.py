@@ -183,6 +183,7 @@ class LeaseKeeper:
         self.products = worker.settings.products
         self.lease_free_since: float | None = None
         self.started_at = time.monotonic()
+        self.preferred_seen: str | None = None  # the other node placement preferred at the last look
 
     async def run(self) -> None:
         """As standby, follow progress and take the lease when it is free or handed to us; as
@@ -216,12 +217,21 @@ class LeaseKeeper:
             return
         leader = worker.leader
         if leader is None or time.monotonic() - leader.since < self.timing.rebalance_after_s:
+            self.preferred_seen = None
             return
-        standbys = await self.caught_up_standbys()
-        preferred = preferred_node(self.product, standbys | {self.node_id}, self.products)
-        if preferred != self.node_id:
+        # Placement is over the nodes running the product (they come and go rarely), not over the
+        # caught-up ones (a standby under load drops in and out of that set), and must prefer the
+        # same caught-up node on two looks in a row: leaders move once, not back and forth.
+        running, caught_up = await self.standbys()
+        preferred = preferred_node(self.product, running | {self.node_id}, self.products)
+        if preferred == self.node_id or preferred not in caught_up:
+            self.preferred_seen = None
+        elif self.preferred_seen != preferred:
+            self.preferred_seen = preferred
+        else:
             log.info("placement prefers another node product=%s node=%s", self.product, preferred)
             worker.handover_wanted = preferred
+            self.preferred_seen = None
 
     async def handover_target(self, wanted: str) -> str | None:
         """The caught-up standby to hand over to: `wanted`, or the preferred one if it is ''."""
@@ -266,13 +276,20 @@ class LeaseKeeper:
 
     async def caught_up_standbys(self) -> set[str]:
         """Nodes whose process for this product recently reported being a caught-up standby."""
+        return (await self.standbys())[1]
+
+    async def standbys(self) -> tuple[set[str], set[str]]:
+        """(nodes whose process for this product reported recently, in any role: a leader that
+        just handed over may still be reported as one; the caught-up standbys among them)."""
         fresh_after = int(time.time() * 1000) - 3 * self.timing.status_every_ms
-        nodes = set()
+        running, caught_up = set(), set()
         for node, raw in (await self.redis.client.hgetall(status_key(self.product))).items():
             status = json.loads(raw)
-            if status["reported_ms"] >= fresh_after and status["role"] == "standby" and status["caught_up"]:
-                nodes.add(node.decode())
-        return nodes
+            if status["reported_ms"] >= fresh_after:
+                running.add(node.decode())
+                if status["role"] == "standby" and status["caught_up"]:
+                    caught_up.add(node.decode())
+        return running, caught_up
 
     async def other_nodes_live(self) -> bool:
         """Whether another node heartbeated recently."""

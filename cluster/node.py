@@ -201,7 +201,7 @@ class Node:
                 self.redis.hdel(NODE_ADDRESSES_KEY, self.settings.node_id)
             except Exception:  # noqa: BLE001 - Redis gone: the heartbeat just ages out
                 pass
-        if self.restart_requested and code == 0:
+        if self.restart_requested:  # even if a child was still starting and died of the SIGTERM
             # The drill's rolling restart: the same command line in this process (same pid, so a
             # process manager sees no exit), like a StatefulSet pod coming back.
             log.warning("restarting node=%s", self.settings.node_id)

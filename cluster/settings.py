@@ -28,7 +28,7 @@ class Timing:
     lease_ttl_ms: int = 500
     lease_renew_ms: int = 100
     # A leader stops publishing this long before its lease could expire (clock drift, GC pauses).
-    lease_safety_ms: int = 150
+    lease_safety_ms: int = 100
     # The renewer renews only while the matching loop has turned within this limit, so a hung
     # loop loses the lease while a slow one (a large book's snapshot, a busy core) keeps it. It
     # is far above any healthy turn (a batch is ~1 ms, an idle wait 100 ms) and short enough that

@@ -525,8 +525,15 @@ class ProductWorker:
             self.step_down("lease renewal overdue")
 
     def caught_up(self) -> bool:
-        """A standby is caught up when it applied input up to the leader's recorded progress."""
-        return self.progress_seen[1] - self.next_offset <= self.timing.caught_up_slack
+        """A standby is caught up when it applied input up to the leader's recorded progress, and
+        can lead from memory: a stepped-down leader whose computed events nobody has delivered
+        yet is not (it would have to restart to lead, see become_leader)."""
+        if self.undelivered_state and self.progress_seen[0] >= self.engine.sequence:
+            self.undelivered_state = False  # the new leader has delivered all it had computed
+        return (
+            not self.undelivered_state
+            and self.progress_seen[1] - self.next_offset <= self.timing.caught_up_slack
+        )
 
     def step_down(self, reason: str) -> None:
         """Stop publishing and go on as a hot standby in this process (no restart, no replay).
