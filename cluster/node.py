@@ -11,7 +11,6 @@ import logging
 import os
 import queue
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -211,10 +210,11 @@ class Node:
                 pass
 
 
-def prepare_metrics_dir(state_dir: Path) -> Path:
-    """A fresh directory for multiprocess metrics; must be set before prometheus_client loads."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix="metrics-", dir=state_dir))
+def prepare_metrics_dir(run_dir: Path) -> Path:
+    """A fresh directory for multiprocess metrics in this run's directory (cluster/state_dir.py);
+    must be set before prometheus_client loads."""
+    path = run_dir / "metrics"
+    path.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
     return path
 
