@@ -142,7 +142,7 @@ def start(
     log_level,
 ) -> None:
     """Run one matching process per product on this node (leader or hot standby)."""
-    from cluster.embedded import embedded_services
+    from cluster.embedded import EmbeddedServerError, embedded_services
     from cluster.kafka_io import ensure_topics, product_topics
     from cluster.node import Node, prepare_metrics_dir
     from cluster.settings import build_settings
@@ -193,7 +193,10 @@ def start(
         held.callback(shutil.rmtree, prepare_metrics_dir(run_dir), ignore_errors=True)
         if kafka:
             sys.exit(run(settings))
-        services = held.enter_context(embedded_services(run_dir))
+        try:
+            services = held.enter_context(embedded_services(run_dir))
+        except EmbeddedServerError as exc:
+            raise click.ClickException(str(exc)) from None
         state_file = write_embedded(
             state_dir,
             {
