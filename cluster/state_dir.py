@@ -68,6 +68,8 @@ def embedded_lock(state_dir: Path) -> Iterator[None]:
     Under the lock, a stale embedded.json of an earlier run that died is cleaned up first.
     """
     state_dir.mkdir(parents=True, exist_ok=True)
+    if not (state_dir / LOCK_FILE).exists() and _legacy_record_alive(state_dir):
+        raise AlreadyRunning(state_dir, None)
     fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         if not _try_lock(fd):
@@ -106,11 +108,10 @@ def running_embedded(state_dir: Path) -> dict:
     try:
         fd = os.open(state_dir / LOCK_FILE, os.O_RDWR)
     except FileNotFoundError:
-        fd = None  # written by a version without the lock: believe it if its start still runs
+        fd = None
     if fd is None:
-        doc = json.loads(path.read_text())
-        if _alive(doc.get("start_pid")):
-            return doc
+        if _legacy_record_alive(state_dir):
+            return json.loads(path.read_text())
         raise StaleState(_clean_stale(state_dir))
     try:
         if not _try_lock(fd):
@@ -118,6 +119,25 @@ def running_embedded(state_dir: Path) -> dict:
         raise StaleState(_clean_stale(state_dir))
     finally:
         os.close(fd)
+
+
+def _legacy_record_alive(state_dir: Path) -> bool:
+    """An embedded.json written by a version without start.lock: alive while a server it names runs."""
+    try:
+        doc = json.loads((state_dir / EMBEDDED_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return any(_is_our_server(pid, port) for pid, port in _servers(doc))
+
+
+def _servers(doc: dict) -> list[tuple[int, str]]:
+    """(pid, port) of each server an embedded.json names."""
+    found = []
+    for name, pid in (doc.get("pids") or {}).items():
+        port = _port_of(doc.get("kafka" if name == "broker" else "redis", ""))
+        if isinstance(pid, int) and port:
+            found.append((pid, port))
+    return found
 
 
 def _clean_stale(state_dir: Path) -> str:
@@ -128,12 +148,12 @@ def _clean_stale(state_dir: Path) -> str:
     except (OSError, ValueError):
         doc = {}
     killed = []
-    for name, pid in (doc.get("pids") or {}).items():
-        port = _port_of(doc.get("kafka" if name == "broker" else "redis", ""))
-        if isinstance(pid, int) and port and _is_our_server(pid, port):
+    names = {pid: name for name, pid in (doc.get("pids") or {}).items()}
+    for pid, port in _servers(doc):
+        if _is_our_server(pid, port):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-                killed.append(f"{name} pid {pid}")
+                killed.append(f"{names[pid]} pid {pid}")
     path.unlink(missing_ok=True)
     start_pid = doc.get("start_pid")
     return f"removed a stale {path} (its start{f' pid {start_pid}' if start_pid else ''} is not running)" + (
@@ -152,8 +172,9 @@ def _is_our_server(pid: int, port: str) -> bool:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return any(port.encode() in arg for arg in argv) and any(
-        b"redis-server" in arg or b"tansu" in arg or b"broker" in arg for arg in argv
+    ours = port.encode()
+    return any(arg == ours or arg.endswith(b":" + ours) for arg in argv) and any(
+        b"redis-server" in arg or b"tansu" in arg for arg in argv
     )
 
 

@@ -103,3 +103,20 @@ def test_metrics_dirs_of_the_old_layout_go_when_their_writers_are_dead(tmp_path)
         os.utime(path, (time.time() - 120, time.time() - 120))
     assert remove_dead_runs(tmp_path) == [old_dead]
     assert not old_dead.exists() and old_live.exists()
+
+
+def test_a_record_from_before_the_lock_is_believed_while_its_servers_run(tmp_path, start_local):
+    server = start_local(redis_server(tmp_path / "old"))
+    doc = {
+        "kafka": "127.0.0.1:9",
+        "redis": f"redis://127.0.0.1:{server.port}/0",
+        "pids": {"redis": server.pid},
+    }
+    write_embedded(tmp_path, doc)  # as an older `start` left it: no start.lock, no start_pid
+    assert running_embedded(tmp_path) == doc
+    with pytest.raises(AlreadyRunning), embedded_lock(tmp_path):
+        pass
+    assert server.process.poll() is None, "a running older start's server was killed"
+    server.stop()
+    with pytest.raises(StaleState, match="is not running"):
+        running_embedded(tmp_path)
