@@ -3,7 +3,8 @@
 Every option is also an environment variable (prefix ORDERBOOK_CLUSTER_<COMMAND>_, e.g.
 ORDERBOOK_CLUSTER_START_KAFKA), so containers configure it without flags. Without --kafka and
 --redis, `start` runs the embedded default and records where it runs in <state-dir>/embedded.json,
-which `send`, `tail` and `status` read when they too are given no addresses.
+which `send`, `tail`, `status` and `drill` read when they too are given no addresses. The
+connection options are declared once, in cluster/connection.py.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 LOCK_FILE = "start.lock"
 EMBEDDED_FILE = "embedded.json"
 RUN_LOCK = "lock"
+LOCK_PATIENCE_S = 1.0
 # Dead runs whose files (the embedded servers' logs) are kept for a post-mortem; older ones go.
 KEEP_DEAD_RUNS = 3
 
@@ -72,8 +73,12 @@ def embedded_lock(state_dir: Path) -> Iterator[None]:
         raise AlreadyRunning(state_dir, None)
     fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        if not _try_lock(fd):
-            raise AlreadyRunning(state_dir, _read_pid(fd))
+        # A command checking for a stale record holds the lock for milliseconds: outwait that.
+        deadline = time.monotonic() + LOCK_PATIENCE_S
+        while not _try_lock(fd):
+            if time.monotonic() > deadline:
+                raise AlreadyRunning(state_dir, _read_pid(fd))
+            time.sleep(0.05)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         if (state_dir / EMBEDDED_FILE).exists():
