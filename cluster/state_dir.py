@@ -64,7 +64,8 @@ def _try_lock(fd: int) -> bool:
 
 @contextlib.contextmanager
 def embedded_lock(state_dir: Path) -> Iterator[None]:
-    """Hold this state directory's start.lock for the block, or raise AlreadyRunning at once.
+    """Hold this state directory's start.lock for the block, or raise AlreadyRunning (within
+    LOCK_PATIENCE_S).
 
     Under the lock, a stale embedded.json of an earlier run that died is cleaned up first.
     """
