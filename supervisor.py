@@ -8,11 +8,13 @@ exit, so the node can release what a killed child held without waiting for a TTL
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
 import secrets
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,8 +55,32 @@ class Child:
     status: dict = field(default_factory=dict)
 
 
-def _child_entry(target: Callable[..., int], args: tuple, token: str, conn: Any, log_level: int) -> None:
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def die_with_parent(signum: int, parent_pid: int) -> None:
+    """In a child, first thing: the kernel sends `signum` when the parent dies (Linux), so a
+    SIGKILLed or OOM-killed parent leaves no orphans behind. A child whose parent died before this
+    ran gets the signal at once.
+
+    The kernel fires it when the *thread* that forked the child exits, so fork from a thread that
+    lives as long as the parent (the main thread). Elsewhere than Linux: no-op.
+    """
+    if _libc is None:
+        return
+    _libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signum)
+
+
+def _child_entry(
+    target: Callable[..., int], args: tuple, token: str, conn: Any, log_level: int, parent_pid: int
+) -> None:
     """Runs in the spawned child: its own logging, then the target; its return is the exit code."""
+    # The supervisor gone (SIGKILL, OOM) means nobody reaps, restarts or releases leases: stop as
+    # on the supervisor's own SIGTERM (drain, release the lease) rather than lead on as an orphan.
+    die_with_parent(signal.SIGTERM, parent_pid)
     logging.basicConfig(
         level=log_level, format="%(asctime)s %(levelname)s %(name)s pid=%(process)d %(message)s"
     )
@@ -94,7 +120,14 @@ class Supervisor:
         child.process = self.context.Process(
             target=_child_entry,
             name=f"obc-{child.spec.name}",
-            args=(child.spec.target, child.spec.args, child.token, child_conn, logging.getLogger().level),
+            args=(
+                child.spec.target,
+                child.spec.args,
+                child.token,
+                child_conn,
+                logging.getLogger().level,
+                os.getpid(),
+            ),
         )
         child.process.start()
         child_conn.close()

@@ -529,7 +529,7 @@ def _exit_on_sigterm(signum, frame) -> None:
     help="Also run the passthrough at the engine's output volume (as many records out per order as "
     "the engine's events): the limit of any core under this contract's one record per event.",
 )
-@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True, help="Random seed of the generated orders.")
 @click.option("--kafka", default=None, help="Use this broker (with --redis) instead of starting one.")
 @click.option("--redis", default=None, help="Use this Redis (with --kafka) instead of starting one.")
 @click.option(

@@ -3,14 +3,19 @@
 Every option is also an environment variable (prefix ORDERBOOK_CLUSTER_<COMMAND>_, e.g.
 ORDERBOOK_CLUSTER_START_KAFKA), so containers configure it without flags. Without --kafka and
 --redis, `start` runs the embedded default and records where it runs in <state-dir>/embedded.json,
-which `send`, `tail` and `status` read when they too are given no addresses.
+which `send`, `tail`, `status` and `drill` read when they too are given no addresses. The
+connection options are declared once, in cluster/connection.py.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import json
 import logging
+import os
 import secrets
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -20,12 +25,12 @@ import click
 from cluster.bench_core import core as bench_core
 from cluster.bench_e2e import e2e as bench_e2e
 from cluster.bench_replay import replay as bench_replay
+from cluster.connection import DEFAULT_STATE_DIR, Connection, check_redis, connection_options, kafka_topics
 from cluster.drill import FAULTS
 from cluster.http_api import DEFAULT_HTTP_PORT
 from cluster.replay import replay
 from cluster.settings import SettingsError, parse_timing, redact_url
 
-DEFAULT_STATE_DIR = Path(".orderbook-cluster")
 PACKAGED_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "products.toml"
 
 
@@ -46,23 +51,21 @@ def setup_logging(level: str) -> None:
 
 def service_address(given: str | None, service: str, state_dir: Path) -> str:
     """The address given for `service` ("kafka" or "redis"), else the running embedded default's."""
-    if given:
-        return given
-    embedded = embedded_state(state_dir)
-    if not embedded:
-        raise click.UsageError(f"give --{service}, or run `orderbook-cluster start` here first")
-    return embedded[service]
+    return Connection(given, given, None, state_dir).address(service)
 
 
-def embedded_state(state_dir: Path) -> dict:
-    """What a running embedded default recorded about itself ({} if none runs here)."""
-    state_file = state_dir / "embedded.json"
-    return json.loads(state_file.read_text()) if state_file.exists() else {}
+def package_version() -> str:
+    """The installed distribution's version ("unknown" when run from a source tree not installed)."""
+    try:
+        return importlib.metadata.version("orderbook-cluster")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 @click.group(
     context_settings={"auto_envvar_prefix": "ORDERBOOK_CLUSTER", "help_option_names": ["-h", "--help"]}
 )
+@click.version_option(package_version(), "--version", prog_name="orderbook-cluster")
 def cli() -> None:
     """orderbook-cluster: a highly available matching engine, Kafka in and Kafka out."""
 
@@ -70,31 +73,15 @@ def cli() -> None:
 @cli.command()
 @click.option("--products", required=True, help="Comma-separated products, e.g. BTC-USD,ETH-USD.")
 @click.option(
-    "--kafka", default=None, help="Kafka bootstrap servers. Omit (with --redis) for the embedded default."
-)
-@click.option("--redis", default=None, help="Redis URL (redis:// or rediss://, AUTH in the URL).")
-@click.option(
     "--config",
     type=click.Path(path_type=Path, exists=True),
     default=default_config,
     help="Product settings (TOML).",
 )
-@click.option(
-    "--kafka-config",
-    type=click.Path(path_type=Path, exists=True),
-    default=None,
-    help="librdkafka properties file (key=value), e.g. SASL/TLS settings.",
-)
 @click.option("--node-id", default=socket.gethostname, help="This node's name (a StatefulSet pod name).")
 @click.option("--http-host", default="127.0.0.1", help="Address of the health/metrics endpoints.")
 @click.option(
     "--http-port", type=int, default=DEFAULT_HTTP_PORT, help="Port of the health/metrics endpoints."
-)
-@click.option(
-    "--state-dir",
-    type=click.Path(path_type=Path),
-    default=DEFAULT_STATE_DIR,
-    help="Logs and state of the embedded default, metrics files.",
 )
 @click.option(
     "--advertise-host", default=None, help="Host at which drills and other nodes reach this node's HTTP."
@@ -133,17 +120,21 @@ def cli() -> None:
     hidden=True,
     help="Benchmarks only: output records per input record on average, with --passthrough.",
 )
-@click.option("--log-level", default="INFO")
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    help="Least severe log level written to stderr.",
+)
+@connection_options
 def start(
+    conn,
     products,
-    kafka,
-    redis,
     config,
-    kafka_config,
     node_id,
     http_host,
     http_port,
-    state_dir,
     advertise_host,
     admin_token,
     tune,
@@ -154,12 +145,16 @@ def start(
     log_level,
 ) -> None:
     """Run one matching process per product on this node (leader or hot standby)."""
-    from cluster.embedded import embedded_services
+    from cluster.embedded import EmbeddedServerError, embedded_services
     from cluster.kafka_io import ensure_topics, product_topics
     from cluster.node import Node, prepare_metrics_dir
     from cluster.settings import build_settings
+    from cluster.state_dir import AlreadyRunning, embedded_lock, run_directory, write_embedded
 
     setup_logging(log_level)
+    kafka, redis, state_dir = conn.kafka_given, conn.redis_given, conn.state_dir
+    if bool(kafka) != bool(redis):
+        raise click.UsageError("give both --kafka and --redis, or neither for the embedded default")
     try:
         settings = build_settings(
             products=products,
@@ -167,7 +162,7 @@ def start(
             node_id=node_id,
             kafka=kafka,
             redis_url=redis,
-            kafka_config=kafka_config,
+            kafka_config=conn.kafka_config,
             http_host=http_host,
             http_port=http_port,
             state_dir=state_dir,
@@ -181,7 +176,9 @@ def start(
         )
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from exc
-    prepare_metrics_dir(state_dir)
+    if kafka and redis:  # fail in one line now rather than in every product process
+        check_redis(redis)
+        kafka_topics(kafka, settings.kafka_extra)
 
     def run(node_settings, embedded=None) -> int:
         topics = [t for p in node_settings.products for t in product_topics(p)]
@@ -189,118 +186,111 @@ def start(
         logging.getLogger("cluster.cli").info("starting settings=%s", node_settings.redacted())
         return Node(node_settings, embedded).run()
 
-    if kafka and redis:
-        sys.exit(run(settings))
-    if kafka or redis:
-        raise click.UsageError("give both --kafka and --redis, or neither for the embedded default")
-    with embedded_services(state_dir) as services:
-        state_file = state_dir / "embedded.json"
-        state_file.touch(mode=0o600)  # holds the generated admin token
-        state_file.write_text(
-            json.dumps(
-                {
-                    "kafka": services.bootstrap,
-                    "redis": services.redis_url,
-                    "pids": {"broker": services.broker.pid, "redis": services.redis.pid},
-                    "admin_token": settings.admin_token,
-                }
-            )
+    with contextlib.ExitStack() as held:
+        if not kafka:
+            try:
+                held.enter_context(embedded_lock(state_dir))  # one embedded default per state dir
+            except AlreadyRunning as exc:
+                raise click.ClickException(str(exc)) from None
+        run_dir = held.enter_context(run_directory(state_dir))
+        held.callback(shutil.rmtree, prepare_metrics_dir(run_dir), ignore_errors=True)
+        if kafka:
+            sys.exit(run(settings))
+        try:
+            services = held.enter_context(embedded_services(run_dir))
+        except EmbeddedServerError as exc:
+            raise click.ClickException(str(exc)) from None
+        state_file = write_embedded(
+            state_dir,
+            {
+                "kafka": services.bootstrap,
+                "redis": services.redis_url,
+                "start_pid": os.getpid(),
+                "pids": {"broker": services.broker.pid, "redis": services.redis.pid},
+                "admin_token": settings.admin_token,  # hence mode 600
+            },
         )
+        held.callback(state_file.unlink, missing_ok=True)
         click.echo(
             f"embedded default: Kafka at {services.bootstrap}, Redis at {services.redis_url} "
-            f"(logs in {state_dir}/); health and metrics at http://{http_host}:{http_port}/",
+            f"(logs in {run_dir}/); health and metrics at http://{http_host}:{http_port}/",
             err=True,
         )
-        try:
-            code = run(settings.with_services(services.bootstrap, services.redis_url), services)
-        finally:
-            state_file.unlink(missing_ok=True)
+        code = run(settings.with_services(services.bootstrap, services.redis_url), services)
     sys.exit(code)
 
 
 @cli.command()
-@click.option("--redis", default=None)
-@click.option("--state-dir", type=click.Path(path_type=Path), default=DEFAULT_STATE_DIR)
 @click.option("--products", default=None, help="Products to show (default: every product found in Redis).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
-def status(redis, state_dir, products, as_json) -> None:
+@connection_options
+def status(conn, products, as_json) -> None:
     """Per product: leader, standbys, epoch, offsets, sequence, snapshot age, events/s."""
     from cluster.status import collect_status, format_status
 
-    redis_url = service_address(redis, "redis", state_dir)
+    redis_url = conn.redis()
     doc = collect_status(redis_url, products.split(",") if products else None)
     click.echo(json.dumps(doc, indent=2, sort_keys=True) if as_json else format_status(doc))
 
 
 @cli.command()
-@click.option("--redis", default=None, help="Redis URL (default: the embedded one started here).")
-@click.option("--state-dir", type=click.Path(path_type=Path), default=DEFAULT_STATE_DIR)
-@click.option("--product", required=True, help="The product whose leadership moves.")
-@click.option(
-    "--to", "to_node", default=None, help="The node to lead it (default: the preferred caught-up standby)."
-)
-@click.option("--timeout-s", type=float, default=15.0, show_default=True, help="How long to wait for it.")
-def handover(redis, state_dir, product, to_node, timeout_s) -> None:
-    """Hand a product's leadership to a caught-up standby: everything is delivered first, no kill."""
-    from cluster.handover import HandoverError, request_handover
-
-    redis_url = service_address(redis, "redis", state_dir)
-    try:
-        done = request_handover(redis_url, product, to_node, timeout_s)
-    except HandoverError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(
-        f"{product}: {done.old_node} (epoch {done.old_epoch}) -> {done.new_node} (epoch {done.new_epoch}) "
-        f"in {done.took_ms:.0f} ms"
-    )
-
-
-@cli.command()
-@click.option("--kafka", default=None)
-@click.option("--state-dir", type=click.Path(path_type=Path), default=DEFAULT_STATE_DIR)
-@click.option("--product", required=True)
+@click.option("--product", required=True, help="Product whose order topic gets the orders, e.g. BTC-USD.")
 @click.option(
     "--generate", type=int, default=None, help="Send N generated realistic orders instead of a file."
 )
-@click.option("--seed", type=int, default=1)
+@click.option("--seed", type=int, default=1, show_default=True, help="Random seed of generated orders.")
 @click.option("--start-id", type=int, default=1, help="First order id of generated orders.")
 @click.argument("source", required=False, type=click.File("rb"))
-def send(kafka, state_dir, product, generate, seed, start_id, source) -> None:
-    """Send orders (JSON lines from SOURCE or -, or --generate N) to the product's order topic."""
+@connection_options
+def send(conn, product, generate, seed, start_id, source) -> None:
+    """Send orders (JSON lines from SOURCE or -, or --generate N) to the product's order topic.
+
+    Exits non-zero, saying how many orders were not delivered and why, unless the broker
+    acknowledged every one.
+    """
+    from cluster.kafka_io import order_topic
     from cluster.send import send_orders
 
-    bootstrap = service_address(kafka, "kafka", state_dir)
     if (source is None) == (generate is None):
         raise click.UsageError("give a SOURCE file (or -) or --generate N")
-    sent = send_orders(bootstrap, product, source=source, generate=generate, seed=seed, start_id=start_id)
-    click.echo(f"sent {sent} orders to matching_order_{product}", err=True)
+    bootstrap = conn.kafka(order_topic(product))
+    delivered = send_orders(
+        bootstrap,
+        product,
+        source=source,
+        generate=generate,
+        seed=seed,
+        start_id=start_id,
+        extra=conn.kafka_extra,
+    )
+    click.echo(f"sent {delivered} orders to {order_topic(product)}, every one acknowledged", err=True)
 
 
 @cli.command()
-@click.option("--kafka", default=None)
-@click.option("--state-dir", type=click.Path(path_type=Path), default=DEFAULT_STATE_DIR)
-@click.option("--product", required=True)
+@click.option("--product", required=True, help="Product whose events to print, e.g. BTC-USD.")
 @click.option("--count", type=int, default=None, help="Stop after this many events.")
 @click.option(
     "--idle-timeout", type=float, default=None, help="Stop when no event came for this many seconds."
 )
-def tail(kafka, state_dir, product, count, idle_timeout) -> None:
+@connection_options
+def tail(conn, product, count, idle_timeout) -> None:
     """Print a product's events from the start, dropping redelivered sequences.
 
     Follows the topic like `tail -f`: it runs until --count events (or --idle-timeout seconds
     without one) or Ctrl-C. A product without topics is an error at once.
     """
+    from cluster.kafka_io import message_topic
     from cluster.send import tail_events
 
-    bootstrap = service_address(kafka, "kafka", state_dir)
-    for line in tail_events(bootstrap, product, count=count, idle_timeout=idle_timeout):
+    bootstrap = conn.kafka(message_topic(product))
+    for line in tail_events(
+        bootstrap, product, count=count, idle_timeout=idle_timeout, extra=conn.kafka_extra
+    ):
         click.echo(line)
 
 
 @cli.command()
-@click.option("--kafka", default=None)
-@click.option("--state-dir", type=click.Path(path_type=Path), default=DEFAULT_STATE_DIR)
-@click.option("--product", required=True)
+@click.option("--product", required=True, help="Product whose dead letters to print, e.g. BTC-USD.")
 @click.option("--count", type=int, default=None, help="Stop after this many dead letters.")
 @click.option(
     "--idle-timeout",
@@ -310,38 +300,62 @@ def tail(kafka, state_dir, product, count, idle_timeout) -> None:
     help="Stop when no dead letter came for this many seconds (0: follow until Ctrl-C).",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per dead letter.")
-def dlq(kafka, state_dir, product, count, idle_timeout, as_json) -> None:
+@connection_options
+def dlq(conn, product, count, idle_timeout, as_json) -> None:
     """Print a product's dead letters: reason, source offset, and the record's first 120 bytes."""
     from cluster.dlq import dead_letters, format_letter
     from cluster.kafka_io import dlq_topic
-    from cluster.send import require_topic
 
-    bootstrap = service_address(kafka, "kafka", state_dir)
-    require_topic(bootstrap, dlq_topic(product), product)
+    bootstrap = conn.kafka(dlq_topic(product))
     letters = dead_letters(bootstrap, product, count=count, idle_timeout=idle_timeout or None)
     for letter in letters:
         click.echo(json.dumps(letter) if as_json else format_letter(letter))
 
 
 @cli.command()
-@click.option("--kafka", default=None)
-@click.option("--redis", default=None)
-@click.option("--kafka-config", type=click.Path(path_type=Path, exists=True), default=None)
-@click.option("--state-dir", type=click.Path(path_type=Path), default=DEFAULT_STATE_DIR)
-@click.option("--config", type=click.Path(path_type=Path, exists=True), default=default_config)
+@click.option("--product", required=True, help="The product whose leadership moves.")
 @click.option(
-    "--product", required=True, help="A drill product: its topics are read whole to check the stream."
+    "--to", "to_node", default=None, help="The node to lead it (default: the preferred caught-up standby)."
+)
+@click.option("--timeout-s", type=float, default=15.0, show_default=True, help="How long to wait for it.")
+@connection_options
+def handover(conn, product, to_node, timeout_s) -> None:
+    """Hand a product's leadership to a caught-up standby: everything is delivered first, no kill."""
+    from cluster.handover import HandoverError, request_handover
+
+    try:
+        done = request_handover(conn.redis(), product, to_node, timeout_s)
+    except HandoverError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"{product}: {done.old_node} (epoch {done.old_epoch}) -> {done.new_node} (epoch {done.new_epoch}) "
+        f"in {done.took_ms:.0f} ms"
+    )
+
+
+@cli.command()
+@click.option(
+    "--config",
+    type=click.Path(path_type=Path, exists=True),
+    default=default_config,
+    help="Product settings (TOML): the drill product's, for the stream check.",
+)
+@click.option(
+    "--product",
+    required=True,
+    help="A drill product: its topics are read whole to check the stream (rolling-restart: one or "
+    "more, comma-separated).",
 )
 @click.option(
     "--fault",
     type=click.Choice([*FAULTS, "rolling-restart"]),
     required=True,
-    help="kill: SIGKILL the leader's product process; pause: SIGSTOP it; stall: block its matching "
-    "loop past the stall limit (its lease renewer runs on); node-kill: the leader's whole node; "
-    "redis-restart: the embedded Redis; rolling-restart: restart every node in turn (--product may "
-    "name several products, comma-separated) and report each product's largest output pause.",
+    help="kill: SIGKILL the leader's product process; pause: SIGSTOP it beyond the lease; stall: block "
+    "its matching loop past the stall limit (its lease renewer runs on); node-kill: the leader's whole "
+    "node; redis-restart: the embedded Redis; rolling-restart: restart every node in turn and report "
+    "each product's largest output pause.",
 )
-@click.option("--rounds", type=int, default=5, show_default=True)
+@click.option("--rounds", type=int, default=5, show_default=True, help="Faults injected, one per round.")
 @click.option("--rate", type=float, default=500.0, show_default=True, help="Offered orders per second.")
 @click.option(
     "--pause-s", type=float, default=None, help="How long `pause` stops the leader (default 2x lease TTL)."
@@ -349,27 +363,26 @@ def dlq(kafka, state_dir, product, count, idle_timeout, as_json) -> None:
 @click.option(
     "--admin-token", default=None, help="The nodes' admin token (embedded default: found by itself)."
 )
-@click.option("--json", "as_json", is_flag=True)
-def drill(
-    kafka, redis, kafka_config, state_dir, config, product, fault, rounds, rate, pause_s, admin_token, as_json
-) -> None:
+@click.option("--json", "as_json", is_flag=True, help="The report as one JSON object, no progress lines.")
+@connection_options
+def drill(conn, config, product, fault, rounds, rate, pause_s, admin_token, as_json) -> None:
     """Fault drill: steady load, inject a fault at the leader, time the takeover, check the stream."""
     from cluster.drill import DrillError, format_report, run_drill
-    from cluster.settings import load_kafka_properties
+    from cluster.kafka_io import message_topic, order_topic
     from engine.config import load_products
 
-    bootstrap = service_address(kafka, "kafka", state_dir)
-    redis_url = service_address(redis, "redis", state_dir)
-    admin_token = admin_token or embedded_state(state_dir).get("admin_token")
+    names = [p for p in product.split(",") if p]
+    bootstrap = conn.kafka(*(t for p in names for t in (order_topic(p), message_topic(p))))
+    redis_url = conn.redis()
+    admin_token = admin_token or conn.embedded_admin_token()
     if not admin_token:
         raise click.UsageError("give --admin-token (the nodes' ORDERBOOK_CLUSTER_START_ADMIN_TOKEN)")
     configs = load_products(config)
-    names = [p for p in product.split(",") if p]
     missing = [p for p in names if p not in configs]
-    if missing or len(names) != 1 and fault != "rolling-restart":
-        raise click.UsageError(
-            f"{config} has no settings for {', '.join(missing)}" if missing else "one --product"
-        )
+    if missing:
+        raise click.UsageError(f"{config} has no settings for {', '.join(missing)}")
+    if len(names) != 1 and fault != "rolling-restart":
+        raise click.UsageError(f"--fault {fault} drills one product")
     log = (lambda _line: None) if as_json else (lambda line: click.echo(line, err=True))
     if fault == "rolling-restart":
         from cluster.rolling import format_rolling, run_rolling_restart
@@ -381,7 +394,7 @@ def drill(
                 {p: configs[p] for p in names},
                 rate,
                 admin_token,
-                kafka_extra=load_kafka_properties(kafka_config),
+                kafka_extra=conn.kafka_extra,
                 log=log,
             )
         except DrillError as exc:
@@ -399,7 +412,7 @@ def drill(
             rate=rate,
             admin_token=admin_token,
             pause_s=pause_s,
-            kafka_extra=load_kafka_properties(kafka_config),
+            kafka_extra=conn.kafka_extra,
             log=log,
         )
     except DrillError as exc:
@@ -419,7 +432,7 @@ bench.add_command(bench_e2e, "e2e")
 bench.add_command(bench_replay, "replay")
 cli.add_command(replay)
 
-__all__ = ["cli", "main", "redact_url"]
+__all__ = ["DEFAULT_STATE_DIR", "cli", "main", "redact_url", "service_address"]
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 import msgspec
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from cluster.kafka_io import message_topic, order_topic
+from cluster.kafka_io import client_config, message_topic, order_topic, quiet_librdkafka
 from cluster.redis_state import NODE_ADDRESSES_KEY, leader_key, sync_client
 from cluster.send import record_timestamp_ms
 from cluster.verify import StreamReport, check_stream, expected_events, read_records
@@ -98,14 +98,18 @@ class OrderLoad(threading.Thread):
     def __init__(self, bootstrap: str, product: str, rate: float, start_id: int, extra: dict) -> None:
         super().__init__(name="drill-load", daemon=True)
         self.producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 5,
-                "allow.auto.create.topics": False,
-                **extra,
-            }
+            client_config(
+                bootstrap,
+                extra,
+                {
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "linger.ms": 5,
+                    "allow.auto.create.topics": False,
+                    "logger": quiet_librdkafka(),
+                },
+                "drill-load",
+            )
         )
         self.topic = order_topic(product)
         self.product = product
@@ -144,14 +148,18 @@ class OutputWatcher(threading.Thread):
     def __init__(self, bootstrap: str, product: str, extra: dict) -> None:
         super().__init__(name="drill-watch", daemon=True)
         self.consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": "orderbook-cluster-drill",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 10,
-                "fetch.queue.backoff.ms": 5,
-                **extra,
-            }
+            client_config(
+                bootstrap,
+                extra,
+                {
+                    "group.id": "orderbook-cluster-drill",
+                    "enable.auto.commit": False,
+                    "fetch.wait.max.ms": 10,
+                    "fetch.queue.backoff.ms": 5,
+                    "logger": quiet_librdkafka(),
+                },
+                "drill-watch",
+            )
         )
         self.consumer.assign([TopicPartition(message_topic(product), 0, 0)])
         self.values: list[bytes] = []

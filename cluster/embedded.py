@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from supervisor import die_with_parent
+
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 30.0
@@ -89,8 +91,13 @@ class LocalServer:
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> None:
-        """Start the process and wait, bounded, until it answers."""
+        """Start the process and wait, bounded, until it answers.
+
+        Call it from a thread that lives as long as the server should (the main thread): the
+        server is SIGKILLed when the thread that started it exits (see supervisor.die_with_parent).
+        """
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        parent_pid = os.getpid()
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
                 self.argv,
@@ -99,6 +106,8 @@ class LocalServer:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 env={**os.environ, **self.env} if self.env else None,
+                # Dies with its parent, even a SIGKILLed one: no orphaned broker or Redis.
+                preexec_fn=lambda: die_with_parent(signal.SIGKILL, parent_pid),
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

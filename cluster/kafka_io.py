@@ -37,6 +37,38 @@ def product_topics(product: str) -> list[str]:
     return [order_topic(product), message_topic(product), dlq_topic(product)]
 
 
+class KafkaUnreachable(RuntimeError):
+    """No broker answered within the timeout; the message says where, how long, and librdkafka's reason."""
+
+
+def quiet_librdkafka() -> logging.Logger:
+    """A logger that drops librdkafka's own lines: for the command-line tools, which report a broker
+    they cannot reach in one line of their own instead of a connection-refused line per retry."""
+    quiet = logging.getLogger("cluster.librdkafka.quiet")
+    if not quiet.handlers:
+        quiet.addHandler(logging.NullHandler())
+        quiet.propagate = False
+    return quiet
+
+
+def existing_topics(bootstrap: str, extra: dict[str, str], timeout_s: float) -> set[str]:
+    """The broker's topics, asked with a bounded wait (a listing of all topics: asking for one by
+    name would make brokers that auto-create topics, such as Tansu, create it)."""
+    errors: list = []
+    config = base_config(bootstrap, extra)
+    config.update({"logger": quiet_librdkafka(), "error_cb": errors.append})
+    admin = AdminClient(config)
+    try:
+        return set(admin.list_topics(timeout=timeout_s).topics)
+    except KafkaException as exc:
+        admin.poll(0)  # serves the error callbacks: librdkafka's reason (refused, TLS, SASL, ...)
+        reasons = [e.str() for e in errors if e.code() != KafkaError._ALL_BROKERS_DOWN] or [str(exc)]
+        reason = reasons[-1].split(": ", 1)[-1] if "/bootstrap: " in reasons[-1] else reasons[-1]
+        raise KafkaUnreachable(
+            f"cannot reach Kafka at {bootstrap} (timeout {timeout_s:g} s): {reason}"
+        ) from None
+
+
 def base_config(bootstrap: str, extra: dict[str, str]) -> dict[str, object]:
     """Common librdkafka settings; operator settings (SASL/TLS, ...) from `extra` win."""
     config: dict[str, object] = {"bootstrap.servers": bootstrap, "socket.keepalive.enable": True}
@@ -78,13 +110,6 @@ def ensure_topics(bootstrap: str, extra: dict[str, str], topics: list[str], time
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
-
-
-def topic_exists(bootstrap: str, topic: str, extra: dict | None = None, timeout_s: float = 10.0) -> bool:
-    """Whether the broker knows `topic` (a listing of all topics: asking for one by name could
-    create it). Raises KafkaException when the broker does not answer within `timeout_s`."""
-    admin = AdminClient(base_config(bootstrap, extra or {}))
-    return topic in admin.list_topics(timeout=timeout_s).topics
 
 
 def make_consumer(bootstrap: str, extra: dict[str, str], client_id: str, fetch_wait_ms: int = 20) -> Consumer:
@@ -172,13 +197,18 @@ def read_topic(
     None for no bound). From offset 0 on purpose: the test broker's watermarks are wrong.
     """
     consumer = Consumer(
-        {
-            **base_config(bootstrap, extra or {}),
-            "group.id": "orderbook-cluster-reader",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 20,
-            "fetch.queue.backoff.ms": 10,
-        }
+        client_config(
+            bootstrap,
+            extra or {},
+            {
+                "group.id": "orderbook-cluster-reader",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 20,
+                "fetch.queue.backoff.ms": 10,
+                "logger": quiet_librdkafka(),  # a reader's caller checked the broker answers
+            },
+            "reader",
+        )
     )
     consumer.assign([TopicPartition(topic, 0, 0)])
     seen = 0

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import sys
-import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import engine
@@ -41,6 +42,9 @@ class Node:
         self.supervisor = Supervisor(specs, settings.node_id, on_exit=self.child_exited, on_tick=self.tick)
         self.http: http_api.ThreadingHTTPServer | None = None
         self.restart_requested = False
+        # Work an HTTP handler thread hands to the main loop: restarted servers must be forked by
+        # the main thread, or they die with the handler thread (supervisor.die_with_parent).
+        self.main_thread_work: queue.Queue[tuple[Callable[[], None], threading.Event, list]] = queue.Queue()
 
     def child_exited(self, product: str, token: str, code: int | None) -> None:
         """A child that did not stop cleanly may still hold its lease: release it now, by token."""
@@ -49,8 +53,28 @@ class Node:
         if release_sync(self.redis, product, token):
             log.info("released lease of exited child product=%s code=%s", product, code)
 
+    def on_main_thread(self, work: Callable[[], None], timeout_s: float = 120.0) -> None:
+        """Run `work` in the supervisor loop's thread (the main thread) and wait for it; its
+        exception, if any, is raised here."""
+        done: threading.Event = threading.Event()
+        failure: list = []
+        self.main_thread_work.put((work, done, failure))
+        if not done.wait(timeout_s):
+            raise TimeoutError(f"the main loop did not run the work within {timeout_s:.0f}s")
+        if failure:
+            raise failure[0]
+
     def tick(self, _supervisor: Supervisor) -> None:
-        """Heartbeat this node into Redis, so placement knows who is alive."""
+        """Run work handed to the main thread; heartbeat this node into Redis, so placement knows
+        who is alive."""
+        while not self.main_thread_work.empty():
+            work, done, failure = self.main_thread_work.get_nowait()
+            try:
+                work()
+            except Exception as exc:  # noqa: BLE001 - handed back to the waiting thread
+                failure.append(exc)
+            finally:
+                done.set()
         now = time.monotonic()
         if (now - self.last_heartbeat) * 1000 < self.settings.timing.node_heartbeat_ms:
             return
@@ -151,7 +175,8 @@ class Node:
         if fault == "redis-restart":
             if self.embedded is None:
                 return 409, {"error": f"{self.settings.node_id} does not run the embedded Redis"}
-            _restart_redis(self.embedded.redis)  # answered when it is back, so drills can time recovery
+            server = self.embedded.redis
+            self.on_main_thread(lambda: _restart_redis(server))  # answered when it is back, for drills
             back_ms = int(time.time() * 1000)
             return 200, {
                 "ok": True,
@@ -228,10 +253,11 @@ def log_core(wanted: str) -> None:
         log.info("core=%s asked=%s engine=%s", took, wanted, Path(engine.__file__).parent)
 
 
-def prepare_metrics_dir(state_dir: Path) -> Path:
-    """A fresh directory for multiprocess metrics; must be set before prometheus_client loads."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix="metrics-", dir=state_dir))
+def prepare_metrics_dir(run_dir: Path) -> Path:
+    """A fresh directory for multiprocess metrics in this run's directory (cluster/state_dir.py);
+    must be set before prometheus_client loads."""
+    path = run_dir / "metrics"
+    path.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
     return path
 

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
 import click
 import msgspec
 from confluent_kafka import KafkaException, Producer
 
-from cluster.kafka_io import message_topic, order_topic, read_topic, topic_exists
+from cluster.kafka_io import client_config, message_topic, order_topic, quiet_librdkafka, read_topic
 from engine.messages import NOT_JSON
 
 _created_at = msgspec.json.Decoder(dict)
-TOPIC_LOOKUP_TIMEOUT_S = 10.0
+PROGRESS_EVERY_S = 1.0
 
 
 def record_timestamp_ms(raw: bytes) -> int | None:
@@ -28,26 +29,62 @@ def record_timestamp_ms(raw: bytes) -> int | None:
     return None
 
 
-def produce_orders(bootstrap: str, product: str, lines: Iterable[bytes], extra: dict | None = None) -> int:
-    """Produce raw order lines in order (idempotent, one partition); returns how many."""
+class Deliveries:
+    """Delivery reports of one send: how many the broker acknowledged, and why the others failed."""
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.failed: Counter[str] = Counter()
+
+    def report(self, error, _message) -> None:
+        """librdkafka's delivery callback, once per produced message (called from poll/flush)."""
+        if error is None:
+            self.delivered += 1
+        else:
+            self.failed[error.str()] += 1
+
+
+def produce_orders(
+    bootstrap: str,
+    product: str,
+    lines: Iterable[bytes],
+    extra: dict | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    message_timeout_ms: int = 30_000,
+) -> int:
+    """Produce raw order lines in order (idempotent, one partition); returns how many were delivered.
+
+    Every order gets a delivery report; unless the broker acknowledged every one this raises
+    click.ClickException naming how many were not delivered and why. `progress(sent, delivered)`
+    is called about once a second.
+    """
+    deliveries = Deliveries()
     producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-            "compression.type": "lz4",
-            "allow.auto.create.topics": False,
-            **(extra or {}),
-        }
+        client_config(
+            bootstrap,
+            extra or {},
+            {
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "compression.type": "lz4",
+                "allow.auto.create.topics": False,
+                "message.timeout.ms": message_timeout_ms,
+                "on_delivery": deliveries.report,
+                "logger": quiet_librdkafka(),  # failures are counted and reported, not logged per retry
+            },
+            "send",
+        )
     )
     topic = order_topic(product)
     sent = 0
+    next_progress = time.monotonic() + PROGRESS_EVERY_S
     for raw in lines:
         raw = raw.rstrip(b"\r\n")
         if not raw.strip():
             continue
         ts = record_timestamp_ms(raw)
+        sent += 1
         while True:
             try:
                 if ts is None:
@@ -57,13 +94,29 @@ def produce_orders(bootstrap: str, product: str, lines: Iterable[bytes], extra: 
                 break
             except BufferError:
                 producer.poll(0.05)
-        sent += 1
-        if sent % 10_000 == 0:
+            except KafkaException as exc:  # refused before it left, e.g. larger than message.max.bytes
+                deliveries.failed[exc.args[0].str()] += 1
+                break
+        if sent % 1000 == 0:
             producer.poll(0)
-    remaining = producer.flush(30)
-    if remaining:
-        raise click.ClickException(f"{remaining} orders not acknowledged by the broker")
-    return sent
+        if progress is not None and time.monotonic() >= next_progress:  # also for a slow source (-)
+            producer.poll(0)
+            progress(sent, deliveries.delivered)
+            next_progress = time.monotonic() + PROGRESS_EVERY_S
+    # Every message gets its report within message.timeout.ms, so this bound is never the one hit.
+    deadline = time.monotonic() + message_timeout_ms / 1000 + 10
+    while len(producer) and time.monotonic() < deadline:
+        producer.flush(PROGRESS_EVERY_S)
+        if progress is not None and len(producer):
+            progress(sent, deliveries.delivered)
+    missing = sent - deliveries.delivered
+    if missing:
+        reasons = dict(deliveries.failed)
+        if len(producer):
+            reasons["no delivery report"] = len(producer)
+        why = "; ".join(f"{reason} ({count})" for reason, count in reasons.items())
+        raise click.ClickException(f"{missing} of {sent} orders not delivered to {topic}: {why or 'unknown'}")
+    return deliveries.delivered
 
 
 def send_orders(
@@ -74,8 +127,9 @@ def send_orders(
     generate: int | None,
     seed: int,
     start_id: int,
+    extra: dict | None = None,
 ) -> int:
-    """The `send` command: a file of JSON lines, or a generated stream, with a progress bar."""
+    """The `send` command: a file of JSON lines, or a generated stream, with progress on stderr."""
     if generate is not None:
         from cluster.workload import generate_orders
 
@@ -89,29 +143,14 @@ def send_orders(
             return encoder.encode(order)
 
         lines: Iterable[bytes] = map(sent_now, generate_orders(product, generate, seed, start_id=start_id))
-        with click.progressbar(
-            lines,
-            length=generate,
-            label=f"sending to {order_topic(product)}",
-            file=click.get_text_stream("stderr"),
-        ) as bar:
-            return produce_orders(bootstrap, product, bar)
-    return produce_orders(bootstrap, product, source)
+    else:
+        lines = source
 
+    def progress(sent: int, delivered: int) -> None:
+        of = f" of {generate}" if generate is not None else ""
+        click.echo(f"{order_topic(product)}: {sent}{of} sent, {delivered} delivered", err=True)
 
-def require_topic(bootstrap: str, topic: str, product: str, extra: dict | None = None) -> None:
-    """Fail at once, in bounded time, rather than wait forever on a topic that does not exist."""
-    try:
-        exists = topic_exists(bootstrap, topic, extra, TOPIC_LOOKUP_TIMEOUT_S)
-    except KafkaException as exc:
-        raise click.ClickException(
-            f"the broker at {bootstrap} did not answer in {TOPIC_LOOKUP_TIMEOUT_S:.0f} s: {exc}"
-        ) from None
-    if not exists:
-        raise click.ClickException(
-            f"no such product topic {topic} at {bootstrap}: check the product name; a node running "
-            f"the product (start --products {product}) creates its topics"
-        )
+    return produce_orders(bootstrap, product, lines, extra, progress=progress)
 
 
 _sequence = msgspec.json.Decoder(dict)
@@ -128,13 +167,16 @@ def dedupe_by_sequence(values: Iterable[bytes]) -> Iterator[bytes]:
 
 
 def tail_events(
-    bootstrap: str, product: str, *, count: int | None, idle_timeout: float | None
+    bootstrap: str,
+    product: str,
+    *,
+    count: int | None,
+    idle_timeout: float | None,
+    extra: dict | None = None,
 ) -> Iterator[str]:
     """The `tail` command: events as JSON lines, each sequence once; follows the topic until
     `count` events or `idle_timeout` seconds without one (each None: until interrupted)."""
-    topic = message_topic(product)
-    require_topic(bootstrap, topic, product)
-    records = read_topic(bootstrap, topic, idle_s=idle_timeout)
+    records = read_topic(bootstrap, message_topic(product), idle_s=idle_timeout, extra=extra)
     values = (value for _, value, _, _ in records)
     for n, value in enumerate(dedupe_by_sequence(values), 1):
         yield value.decode()

@@ -29,8 +29,8 @@ def collect_status(redis_url: str, products: list[str] | None = None) -> dict:
     doc: dict = {"products": {}}
     for product in products or _products_in(client):
         lease = client.get(leader_key(product))
-        lease_text = lease.decode() if lease else None
-        epoch, _, token = (lease_text or "0||").partition("|")
+        # `<epoch>|<node>:<pid>:<nonce>`; no lease (none yet, or expired): no leader, epoch 0.
+        epoch, _, token = lease.decode().partition("|") if lease else ("0", "", "")
         progress = client.hgetall(progress_key(product))
         snap = client.hmget(snapshot_key(product), "sequence", "offset", "created_ms")
         processes = [

@@ -95,5 +95,5 @@ def test_tail_without_a_broker_fails_in_bounded_time():
 
     began = time.monotonic()
     result = CliRunner().invoke(cli, ["tail", "--kafka", f"127.0.0.1:{free_port()}", "--product", "X-USD"])
-    assert result.exit_code == 1 and "did not answer in 10 s" in result.output, result.output
+    assert result.exit_code == 1 and "cannot reach Kafka" in result.output, result.output
     assert time.monotonic() - began < 20
