@@ -80,7 +80,13 @@ def run_bench(orders: int, seed: int, rounds: int) -> dict:
 @click.command()
 @click.option("--orders", default=300_000, show_default=True, help="Records in the replayed stream.")
 @click.option("--seed", default=1, show_default=True, help="Workload seed.")
-@click.option("--rounds", type=click.IntRange(1, 20), default=3, show_default=True)
+@click.option(
+    "--rounds",
+    type=click.IntRange(1, 20),
+    default=3,
+    show_default=True,
+    help="Rounds per core; the median is reported.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def replay(orders: int, seed: int, rounds: int, as_json: bool) -> None:
     """`replay` throughput with the C core and with the Python core, on the same stream."""
