@@ -108,6 +108,16 @@ NOT_JSON = (msgspec.DecodeError, UnicodeDecodeError)
 # product process on every replay of the record.
 MAX_RECORD_BYTES = 65_536
 
+# Bounds on a record's shape, checked before any decoder reads it (engine/intake.shape_reason; the C
+# core's shape_reason). An order is flat (depth 1) and its integers have at most 19 digits, so these
+# leave room for any unknown field a newer producer may add. Beyond them a record is a dead letter:
+# `too_deep` (msgspec recurses per level and raised RecursionError at ~1,000 levels, in both decoders,
+# even inside skipped unknown fields: a 1 KB record of `[` crash-looped the product process) and
+# `number_too_long` (a run of digits outside strings; msgspec reads untyped integers of up to 4,300
+# digits through Python's int and refuses longer ones, a limit set per process).
+MAX_NESTING = 32
+MAX_NUMBER_DIGITS = 32
+
 NS_PER_MS = 1_000_000
 
 

@@ -23,10 +23,10 @@ _stamp_decoder = msgspec.json.Decoder(_Stamp)
 
 
 def created_at_of(raw: bytes) -> int:
-    """The line's `created_at` as a record time; 0 when absent, not JSON, or not an int >= 0."""
+    """The line's `created_at` as a record time; 0 when absent, not JSON, too deep, or not an int >= 0."""
     try:
         value = _stamp_decoder.decode(raw).created_at
-    except NOT_JSON:
+    except (*NOT_JSON, RecursionError):  # deep nesting: the engine dead-letters the line as too_deep
         return 0
     return value if type(value) is int and 0 <= value < 2**63 else 0
 
