@@ -21,7 +21,7 @@ def record_timestamp_ms(raw: bytes) -> int | None:
         created_at = _created_at.decode(raw).get("created_at")
     except (*NOT_JSON, RecursionError, AttributeError):  # not JSON, too deep: sent as is, dead-lettered
         return None
-    if isinstance(created_at, int) and created_at > 0:
+    if isinstance(created_at, int) and 0 < created_at < 2**63:  # beyond int64, produce() would raise
         return created_at // 1_000_000
     return None
 
