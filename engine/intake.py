@@ -10,6 +10,10 @@ the decoders away from their limits, in both cores and in replay:
 
 Brackets and digits inside strings do not count (a 5,000-digit `price` string is an order, and
 the engine rejects it as invalid_price). The first bound crossed, in byte order, is the reason.
+Both bounds hold before the typed decoder too, for every record: it recurses to skip a nested
+unknown field, and it reads an int field of up to 4,300 digits in quadratic time (see
+engine/messages.py). The C core's fast reader needs no scan: it takes only flat records whose
+integers have at most 19 digits and hands anything else to msgspec, after the same scan.
 
 The typed decoder (messages.decode_order) handles every well-formed message. When it fails
 with a type error, the message is read as plain JSON and sorted out here (salvage_order):

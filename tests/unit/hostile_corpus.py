@@ -93,6 +93,11 @@ def hostile_corpus(product: str = "BTC-USD", first_id: int = 1) -> list[Hostile]
     add("user_id_5000_digits", "dlq:number_too_long", field(b"user_id", digits))
     add("created_at_5000_digits", "dlq:number_too_long", field(b"created_at", digits))
     add("price_5000_digit_number", "dlq:number_too_long", field(b"price", digits))
+    # within Python's 4,300-digit limit msgspec built these ints in quadratic time (~0.3 ms each)
+    add("user_id_4300_digits", "dlq:number_too_long", field(b"user_id", b"9" * 4300))
+    add("id_1000_digits", "dlq:number_too_long", field(b"id", b"9" * 1000))
+    add("created_at_33_digits", "dlq:number_too_long", field(b"created_at", b"9" * 33))
+    add("created_at_32_digits", "open", field(b"created_at", b"9" * 32))  # an int: not validated
     add("unknown_5000_digits", "dlq:number_too_long", extra(digits))
     add("fraction_5000_digits", "dlq:number_too_long", extra(b"0." + b"0" * 5000 + b"1"))
     add("exponent_5000_digits", "dlq:number_too_long", extra(b"1e" + digits))
