@@ -129,6 +129,30 @@ def test_replay_cli_on_the_corpus(tmp_path):
     assert any(_event(line)["type"] == "match" for line in result.stdout_bytes.splitlines())
 
 
+def test_recursion_in_a_decoder_is_too_deep_even_without_the_bounds(monkeypatch):
+    """The belt behind the braces: with the bounds lifted, msgspec raises RecursionError in the typed
+    decoder (an object nested in unknown keys) and in salvage's plain-JSON read (arrays); both cores
+    still answer too_deep and trade on."""
+    import engine.matching
+    import engine.native
+
+    monkeypatch.setattr(engine.matching, "shape_reason", lambda raw: None)
+    monkeypatch.setattr(engine.native, "MAX_NESTING", 2**31 - 1)
+    monkeypatch.setattr(engine.native, "MAX_NUMBER_DIGITS", 2**31 - 1)
+    py, nat = MatchingEngine(CONFIG), NativeEngine(CONFIG)
+    lifted = _limit(1, "buy", "5.00")[:-1] + b',"x":' + b"[" * 40 + b"]" * 40 + b"}"
+    for core in (py, nat):  # 40 levels: no bound now
+        assert _event(core.submit_encoded(lifted, 0)[0])["type"] == "open"
+    raws = [b'{"a":' * 5000, b"[" * 5000, b'{"id":1,"price":[' + b"[" * 5000, _limit(MAKER, "sell", "10.00")]
+    for i, raw in enumerate([*raws, _limit(TAKER, "buy", "10.00")]):
+        want = py.submit_encoded(raw, i)
+        assert nat.submit_encoded(raw, i) == want
+        if i < 3:
+            assert want == DeadLetter(reason="too_deep"), raw[:20]
+    assert _event(want[0])["type"] == "match"
+    _same_state(py, nat)
+
+
 def test_no_decoder_of_input_lets_recursion_escape():
     """Belt and braces behind the bounds: replay's and send's readers of created_at."""
     for raw in (b"[" * 50_000, b'{"created_at":' * 50_000, b'{"x":' + b"[" * 5_000 + b"]" * 5_000 + b"}"):
