@@ -1362,8 +1362,7 @@ static void Core_dealloc(Core *c) {
 static int Core_init(Core *c, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"product_id", "base_scale", "quote_scale", "tick", "lot", "min_size", "min_funds",
                              "id_window", "order_type", "decode", "validation_error", "not_json", "slow", "dead_letter",
-                             "encode_str", "time_ns", "max_record_bytes", "max_nesting",
-                             "max_number_digits", NULL};
+                             "encode_str", "time_ns", "max_record_bytes", "max_nesting", "max_number_digits", NULL};
     PyObject *product_id, *order_type, *decode, *validation_error, *not_json, *slow, *dead_letter_cls,
         *encode_str, *time_ns;
     int base_scale, quote_scale;
@@ -1374,11 +1373,11 @@ static int Core_init(Core *c, PyObject *args, PyObject *kwds) {
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "UiiLLLLLOOOOOOOOnii", kwlist, &product_id, &base_scale,
                                      &quote_scale, &tick, &lot, &min_size, &min_funds, &id_window, &order_type,
                                      &decode, &validation_error, &not_json, &slow, &dead_letter_cls,
-                                     &encode_str, &time_ns, &max_record, &max_nesting,
-                                     &max_digits))
+                                     &encode_str, &time_ns, &max_record, &max_nesting, &max_digits))
         return -1;
     if (base_scale < 0 || base_scale > 18 || quote_scale < 0 || quote_scale > 18 || tick <= 0 || lot <= 0 ||
-        min_size <= 0 || min_funds <= 0 || id_window <= 0 || max_record <= 0 || max_nesting <= 0 || max_digits <= 0) {
+        min_size <= 0 || min_funds <= 0 || id_window <= 0 || max_record <= 0 || max_nesting <= 0 ||
+        max_digits <= 0) {
         PyErr_SetString(PyExc_ValueError, "invalid product rules");
         return -1;
     }
