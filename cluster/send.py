@@ -22,9 +22,9 @@ def record_timestamp_ms(raw: bytes) -> int | None:
     """The Kafka timestamp for an order: its created_at (ns) in ms, so events carry that time."""
     try:
         created_at = _created_at.decode(raw).get("created_at")
-    except (*NOT_JSON, AttributeError):  # not JSON: sent as is, and dead-lettered by the engine
+    except (*NOT_JSON, RecursionError, AttributeError):  # not JSON, too deep: sent as is, dead-lettered
         return None
-    if isinstance(created_at, int) and created_at > 0:
+    if isinstance(created_at, int) and 0 < created_at < 2**63:  # beyond int64, produce() would raise
         return created_at // 1_000_000
     return None
 

@@ -101,6 +101,7 @@ typedef struct {
     PyObject *encode_str;      /* msgspec.json.encode, for strings that need escaping */
     PyObject *time_ns;         /* engine.messages.record_time_ns, for timestamps beyond int64 arithmetic */
     Py_ssize_t max_record;     /* engine.messages.MAX_RECORD_BYTES: longer input is a dead letter */
+    int max_nesting, max_digits; /* engine.messages.MAX_NESTING, MAX_NUMBER_DIGITS: see shape_reason */
     Py_ssize_t field_off[13];  /* OrderMessage slot offsets, in FIELD_NAMES order */
     Buf buf;
     char ts_text[24]; /* ts_text_of as decimal text, when ts_text_ok */
@@ -1283,6 +1284,46 @@ static int fast_read(const char *p, Py_ssize_t len, OrderIn *o) {
     }
 }
 
+/* ---- the shape of a record that is not the common one --------------------------------------------- */
+/* engine/intake.shape_reason, byte by byte: "too_deep" when brackets outside strings nest deeper than
+ * max_nesting, "number_too_long" when more than max_digits digits stand in a row outside strings
+ * (whichever comes first), else NULL. Strings are skipped with their escapes; a closing bracket
+ * without an opening one counts for nothing. It runs before msgspec reads a record, which recursed
+ * per level and raised RecursionError at ~1,000 levels. A record fast_read accepts is within both
+ * bounds (depth 1, integers of at most 19 digits), so the fast path never runs it. */
+static const char *shape_reason(const char *p, Py_ssize_t len, int max_nesting, int max_digits) {
+    const char *end = p + len;
+    int depth = 0, digits = 0;
+    while (p < end) {
+        unsigned char ch = (unsigned char)*p++;
+        if (ch >= '0' && ch <= '9') {
+            if (++digits > max_digits) return "number_too_long";
+            continue;
+        }
+        digits = 0;
+        switch (ch) {
+        case '"':
+            while (p < end) {
+                ch = (unsigned char)*p++;
+                if (ch == '"') break;
+                if (ch == '\\' && p < end) p++;
+            }
+            break;
+        case '[':
+        case '{':
+            if (++depth > max_nesting) return "too_deep";
+            break;
+        case ']':
+        case '}':
+            if (depth) depth--;
+            break;
+        default:
+            break;
+        }
+    }
+    return NULL;
+}
+
 /* ---- the Python type ------------------------------------------------------------------------------ */
 
 static int free_side(Side *s) {
@@ -1321,20 +1362,22 @@ static void Core_dealloc(Core *c) {
 static int Core_init(Core *c, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"product_id", "base_scale", "quote_scale", "tick", "lot", "min_size", "min_funds",
                              "id_window", "order_type", "decode", "validation_error", "not_json", "slow", "dead_letter",
-                             "encode_str", "time_ns", "max_record_bytes", NULL};
+                             "encode_str", "time_ns", "max_record_bytes", "max_nesting", "max_number_digits", NULL};
     PyObject *product_id, *order_type, *decode, *validation_error, *not_json, *slow, *dead_letter_cls,
         *encode_str, *time_ns;
     int base_scale, quote_scale;
     long long tick, lot, min_size, min_funds, id_window;
     Py_ssize_t max_record;
+    int max_nesting, max_digits;
     if (c->decode) { PyErr_SetString(PyExc_RuntimeError, "Core is initialised once"); return -1; }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "UiiLLLLLOOOOOOOOn", kwlist, &product_id, &base_scale,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "UiiLLLLLOOOOOOOOnii", kwlist, &product_id, &base_scale,
                                      &quote_scale, &tick, &lot, &min_size, &min_funds, &id_window, &order_type,
                                      &decode, &validation_error, &not_json, &slow, &dead_letter_cls,
-                                     &encode_str, &time_ns, &max_record))
+                                     &encode_str, &time_ns, &max_record, &max_nesting, &max_digits))
         return -1;
     if (base_scale < 0 || base_scale > 18 || quote_scale < 0 || quote_scale > 18 || tick <= 0 || lot <= 0 ||
-        min_size <= 0 || min_funds <= 0 || id_window <= 0 || max_record <= 0) {
+        min_size <= 0 || min_funds <= 0 || id_window <= 0 || max_record <= 0 || max_nesting <= 0 ||
+        max_digits <= 0) {
         PyErr_SetString(PyExc_ValueError, "invalid product rules");
         return -1;
     }
@@ -1366,6 +1409,8 @@ static int Core_init(Core *c, PyObject *args, PyObject *kwds) {
     Py_INCREF(encode_str); c->encode_str = encode_str;
     Py_INCREF(time_ns); c->time_ns = time_ns;
     c->max_record = max_record;
+    c->max_nesting = max_nesting;
+    c->max_digits = max_digits;
     c->base_scale = base_scale;
     c->quote_scale = quote_scale;
     c->tick = tick; c->lot = lot; c->min_size = min_size; c->min_funds = min_funds;
@@ -1396,8 +1441,17 @@ static PyObject *raw_into(Core *c, PyObject *raw, Time ts, PyObject *out) {
     Py_ssize_t size = PyBytes_CheckExact(raw) ? PyBytes_GET_SIZE(raw) : PyObject_Length(raw);
     if (size < 0) return NULL; /* no length: as len(raw) in the Python core */
     if (size > c->max_record) return unreadable(c, "record_too_large");
-    if (PyBytes_CheckExact(raw) && fast_read(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), &o))
-        return submit_into(c, &o, ts, NULL, out);
+    const char *shape;
+    if (PyBytes_CheckExact(raw)) {
+        if (fast_read(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), &o)) return submit_into(c, &o, ts, NULL, out);
+        shape = shape_reason(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), c->max_nesting, c->max_digits);
+    } else { /* another bytes-like object: as bytes(raw) in the Python core */
+        Py_buffer view;
+        if (PyObject_GetBuffer(raw, &view, PyBUF_SIMPLE)) return NULL;
+        shape = shape_reason(view.buf, view.len, c->max_nesting, c->max_digits);
+        PyBuffer_Release(&view);
+    }
+    if (shape) return unreadable(c, shape);
     PyObject *order = PyObject_CallOneArg(c->decode, raw);
     if (!order) {
         if (PyErr_ExceptionMatches(c->validation_error)) { /* JSON of the wrong shape: salvage it */
@@ -1412,6 +1466,10 @@ static PyObject *raw_into(Core *c, PyObject *raw, Time ts, PyObject *out) {
             Py_DECREF(r);
             if (rc) return NULL;
             Py_RETURN_NONE;
+        }
+        if (PyErr_ExceptionMatches(PyExc_RecursionError)) { /* not within max_nesting: never escapes */
+            PyErr_Clear();
+            return unreadable(c, "too_deep");
         }
         if (!PyErr_ExceptionMatches(c->not_json)) return NULL;
         PyErr_Clear();

@@ -21,7 +21,7 @@ from engine.book import BUY, SELL, Level, OrderBook, RestingOrder
 from engine.config import ProductConfig
 from engine.decimals import format_scaled
 from engine.id_window import DUPLICATE, FRESH, IdWindow
-from engine.intake import MAX_ID, salvage_order
+from engine.intake import MAX_ID, salvage_order, shape_reason
 from engine.messages import (
     MAX_RECORD_BYTES,
     NOT_JSON,
@@ -116,6 +116,9 @@ class MatchingEngine:
         """Decode one input record and apply it; any bytes give events or a DeadLetter."""
         if len(raw) > MAX_RECORD_BYTES:
             return self._unreadable(DeadLetter(reason="record_too_large"))
+        shape = shape_reason(raw)  # before any decoder: see engine/intake.py
+        if shape is not None:
+            return self._unreadable(DeadLetter(reason=shape))
         try:
             order = decode_order(raw)
         except msgspec.ValidationError:
@@ -126,6 +129,8 @@ class MatchingEngine:
             return self.submit(order, ts, bad_field)
         except NOT_JSON:
             return self._unreadable(DeadLetter(reason="not_json"))
+        except RecursionError:  # not within MAX_NESTING; here so that it can never escape
+            return self._unreadable(DeadLetter(reason="too_deep"))
         return self.submit(order, ts)
 
     def _unreadable(self, letter: DeadLetter) -> DeadLetter:

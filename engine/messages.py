@@ -108,6 +108,17 @@ NOT_JSON = (msgspec.DecodeError, UnicodeDecodeError)
 # product process on every replay of the record.
 MAX_RECORD_BYTES = 65_536
 
+# Bounds on a record's shape, checked before any decoder reads it (engine/intake.shape_reason; the C
+# core's shape_reason). An order is flat (depth 1) and its integers have at most 19 digits, so these
+# leave room for unknown fields a newer producer may add. Beyond them a record is a dead letter:
+# `too_deep`: msgspec recurses per level, even to skip an unknown field, and raised RecursionError at
+# ~1,000 levels (a 1 KB record of `[` crash-looped the product process on every node);
+# `number_too_long` (a run of digits outside strings): msgspec builds a Python int from up to 4,300
+# digits, in quadratic time (~0.3 ms for 4,300 digits in an int field, ~0.4 us for 33), and refuses
+# longer ones, a limit Python sets per process; the bound makes the outcome independent of both.
+MAX_NESTING = 32
+MAX_NUMBER_DIGITS = 32
+
 NS_PER_MS = 1_000_000
 
 

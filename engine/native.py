@@ -19,6 +19,8 @@ from engine.config import ProductConfig
 from engine.intake import salvage_order
 from engine.matching import Counters, MatchingEngine
 from engine.messages import (
+    MAX_NESTING,
+    MAX_NUMBER_DIGITS,
     MAX_RECORD_BYTES,
     NOT_JSON,
     DeadLetter,
@@ -88,6 +90,8 @@ class NativeEngine:
             encode_str=msgspec.json.encode,
             time_ns=record_time_ns,
             max_record_bytes=MAX_RECORD_BYTES,
+            max_nesting=MAX_NESTING,
+            max_number_digits=MAX_NUMBER_DIGITS,
         )
         self.submit_encoded = core.submit_raw
         self.submit_records = core.submit_records  # as MatchingEngine.submit_records

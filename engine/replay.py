@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 import msgspec
 
 from engine.config import ProductConfig
+from engine.intake import shape_reason
 from engine.matching import MatchingEngine
 from engine.messages import NOT_JSON, DeadLetter, encode_events
 
@@ -23,10 +24,13 @@ _stamp_decoder = msgspec.json.Decoder(_Stamp)
 
 
 def created_at_of(raw: bytes) -> int:
-    """The line's `created_at` as a record time; 0 when absent, not JSON, or not an int >= 0."""
+    """The line's `created_at` as a record time; 0 when absent, not JSON, or not an int >= 0, and for
+    a line beyond the shape bounds (a dead letter, read by no decoder: see engine/intake.py)."""
+    if shape_reason(raw) is not None:
+        return 0
     try:
         value = _stamp_decoder.decode(raw).created_at
-    except NOT_JSON:
+    except (*NOT_JSON, RecursionError):  # RecursionError: not within the bounds; so that it never escapes
         return 0
     return value if type(value) is int and 0 <= value < 2**63 else 0
 

@@ -23,6 +23,11 @@ pytestmark = pytest.mark.usefixtures("each_core")  # every rule, on both cores
         (b'{"id": 1, "side": "buy", "client_oid": "\xff"}', "not_json"),
         (b'{"id": 1, "side": "\xc3", "product_id": "BTC-USD"}', "not_json"),
         (b'{"id": 1e999}', "not_json"),
+        # msgspec recursed per level and raised RecursionError (a 1 KB record crash-looped the product)
+        (b"[" * 1000, "too_deep"),
+        (b'{"id": 1, "side": "buy", "x": ' + b"[" * 33 + b"]" * 33 + b"}", "too_deep"),
+        (b'{"id": 1, "side": "buy", "created_at": ' + b"9" * 33 + b"}", "number_too_long"),
+        (b'{"id": 1, "side": "buy", "x": 0.' + b"0" * 33 + b"1}", "number_too_long"),
         (b"[1, 2]", "not_object"),
         (b'"order"', "not_object"),
         (b"null", "not_object"),
@@ -144,3 +149,17 @@ def test_records_over_the_size_limit_are_dead_letters():
     assert h.send(b"x" * (MAX_RECORD_BYTES + 1)) == DeadLetter(reason="record_too_large")
     counters = h.engine.counters
     assert (counters.orders_in, counters.dead_letters, counters.rejected, h.engine.sequence) == (3, 2, 1, 1)
+
+
+def test_the_shape_bounds_are_inclusive_and_skip_strings():
+    """32 levels and 32 digits are an order; brackets and digits inside strings never count."""
+    h = Harness()
+    deep = b"[" * 31 + b"{}" + b"]" * 31  # 32 levels inside the order's object: 33, one too many
+    base = msgspec.json.encode(order(1, "buy"))[:-1]
+    assert h.send(base + b',"x":' + deep + b"}") == DeadLetter(reason="too_deep")
+    assert h.send(base + b',"x":' + deep[1:-1] + b"}")[0]["type"] == "open"
+    assert h.send(base.replace(b'"id":1', b'"id":2') + b',"x":' + b"9" * 32 + b"}")[0]["type"] == "open"
+    quoted = b'"' + b"[" * 100 + b'\\"' + b"9" * 100 + b'"'  # an escaped quote does not end the string
+    assert h.send(base.replace(b'"id":1', b'"id":3') + b',"x":' + quoted + b"}")[0]["type"] == "open"
+    (done,) = h.send(order(4, "buy", price="9" * 5000))
+    assert done["reject_reason"] == "invalid_price"
