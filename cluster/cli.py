@@ -22,6 +22,7 @@ from pathlib import Path
 
 import click
 
+from cluster.bench_availability import availability as bench_availability
 from cluster.bench_core import core as bench_core
 from cluster.bench_e2e import e2e as bench_e2e
 from cluster.bench_replay import replay as bench_replay
@@ -430,6 +431,7 @@ def bench() -> None:
 bench.add_command(bench_core, "core")
 bench.add_command(bench_e2e, "e2e")
 bench.add_command(bench_replay, "replay")
+bench.add_command(bench_availability, "availability")
 cli.add_command(replay)
 
 __all__ = ["DEFAULT_STATE_DIR", "cli", "main", "redact_url", "service_address"]

@@ -1,0 +1,261 @@
+"""`orderbook-cluster bench availability`: does a product keep trading with a large book, a busy
+machine and a dead leader node?
+
+Two nodes lead and follow one product (or more) on a local broker and Redis. The book is first
+loaded with `--resting` orders that rest and never cross (buys far below, sells far above the
+flow's prices); then a steady realistic flow runs on top for `--seconds`, optionally with
+`--busy` busy-loop processes saturating the cores. Reported: leadership changes during that
+window (there should be none), the largest event-loop stall each product process reported, and
+after it the time from SIGKILL of the leader's whole node to the first event of the new leader
+(by that event's producer timestamp); last, the whole output against replay of the whole input.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import msgspec
+
+from cluster.bench_e2e import BenchError, BenchNode, _exit_on_sigterm
+from cluster.drill import OrderLoad, OutputWatcher, _wait
+from cluster.embedded import embedded_services, free_port
+from cluster.kafka_io import ensure_topics, order_topic, product_topics
+from cluster.send import produce_orders
+from cluster.verify import check_stream, expected_events, read_records
+from engine.config import ProductConfig
+from engine.messages import record_time_ns
+
+_encoder = msgspec.json.Encoder()
+PRICE_LEVELS = 5_000  # resting orders spread over this many price levels per side
+
+
+def progress(message: str) -> None:
+    """Progress to stderr: stdout is the report's."""
+    click.echo(f"[bench availability] {message}", err=True)
+
+
+def resting_orders(product: str, count: int, start_id: int, start_ts_ms: int):
+    """`count` GTC limit orders that rest and never cross each other or the realistic flow (its
+    prices are around 30,000.00): buys at 1.00-50.00, sells at 1,000,000.00 and above."""
+    for i in range(count):
+        buy = i % 2 == 0
+        level = (i // 2) % PRICE_LEVELS
+        cents = 100 + level if buy else 100_000_000 + level
+        yield _encoder.encode(
+            {
+                "id": start_id + i,
+                "created_at": start_ts_ms * 1_000_000,
+                "product_id": product,
+                "user_id": 10_000 + i % 997,
+                "client_oid": "",
+                "price": f"{cents // 100}.{cents % 100:02d}",
+                "size": "0.001",
+                "funds": "0",
+                "type": "limit",
+                "side": "buy" if buy else "sell",
+                "time_in_force": "GTC",
+                "status": "new",
+            }
+        )
+
+
+def start_node(node_id: str, bootstrap: str, redis_url: str, products: list[str], work: Path) -> BenchNode:
+    """One `start` subprocess of the two nodes."""
+    config = work / "products.toml"
+    config.write_text("".join(f'[products."{p}"]\nbase_scale = 6\nquote_scale = 2\n\n' for p in products))
+    port = free_port()
+    argv = [sys.executable, "-m", "cluster", "start", "--products", ",".join(products)]
+    argv += ["--kafka", bootstrap, "--redis", redis_url, "--config", str(config), "--node-id", node_id]
+    argv += ["--http-port", str(port), "--state-dir", str(work / node_id)]
+    log_path = work / f"{node_id}.log"
+    with open(log_path, "ab") as log_file:  # its own process group: the whole node can be killed at once
+        process = subprocess.Popen(
+            argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    return BenchNode(products, process, port, log_path)
+
+
+def leader_of(nodes: dict[str, BenchNode], product: str) -> tuple[str, dict] | None:
+    """(node id, its status of the product) of the node whose process leads it."""
+    for node_id, node in nodes.items():
+        status = node.status().get(product, {})
+        if status.get("role") == "leader":
+            return node_id, status
+    return None
+
+
+def _spin() -> None:
+    while True:
+        pass
+
+
+def run_availability(
+    bootstrap: str, redis_url: str, products: list[str], resting: int, rate: float, seconds: float, busy: int
+) -> dict:
+    """The scenario of the module docstring; the report as one dict."""
+    report: dict = {"products": products, "resting_orders": resting, "rate_per_product": rate}
+    report |= {"seconds": seconds, "busy_processes": busy, "cpus": os.cpu_count()}
+    ensure_topics(bootstrap, {}, [t for p in products for t in product_topics(p)])
+    start_ts_ms = time.time_ns() // 1_000_000
+    for product in products:
+        progress(f"loading {resting} resting orders into {order_topic(product)}")
+        produce_orders(bootstrap, product, resting_orders(product, resting, 1, start_ts_ms))
+    with tempfile.TemporaryDirectory(prefix="bench-availability-") as tmp:
+        work = Path(tmp)
+        nodes = {n: start_node(n, bootstrap, redis_url, products, work) for n in ("avail-1", "avail-2")}
+        spinners: list[multiprocessing.Process] = []
+        try:
+            for product in products:
+                caught_up = _wait(
+                    lambda p=product: all(
+                        node.status().get(p, {}).get("offset", 0) >= resting
+                        and node.status().get(p, {}).get("caught_up")
+                        for node in nodes.values()
+                    ),
+                    600,
+                    0.5,
+                )
+                if not caught_up:
+                    raise BenchError(
+                        f"{product}: the nodes did not apply the {resting} resting orders in 600 s"
+                    )
+            progress("book loaded on both nodes; steady flow on top")
+            watchers = {p: OutputWatcher(bootstrap, p, {}) for p in products}
+            loads = [
+                OrderLoad(bootstrap, p, rate, resting + 1 + i * 10**12, {}) for i, p in enumerate(products)
+            ]
+            for thread in (*watchers.values(), *loads):
+                thread.start()
+            spinners = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(busy)]
+            for spinner in spinners:
+                spinner.start()
+            epochs_before = {p: leader_of(nodes, p) for p in products}
+            stall_max: dict[str, float] = {}
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                for node_id, node in nodes.items():
+                    node.check_alive()
+                    for product, status in node.status().items():
+                        key = f"{product}@{node_id}:{status.get('role')}"
+                        # the longest stall since its previous report: this window's, not the load's
+                        stall_max[key] = max(stall_max.get(key, 0.0), status.get("loop_stall_ms") or 0.0)
+                time.sleep(0.5)
+            for spinner in spinners:
+                spinner.kill()
+            epochs_after = {p: leader_of(nodes, p) for p in products}
+            report["leadership_changes"] = {
+                p: (epochs_after[p][1]["epoch"] - epochs_before[p][1]["epoch"])
+                if epochs_before[p] and epochs_after[p]
+                else None
+                for p in products
+            }
+            report["loop_stall_max_ms"] = stall_max
+            report["leader_loop_stall_max_ms"] = max(
+                (v for k, v in stall_max.items() if k.endswith(":leader")), default=None
+            )
+            # The leader's whole node dies: no drain, no release; the standby takes over at the TTL.
+            product = products[0]
+            leader_node, status = epochs_after[product]
+            epoch = status["epoch"]
+            killed_ms = int(time.time() * 1000)
+            os.killpg(nodes[leader_node].process.pid, signal.SIGKILL)
+            nodes[leader_node].process.wait(10)
+            seen = _wait(lambda: watchers[product].first_epoch_above(epoch), 60)
+            stamp = watchers[product].first_stamp.get(seen[0]) if seen else None
+            report["node_kill_takeover_ms"] = (stamp - killed_ms) if stamp else None
+            time.sleep(2.0)  # the new leader publishes on under the flow before the check
+            for load in loads:
+                load.stop_event.set()
+                load.join(60)
+            report["orders_sent"] = resting + sum(load.sent for load in loads)
+            report["stream"] = {}
+            for product in products:
+                inputs = read_records(bootstrap, order_topic(product), idle_s=3.0)
+                config = ProductConfig(product_id=product, base_scale=6, quote_scale=2)
+                expected = expected_events(config, [(v, record_time_ns(ts)) for _, v, ts, _ in inputs])
+                watcher, wanted = watchers[product], len(expected)
+                _wait(lambda w=watcher, n=wanted: w.distinct_count() >= n, 120, 0.2)
+                with watcher.lock:
+                    output = list(watcher.values)
+                checked = check_stream(output, expected)
+                report["stream"][product] = {
+                    "ok": checked.ok,
+                    "events": checked.distinct,
+                    "problems": checked.problems,
+                }
+                watcher.stop_event.set()
+        finally:
+            for spinner in spinners:
+                spinner.kill()
+            for node in nodes.values():
+                node.stop()
+    return report
+
+
+@click.command()
+@click.option(
+    "--products",
+    "n",
+    type=click.IntRange(1, 8),
+    default=1,
+    show_default=True,
+    help="Products, one process each per node.",
+)
+@click.option(
+    "--resting",
+    type=click.IntRange(0),
+    default=1_000_000,
+    show_default=True,
+    help="Resting orders loaded per product first.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(1),
+    default=2_000.0,
+    show_default=True,
+    help="Orders/s per product of the steady flow on top.",
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(1),
+    default=60.0,
+    show_default=True,
+    help="How long the flow runs before the leader's node is killed.",
+)
+@click.option(
+    "--busy",
+    type=click.IntRange(0, 64),
+    default=0,
+    show_default=True,
+    help="Busy-loop processes saturating the cores during the flow.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def availability(n, resting, rate, seconds, busy, as_json) -> None:
+    """A large book, a steady flow, optionally busy cores, then the leader's node killed."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    products = [f"AVAIL{i}-{os.getpid()}" for i in range(n)]
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-availability-servers-") as state,
+        embedded_services(Path(state)) as services,
+    ):
+        progress(f"local Tansu broker at {services.bootstrap}, Redis at {services.redis_url}")
+        try:
+            report = run_availability(
+                services.bootstrap, services.redis_url, products, resting, rate, seconds, busy
+            )
+        except BenchError as exc:
+            raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for key, value in report.items():
+        click.echo(f"{key}: {value}")
