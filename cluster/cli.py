@@ -19,6 +19,7 @@ import click
 
 from cluster.bench_core import core as bench_core
 from cluster.bench_e2e import e2e as bench_e2e
+from cluster.bench_ids import ids as bench_ids
 from cluster.http_api import DEFAULT_HTTP_PORT
 from cluster.replay import replay
 from cluster.settings import SettingsError, parse_timing, redact_url
@@ -336,6 +337,7 @@ def bench() -> None:
 
 bench.add_command(bench_core, "core")
 bench.add_command(bench_e2e, "e2e")
+bench.add_command(bench_ids, "ids")
 cli.add_command(replay)
 
 __all__ = ["cli", "main", "redact_url"]
