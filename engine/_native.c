@@ -103,6 +103,7 @@ typedef struct {
     PyObject *dead_letter;     /* DeadLetter class */
     PyObject *encode_str;      /* msgspec.json.encode, for strings that need escaping */
     PyObject *time_ns;         /* engine.messages.record_time_ns, for timestamps beyond int64 arithmetic */
+    PyObject *exhausted;       /* engine.matching.SequenceExhausted */
     Py_ssize_t max_record;     /* engine.messages.MAX_RECORD_BYTES: longer input is a dead letter */
     Py_ssize_t field_off[13];  /* OrderMessage slot offsets, in FIELD_NAMES order */
     Buf buf;
@@ -1136,9 +1137,23 @@ static int reject(Core *c, Ctx *x, const OrderIn *o, int side, const char *reaso
     return rc;
 }
 
+/* MatchingEngine.submit's guard: an input could emit 2 events per resting order plus 1; when that could
+ * take sequence past INT64_MAX, raise SequenceExhausted (its text as the Python core words it) before
+ * changing anything. Below SEQUENCE_CHECK_FROM no input can (2^39 resting orders). */
+#define SEQUENCE_CHECK_FROM (INT64_MAX - ((int64_t)1 << 40))
+
+static int sequence_exhausted(Core *c) {
+    int64_t resting = (int64_t)c->index.count;
+    if (c->sequence <= INT64_MAX - 1 - 2 * resting) return 0;
+    PyErr_Format(c->exhausted, "product=%U sequence=%lld resting=%lld: the next input could take sequence past 2^63-1",
+                 c->product_id, (long long)c->sequence, (long long)resting);
+    return 1;
+}
+
 /* Apply one order, appending its events to `out`. Returns Py_None, a DeadLetter (both new
  * references) or NULL on error. */
 static PyObject *submit_into(Core *c, const OrderIn *o, Time ts, PyObject *bad_field, PyObject *out) {
+    if (c->sequence > SEQUENCE_CHECK_FROM && sequence_exhausted(c)) return NULL;
     c->orders_in++;
     if (o->id_state == ID_NONE) return dead_letter(c, "missing_id");
     if (o->id_state == ID_BAD) return dead_letter(c, "invalid_id");
@@ -1405,23 +1420,24 @@ static void Core_dealloc(Core *c) {
     Py_XDECREF(c->dead_letter);
     Py_XDECREF(c->encode_str);
     Py_XDECREF(c->time_ns);
+    Py_XDECREF(c->exhausted);
     Py_TYPE(c)->tp_free((PyObject *)c);
 }
 
 static int Core_init(Core *c, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"product_id", "base_scale", "quote_scale", "tick", "lot", "min_size", "min_funds",
                              "id_window", "order_type", "decode", "validation_error", "not_json", "slow", "dead_letter",
-                             "encode_str", "time_ns", "max_record_bytes", NULL};
+                             "encode_str", "time_ns", "max_record_bytes", "sequence_exhausted", NULL};
     PyObject *product_id, *order_type, *decode, *validation_error, *not_json, *slow, *dead_letter_cls,
-        *encode_str, *time_ns;
+        *encode_str, *time_ns, *exhausted;
     int base_scale, quote_scale;
     long long tick, lot, min_size, min_funds, id_window;
     Py_ssize_t max_record;
     if (c->decode) { PyErr_SetString(PyExc_RuntimeError, "Core is initialised once"); return -1; }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "UiiLLLLLOOOOOOOOn", kwlist, &product_id, &base_scale,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "UiiLLLLLOOOOOOOOnO", kwlist, &product_id, &base_scale,
                                      &quote_scale, &tick, &lot, &min_size, &min_funds, &id_window, &order_type,
                                      &decode, &validation_error, &not_json, &slow, &dead_letter_cls,
-                                     &encode_str, &time_ns, &max_record))
+                                     &encode_str, &time_ns, &max_record, &exhausted))
         return -1;
     if (base_scale < 0 || base_scale > 18 || quote_scale < 0 || quote_scale > 18 || tick <= 0 || lot <= 0 ||
         min_size <= 0 || min_funds <= 0 || id_window <= 0 || max_record <= 0) {
@@ -1455,6 +1471,7 @@ static int Core_init(Core *c, PyObject *args, PyObject *kwds) {
     Py_INCREF(dead_letter_cls); c->dead_letter = dead_letter_cls;
     Py_INCREF(encode_str); c->encode_str = encode_str;
     Py_INCREF(time_ns); c->time_ns = time_ns;
+    Py_INCREF(exhausted); c->exhausted = exhausted;
     c->max_record = max_record;
     c->base_scale = base_scale;
     c->quote_scale = quote_scale;
@@ -1814,6 +1831,11 @@ static PyObject *Core_load(Core *c, PyObject *args) {
     if (!PyArg_ParseTuple(args, "LLLy*O", &sequence, &trade_seq, &id_max, &bits, &rows)) return NULL;
     PyObject *result = NULL, *seq = NULL;
     if (c->sequence || c->index.count) { PyErr_SetString(PyExc_ValueError, "load needs a fresh core"); goto done; }
+    /* engine/snapshot.py refuses every impossible snapshot first; these are the checks the C state relies on */
+    if (sequence < 0 || trade_seq < 0 || trade_seq > sequence || id_max < 0) {
+        PyErr_SetString(PyExc_ValueError, "sequence, trade_seq or id_window_max out of range");
+        goto done;
+    }
     if (bits.len != c->ids.nbytes) {
         PyErr_Format(PyExc_ValueError, "id window bitmap has %zd bytes, expected %zd", bits.len, c->ids.nbytes);
         goto done;
@@ -1829,10 +1851,10 @@ static PyObject *Core_load(Core *c, PyObject *args) {
             PyErr_Format(PyExc_ValueError, "bad resting order row %zd", i);
             goto done;
         }
-        int side_c = strcmp(side, "buy") == 0 ? BUY : strcmp(side, "sell") == 0 ? SELL : -1, tif_c = -1;
-        for (int k = 0; k < 4; k++)
-            if (strcmp(tif, TIF_NAMES[k]) == 0) tif_c = k;
-        if (side_c < 0 || tif_c < 0 || remaining <= 0 || price <= 0 || id <= 0 || map_get(&c->index, id)) {
+        int side_c = strcmp(side, "buy") == 0 ? BUY : strcmp(side, "sell") == 0 ? SELL : -1;
+        int tif_c = strcmp(tif, "GTC") == 0 ? TIF_GTC : strcmp(tif, "GTX") == 0 ? TIF_GTX : -1; /* what rests */
+        if (side_c < 0 || tif_c < 0 || remaining <= 0 || remaining % c->lot || price <= 0 || price % c->tick ||
+            id <= 0 || id > id_max || map_get(&c->index, id)) {
             PyErr_Format(PyExc_ValueError, "bad resting order id=%lld", id);
             goto done;
         }

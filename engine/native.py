@@ -17,7 +17,7 @@ import msgspec
 
 from engine.config import ProductConfig
 from engine.intake import salvage_order
-from engine.matching import Counters, MatchingEngine
+from engine.matching import Counters, MatchingEngine, SequenceExhausted
 from engine.messages import (
     MAX_RECORD_BYTES,
     NOT_JSON,
@@ -80,6 +80,7 @@ class NativeEngine:
             encode_str=msgspec.json.encode,
             time_ns=record_time_ns,
             max_record_bytes=MAX_RECORD_BYTES,
+            sequence_exhausted=SequenceExhausted,
         )
         self.submit_encoded = core.submit_raw
         self.submit_records = core.submit_records  # as MatchingEngine.submit_records
@@ -143,7 +144,7 @@ class NativeEngine:
     def restore(cls, config: ProductConfig, data: bytes) -> NativeEngine:
         """An engine in the state of `data` (from either core); raises SnapshotError if it does not fit."""
         engine = cls(config)
-        snap = decode_snapshot(data, engine.fingerprint, engine.product_id)
+        snap = decode_snapshot(data, engine.rules, engine.fingerprint)
         try:
             engine._core.load(
                 snap.sequence, snap.trade_seq, snap.id_window_max, snap.id_window_bits, snap.orders
