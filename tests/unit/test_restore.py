@@ -295,3 +295,26 @@ def test_the_c_core_load_keeps_its_own_checks(args):
     sequence, trade_seq, id_max, rows = args
     with pytest.raises(ValueError):
         engine._core.load(sequence, trade_seq, id_max, bytes((engine.rules.id_window + 7) // 8), rows)
+
+
+def test_the_envelope_format_is_checked_on_read():
+    """cluster/redis_state.py: an envelope of another format, another product or no envelope at
+    all is a SnapshotError that names it, not a misread."""
+    from cluster.redis_state import SNAPSHOT_FORMAT, SnapshotEnvelope, decode_envelope, encode_envelope
+
+    def envelope(**kw) -> bytes:
+        fields = dict(format=SNAPSHOT_FORMAT, product="BTC-USD", epoch=1, next_offset=5, sequence=3)
+        return encode_envelope(SnapshotEnvelope(**{**fields, "fingerprint": "f", "engine": b"x", **kw}))
+
+    assert decode_envelope(envelope(), "BTC-USD").next_offset == 5
+    with pytest.raises(
+        SnapshotError, match=r"product=BTC-USD snapshot envelope format 2, this release reads 1"
+    ) as err:
+        decode_envelope(envelope(format=2), "BTC-USD")
+    assert err.value.reason == "format_mismatch"
+    with pytest.raises(SnapshotError) as err:
+        decode_envelope(envelope(product="ETH-USD"), "BTC-USD")
+    assert err.value.reason == "config_mismatch"
+    with pytest.raises(SnapshotError) as err:
+        decode_envelope(b"\x93garbage", "BTC-USD")
+    assert err.value.reason == "corrupt" and "product=BTC-USD" in str(err.value)
