@@ -13,6 +13,8 @@ import msgspec
 import redis
 import redis.asyncio as aredis
 
+from engine.snapshot import SnapshotError
+
 SNAPSHOT_FORMAT = 1
 
 
@@ -134,9 +136,26 @@ def encode_envelope(envelope: SnapshotEnvelope) -> bytes:
     return _envelope_encoder.encode(envelope)
 
 
-def decode_envelope(data: bytes) -> SnapshotEnvelope:
-    """Parse stored bytes; raises msgspec.DecodeError on a damaged or foreign value."""
-    return _envelope_decoder.decode(data)
+def decode_envelope(data: bytes, product: str) -> SnapshotEnvelope:
+    """Parse stored bytes; raises SnapshotError on a damaged or foreign value, or another format.
+
+    `format` is the envelope's layout: a value written by a newer (or older) release must not be
+    read as this one, so an unknown format is refused by name rather than misread.
+    """
+    try:
+        envelope = _envelope_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise SnapshotError("corrupt", f"product={product} snapshot envelope: {exc}") from None
+    if envelope.format != SNAPSHOT_FORMAT:
+        raise SnapshotError(
+            "format_mismatch",
+            f"product={product} snapshot envelope format {envelope.format!r}, this release reads {SNAPSHOT_FORMAT}",
+        )
+    if envelope.product != product:
+        raise SnapshotError(
+            "config_mismatch", f"snapshot of product {envelope.product!r} under the key of {product}"
+        )
+    return envelope
 
 
 class Acquired(msgspec.Struct, frozen=True):
@@ -218,9 +237,9 @@ class ProductRedis:
         )
 
     async def read_snapshot(self) -> SnapshotEnvelope | None:
-        """The latest stored snapshot, or None if there is none."""
+        """The latest stored snapshot, or None if there is none; raises SnapshotError if it is unusable."""
         data = await self.client.hget(self.keys[3], "envelope")
-        return decode_envelope(data) if data else None
+        return decode_envelope(data, self.product) if data else None
 
 
 def sync_client(url: str, timeout_s: float = 2.0) -> redis.Redis:

@@ -36,8 +36,10 @@ from cluster.log_limit import RateLimitedWarning
 from cluster.redis_state import SNAPSHOT_FORMAT, ProductRedis, SnapshotEnvelope, async_client
 from cluster.reporting import StatusReporter
 from cluster.settings import NodeSettings
+from engine.matching import SequenceExhausted
 from engine.messages import MAX_RECORD_BYTES
 from engine.native import make_engine, restore_engine
+from engine.snapshot import SnapshotError
 from supervisor import EXIT_DO_NOT_RESTART, EXIT_RESTART_AT_ONCE
 
 log = logging.getLogger(__name__)
@@ -726,7 +728,8 @@ class ProductWorker:
         try:
             await self.wait_for_redis()
             await self.restore()
-        except ConfigMismatch as exc:
+        except (ConfigMismatch, SnapshotError) as exc:
+            # An unusable snapshot fails the same way on every restart: stop, do not loop.
             log.error("refusing to run product=%s reason=%s", self.product, exc)
             return EXIT_CONFIG
         self.open_kafka()
@@ -744,6 +747,10 @@ class ProductWorker:
             # Queued events are byte-identical to the successor's, but a demoted process sends nothing more.
             self.producer.purge(in_queue=True, in_flight=False)
             code = EXIT_DEMOTED
+        except SequenceExhausted as exc:
+            log.error("refusing to run product=%s reason=%s", self.product, exc)
+            self.producer.purge(in_queue=True, in_flight=False)
+            code = EXIT_CONFIG
         finally:
             self.stopping = True
             for task in tasks:

@@ -9,6 +9,11 @@ Guarantees:
 - Business outcomes (rejects, cancels, unknown cancels, duplicates) are events or counters,
   never exceptions; an input that cannot be read as an order becomes a DeadLetter.
 - Cost per order: O(log levels) to rest at a new price, O(1) per fill and per cancel.
+- `sequence` and `trade_seq` never pass 2^63-1 (consumers keep them in int64): an input that
+  could take `sequence` past it (an order emits at most 2 events per resting order plus 1)
+  raises SequenceExhausted before it changes anything. trade_seq <= sequence, so it cannot
+  pass first. At 10^7 events/s that is 29,000 years away: only a crafted snapshot gets there,
+  and the product process stops with a configuration error (cluster/worker.py).
 """
 
 from __future__ import annotations
@@ -35,11 +40,28 @@ from engine.messages import (
     encode_events,
     record_time_ns,
 )
-from engine.snapshot import restore_into, take_snapshot
+from engine.snapshot import INT64_MAX, restore_into, take_snapshot
 from engine.validation import OrderValidator
 
 NO_LIMIT = 1 << 256
 _TEXT_CACHE_LIMIT = 1 << 16
+# Below this sequence no input can exhaust it (that would take 2^39 resting orders): the exact
+# test runs only above it. The C core uses the same two steps.
+SEQUENCE_CHECK_FROM = INT64_MAX - 2**40
+
+
+class SequenceExhausted(RuntimeError):
+    """The next input could take `sequence` past 2^63-1; nothing was changed (module docstring)."""
+
+
+def sequence_exhausted(product_id: str, sequence: int, resting: int) -> SequenceExhausted | None:
+    """The error to raise before applying an input in this state, or None."""
+    if sequence + 2 * resting + 1 <= INT64_MAX:
+        return None
+    return SequenceExhausted(
+        f"product={product_id} sequence={sequence} resting={resting}: "
+        "the next input could take sequence past 2^63-1"
+    )
 
 
 class Counters:
@@ -167,6 +189,10 @@ class MatchingEngine:
 
     def submit(self, order: OrderMessage, ts: int, bad_field: str | None = None) -> list[Event] | DeadLetter:
         """Apply one decoded order or cancel; `bad_field` forces a reject (wrong-typed field)."""
+        if self.sequence > SEQUENCE_CHECK_FROM:
+            exhausted = sequence_exhausted(self.product_id, self.sequence, len(self.book.index))
+            if exhausted is not None:
+                raise exhausted
         counters = self.counters
         counters.orders_in += 1
         oid = order.id

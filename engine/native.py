@@ -17,7 +17,7 @@ import msgspec
 
 from engine.config import ProductConfig
 from engine.intake import salvage_order
-from engine.matching import Counters, MatchingEngine
+from engine.matching import Counters, MatchingEngine, SequenceExhausted
 from engine.messages import (
     MAX_NESTING,
     MAX_NUMBER_DIGITS,
@@ -92,6 +92,7 @@ class NativeEngine:
             max_record_bytes=MAX_RECORD_BYTES,
             max_nesting=MAX_NESTING,
             max_number_digits=MAX_NUMBER_DIGITS,
+            sequence_exhausted=SequenceExhausted,
         )
         self.submit_encoded = core.submit_raw
         self.submit_records = core.submit_records  # as MatchingEngine.submit_records
@@ -159,7 +160,7 @@ class NativeEngine:
     def restore(cls, config: ProductConfig, data: bytes) -> NativeEngine:
         """An engine in the state of `data` (from either core); raises SnapshotError if it does not fit."""
         engine = cls(config)
-        snap = decode_snapshot(data, engine.fingerprint, engine.product_id)
+        snap = decode_snapshot(data, engine.rules, engine.fingerprint)
         try:
             engine._core.load(
                 snap.sequence, snap.trade_seq, snap.id_window_max, snap.id_window_bits, snap.orders
