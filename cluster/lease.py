@@ -243,8 +243,9 @@ class LeaseKeeper:
     async def standby_step(self, handed: bool = False) -> None:
         """Read the leader's progress; acquire the lease when it is free and placement allows
         (at once when the leader handed it to this node)."""
-        seq, offset, _ = await self.redis.read_progress()
+        seq, offset, checkpoint, leader_snapshot = await self.redis.read_follow()
         self.worker.progress_seen = (seq, offset)
+        self.worker.state_check.follow(checkpoint, leader_snapshot, self.worker.next_offset)
         if await self.redis.holder() is not None:
             self.lease_free_since = None
             return

@@ -59,6 +59,18 @@ loop_stall_seconds = Histogram(
     LABELS,
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+state_diverged = Gauge(
+    "obc_state_diverged",
+    "1 when this standby's state hash differed from the leader's at a checkpoint (it will not lead)",
+    LABELS,
+    multiprocess_mode="liveall",
+)
+state_checks = Gauge(
+    "obc_state_checks",
+    "Checkpoints at which this standby compared its state hash with the leader's",
+    LABELS,
+    multiprocess_mode="liveall",
+)
 epoch = Gauge("obc_epoch", "Lease epoch of this process (0 as standby)", LABELS, multiprocess_mode="liveall")
 
 
@@ -83,6 +95,8 @@ class Bound:
         self.unknown_cancels = unknown_cancels.labels(**labels)
         self.producer_waits = producer_waits.labels(**labels)
         self.demotions = demotions.labels(**labels)
+        self.state_diverged = state_diverged.labels(**labels)
+        self.state_checks = state_checks.labels(**labels)
         self.loop_stall = loop_stall_seconds.labels(**labels)
 
 

@@ -22,7 +22,7 @@ from cluster import http_api
 from cluster.embedded import EmbeddedServices
 from cluster.redis_state import NODE_ADDRESSES_KEY, NODES_KEY, durability_problems, release_sync, sync_client
 from cluster.settings import NodeSettings
-from cluster.worker import STALL_SIGNAL, run_product
+from cluster.worker import CORRUPT_SIGNAL, STALL_SIGNAL, run_product
 from engine.native import native_import_error, resolve_core
 from supervisor import ChildSpec, Supervisor
 
@@ -129,7 +129,7 @@ class Node:
         product = request.get("product")
         child = self.supervisor.children.get(product) if isinstance(product, str) else None
         at_ms = int(time.time() * 1000)
-        if fault in ("kill", "pause", "stall"):
+        if fault in ("kill", "pause", "stall", "corrupt"):
             if child is None or child.process is None or not child.process.is_alive():
                 return 409, {
                     "error": f"no running process for product {product!r} on {self.settings.node_id}"
@@ -139,6 +139,8 @@ class Node:
                 os.kill(pid, signal.SIGKILL)
             elif fault == "stall":
                 os.kill(pid, STALL_SIGNAL)  # the product process blocks its matching loop (worker.py)
+            elif fault == "corrupt":
+                os.kill(pid, CORRUPT_SIGNAL)  # a standby changes its own book (worker.py)
             else:
                 pause_s = float(request.get("pause_s") or 2 * self.settings.timing.lease_ttl_ms / 1000)
                 os.kill(pid, signal.SIGSTOP)

@@ -101,6 +101,7 @@ if tonumber(ARGV[3]) < cur then return -2 end
 local t = redis.call('TIME')
 redis.call('HSET', KEYS[2], 'epoch', ARGV[2], 'sequence', ARGV[3], 'offset', ARGV[4],
   'fingerprint', ARGV[5], 'updated_ms', t[1] * 1000 + math.floor(t[2] / 1000))
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'checkpoint', ARGV[6]) end
 return 1
 """
 
@@ -110,7 +111,7 @@ local cur = tonumber(redis.call('HGET', KEYS[2], 'sequence') or '-1')
 if tonumber(ARGV[2]) <= cur then return -2 end
 local t = redis.call('TIME')
 redis.call('HSET', KEYS[2], 'sequence', ARGV[2], 'offset', ARGV[3], 'envelope', ARGV[4],
-  'created_ms', t[1] * 1000 + math.floor(t[2] / 1000))
+  'state_hash', ARGV[5], 'created_ms', t[1] * 1000 + math.floor(t[2] / 1000))
 return 1
 """
 
@@ -125,6 +126,8 @@ class SnapshotEnvelope(msgspec.Struct, frozen=True, kw_only=True):
     sequence: int
     fingerprint: str
     engine: bytes
+    # cluster/snapshots.state_hash of `engine`; standbys compare theirs at next_offset with it.
+    state_hash: str = ""
 
 
 _envelope_encoder = msgspec.msgpack.Encoder()
@@ -213,26 +216,49 @@ class ProductRedis:
         return value.decode() if value else None
 
     async def write_progress(
-        self, lease_value: str, epoch: int, sequence: int, offset: int, fingerprint: str
+        self,
+        lease_value: str,
+        epoch: int,
+        sequence: int,
+        offset: int,
+        fingerprint: str,
+        checkpoint: int | None = None,
     ) -> int:
-        """Record delivered progress; 1 written, -1 not the leader any more, -2 would go backwards."""
-        return int(
-            await self._progress(
-                keys=[self.keys[0], self.keys[2]], args=[lease_value, epoch, sequence, offset, fingerprint]
-            )
-        )
+        """Record delivered progress; 1 written, -1 not the leader any more, -2 would go backwards.
+
+        `checkpoint` announces the input offset of a snapshot being captured: standbys stop there
+        to hash their own state (see cluster/state_check.py). It is written with (never after)
+        the progress that lets them pass it."""
+        args = [lease_value, epoch, sequence, offset, fingerprint, "" if checkpoint is None else checkpoint]
+        return int(await self._progress(keys=[self.keys[0], self.keys[2]], args=args))
 
     async def read_progress(self) -> tuple[int, int, str | None]:
         """(last delivered sequence, next input offset, config fingerprint) as last recorded."""
         seq, offset, fingerprint = await self.client.hmget(self.keys[2], "sequence", "offset", "fingerprint")
         return int(seq or 0), int(offset or 0), fingerprint.decode() if fingerprint else None
 
+    async def read_follow(self) -> tuple[int, int, int | None, tuple[int, str] | None]:
+        """What a standby follows, in one round trip: (delivered sequence, next input offset, the
+        announced checkpoint offset, (offset, state hash) of the latest snapshot)."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hmget(self.keys[2], "sequence", "offset", "checkpoint")
+        pipe.hmget(self.keys[3], "offset", "state_hash")
+        (seq, offset, checkpoint), (snap_offset, state_hash) = await pipe.execute()
+        snap = (int(snap_offset), state_hash.decode()) if snap_offset and state_hash else None
+        return int(seq or 0), int(offset or 0), int(checkpoint) if checkpoint else None, snap
+
     async def write_snapshot(self, lease_value: str, envelope: SnapshotEnvelope) -> int:
         """Store a snapshot of delivered state; 1 written, -1 not the leader, -2 not newer."""
         return int(
             await self._snapshot(
                 keys=[self.keys[0], self.keys[3]],
-                args=[lease_value, envelope.sequence, envelope.next_offset, encode_envelope(envelope)],
+                args=[
+                    lease_value,
+                    envelope.sequence,
+                    envelope.next_offset,
+                    encode_envelope(envelope),
+                    envelope.state_hash,
+                ],
             )
         )
 

@@ -46,6 +46,7 @@ class StatusReporter:
             if w.snapshot_written_at is not None:
                 w.metric.snapshot_age.set(now - w.snapshot_written_at)
             w.metric.input_lag.set(len(w.pending))
+            w.metric.state_checks.set(w.state_check.checks)
             try:
                 await w.redis.client.hset(status_key(w.product), w.settings.node_id, _status_json(status))
             except Exception:  # noqa: BLE001 - status is best effort
@@ -88,6 +89,9 @@ class StatusReporter:
             "caught_up": leader is not None or w.caught_up(),
             "read_ahead": len(w.pending),
             "events_per_s": round(events_per_s, 1),
+            # The live state check of a standby: checkpoints compared, and whether it diverged.
+            "state_checks": w.state_check.checks,
+            "state_diverged": w.state_check.diverged,
             # The longest event-loop stall since the last report, and since the process started.
             "loop_stall_ms": round(w.loop_stall_window * 1000, 1),
             "loop_stall_max_ms": round(w.loop_stall_max * 1000, 1),

@@ -12,17 +12,26 @@ Smaller books are captured in place, which is faster than a fork.
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import os
 
 # The child only runs the engine's snapshot and writes; any failure is its exit code.
 _CHILD_FAILED = 1
 
 
+def state_hash(snapshot: bytes) -> str:
+    """The live state hash: of the snapshot bytes, which both cores write identically for one state
+    (the book in priority order, sequence, trade_seq, the id window)."""
+    return hashlib.blake2b(snapshot, digest_size=8).hexdigest()
+
+
 def capture(engine, fork_above_orders: int, reader: concurrent.futures.Executor) -> concurrent.futures.Future:
-    """A future of engine.snapshot() as of now; the loop may go on changing the engine at once."""
+    """A future of (engine.snapshot(), its state_hash) as of now; the loop may go on changing the
+    engine at once."""
     if engine.resting_orders() < fork_above_orders:
         done: concurrent.futures.Future = concurrent.futures.Future()
-        done.set_result(engine.snapshot())
+        data = engine.snapshot()
+        done.set_result((data, state_hash(data)))
         return done
     read_fd, write_fd = os.pipe()
     pid = os.fork()
@@ -40,11 +49,11 @@ def capture(engine, fork_above_orders: int, reader: concurrent.futures.Executor)
     return reader.submit(_collect, pid, read_fd)
 
 
-def _collect(pid: int, read_fd: int) -> bytes:
-    """Thread: the child's bytes, once it exited cleanly; OSError otherwise."""
+def _collect(pid: int, read_fd: int) -> tuple[bytes, str]:
+    """Thread: the child's bytes and their hash, once it exited cleanly; OSError otherwise."""
     with os.fdopen(read_fd, "rb") as pipe:
         data = pipe.read()
     _, status = os.waitpid(pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise OSError(f"snapshot child {pid} failed (status {status})")
-    return data
+    return data, state_hash(data)

@@ -68,6 +68,8 @@ def collect_status(redis_url: str, products: list[str] | None = None) -> dict:
                         "events_per_s",
                         "loop_stall_ms",
                         "loop_stall_max_ms",
+                        "state_checks",
+                        "state_diverged",
                     )
                 }
                 for p in processes
@@ -77,7 +79,8 @@ def collect_status(redis_url: str, products: list[str] | None = None) -> dict:
 
 
 def format_status(doc: dict) -> str:
-    """A table an operator reads at a glance."""
+    """A table an operator reads at a glance; a standby whose state hash differed from the
+    leader's at a checkpoint is marked DIVERGED."""
     lines = []
     header = (
         f"{'PRODUCT':<12} {'LEADER':<16} {'PID':>7} {'EPOCH':>6} {'OFFSET':>10} {'SEQUENCE':>10} "
@@ -85,7 +88,11 @@ def format_status(doc: dict) -> str:
     )
     lines.append(header)
     for product, p in doc["products"].items():
-        standbys = ", ".join(f"{s['node']}({s['behind']})" for s in p["processes"] if s["role"] == "standby")
+        standbys = ", ".join(
+            f"{s['node']}({s['behind']}{', DIVERGED' if s.get('state_diverged') else ''})"
+            for s in p["processes"]
+            if s["role"] == "standby"
+        )
         lines.append(
             f"{product:<12} {p['leader_node'] or '-':<16} {p['leader_pid'] or '-':>7} {p['epoch']:>6} "
             f"{p['input_offset_processed']:>10} {p['last_sequence_published']:>10} {p['lag'] if p['lag'] is not None else '-':>6} "

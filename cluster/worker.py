@@ -22,6 +22,7 @@ import asyncio
 import collections
 import concurrent.futures
 import gc
+import json
 import logging
 import signal
 import time
@@ -36,6 +37,7 @@ from cluster.log_limit import RateLimitedWarning
 from cluster.redis_state import SNAPSHOT_FORMAT, ProductRedis, SnapshotEnvelope, async_client
 from cluster.reporting import StatusReporter
 from cluster.settings import NodeSettings
+from cluster.state_check import DIVERGED_RESTART_S, StateCheck
 from engine.matching import SequenceExhausted
 from engine.messages import MAX_RECORD_BYTES
 from engine.native import make_engine, restore_engine
@@ -54,8 +56,12 @@ READ_AHEAD_FULL_WAIT_S = 0.02  # then it waits this long before looking again
 # Drills (`fault stall`): on this signal the matching loop blocks, as a hung loop would, while the
 # lease renewer thread runs on; it must stop renewing after Timing.loop_stall_limit_ms.
 STALL_SIGNAL = signal.SIGUSR1
+# Drills (`fault corrupt`): on this signal a standby changes its own book behind the input's back,
+# as memory corruption would; the live state check must catch it at the next checkpoint.
+CORRUPT_SIGNAL = signal.SIGUSR2
 # Records stamped further than this from the node's clock are not timed (see observe_order_to_event).
 LATENCY_MEASURABLE_S = 3600.0
+CORRUPT_ORDER_ID = 2**62
 LOOP_WATCH_PERIOD_S = 0.1  # how often the stall watch wakes; it sees stalls of any length
 
 
@@ -70,7 +76,8 @@ class PendingSnapshot:
     epoch: int
     next_offset: int
     sequence: int
-    engine: concurrent.futures.Future  # of the engine's snapshot bytes
+    engine: concurrent.futures.Future  # of the engine's snapshot bytes and their state hash
+    announced: bool = False  # its offset was written as the standbys' checkpoint
 
 
 class ProductWorker:
@@ -113,6 +120,8 @@ class ProductWorker:
         # True after stepping down with computed events that may never have been delivered; the
         # process may then lead again from memory only once the recorded progress covers them.
         self.undelivered_state = False
+        self.state_check = StateCheck(product)
+        self.diverged_since: float | None = None
         self.renewer = LeaseRenewer(settings.redis_url, product, self.timing, lambda: self.loop_beat)
         self.dead_letter_log = RateLimitedWarning(log, 10.0)  # a line per reason per 10 s at most
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"consume-{product}")
@@ -391,9 +400,7 @@ class ProductWorker:
             epoch=self.leader.epoch,
             next_offset=self.next_offset,
             sequence=self.engine.sequence,
-            engine=snapshots.capture(
-                self.engine, self.timing.snapshot_fork_above_orders, self.snapshot_reader
-            ),
+            engine=self.capture_snapshot(self.engine),
         )
         self.orders_since_snapshot = 0
         self.last_snapshot_at = time.monotonic()
@@ -434,7 +441,7 @@ class ProductWorker:
         """The next pending records this process may apply: as leader all, as standby those below
         the recorded progress; never more than a batch, so lease renewal is never starved."""
         pending = self.pending
-        limit = None if self.leader is not None else self.progress_seen[1]
+        limit = self.standby_limit()
         batch: list = []
         take = min(len(pending), self.timing.consume_batch)
         popleft = pending.popleft
@@ -443,11 +450,18 @@ class ProductWorker:
             take -= 1
         return batch
 
+    def standby_limit(self) -> int | None:
+        """The first offset a standby may not apply yet: the recorded progress, or the leader's
+        announced checkpoint where it hashes its state first (None as leader)."""
+        if self.leader is not None:
+            return None
+        stop = self.state_check.stop_offset(self.next_offset)
+        return self.progress_seen[1] if stop is None else min(stop, self.progress_seen[1])
+
     def applicable(self) -> bool:
         """Whether the oldest pending record may be applied now."""
-        return bool(self.pending) and (
-            self.leader is not None or self.pending[0].offset() < self.progress_seen[1]
-        )
+        limit = self.standby_limit()
+        return bool(self.pending) and (limit is None or self.pending[0].offset() < limit)
 
     async def main_loop(self) -> None:
         """Fetch, apply, publish, until asked to stop or something fatal happens."""
@@ -485,6 +499,7 @@ class ProductWorker:
                 self.settle_progress()
             else:
                 self.producer.poll(0)
+                self.check_state()
 
     async def apply_in_transaction(self, batch: list) -> None:
         """One batch, one transaction: committed as a whole, or the process restarts (fenced or failed)."""
@@ -526,6 +541,21 @@ class ProductWorker:
         elif time.monotonic() > leader.valid_until:
             self.step_down("lease renewal overdue")
 
+    def check_state(self) -> None:
+        """A standby's live state check (cluster/state_check.py); a diverged replica restarts."""
+        check = self.state_check
+        check.turn(self.engine, self.next_offset, self.capture_snapshot)
+        if check.diverged:
+            self.metric.state_diverged.set(1)
+            if self.diverged_since is None:
+                self.diverged_since = time.monotonic()
+            elif time.monotonic() - self.diverged_since > DIVERGED_RESTART_S:
+                raise Demoted(f"state diverged from the leader's at offset {check.diverged_at}")
+
+    def capture_snapshot(self, engine):
+        """A future of (snapshot bytes, state hash) of `engine` now (see cluster/snapshots.py)."""
+        return snapshots.capture(engine, self.timing.snapshot_fork_above_orders, self.snapshot_reader)
+
     def caught_up(self) -> bool:
         """A standby is caught up when it applied input up to the leader's recorded progress, and
         can lead from memory: a stepped-down leader whose computed events nobody has delivered
@@ -534,6 +564,7 @@ class ProductWorker:
             self.undelivered_state = False  # the new leader has delivered all it had computed
         return (
             not self.undelivered_state
+            and not self.state_check.diverged
             and self.progress_seen[1] - self.next_offset <= self.timing.caught_up_slack
         )
 
@@ -677,16 +708,24 @@ class ProductWorker:
         self.settle_progress()
         if self.fatal:
             return  # a failed delivery: the loop ends the process; record nothing past it
-        if leader.progress != leader.written_progress:
+        snap = self.pending_snapshot
+        announce = snap is not None and not snap.announced and not self.settings.passthrough
+        if leader.progress != leader.written_progress or announce:
             seq, offset = leader.progress
             rc = await self.redis.write_progress(
-                leader.lease_value, leader.epoch, seq, offset, self.fingerprint
+                leader.lease_value,
+                leader.epoch,
+                seq,
+                offset,
+                self.fingerprint,
+                checkpoint=snap.next_offset if announce else None,
             )
             if rc == -1:
                 raise Demoted("not the lease holder")
             leader.written_progress = (seq, offset)
+            if announce:
+                snap.announced = True
             self.metric.last_sequence.set(seq)
-        snap = self.pending_snapshot
         if (
             snap is not None
             and snap.engine.done()
@@ -714,7 +753,8 @@ class ProductWorker:
             next_offset=snap.next_offset,
             sequence=snap.sequence,
             fingerprint=self.fingerprint,
-            engine=snap.engine.result(),
+            engine=snap.engine.result()[0],
+            state_hash=snap.engine.result()[1],
         )
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -724,6 +764,7 @@ class ProductWorker:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(STALL_SIGNAL, self.stall_for_drill)
+        loop.add_signal_handler(CORRUPT_SIGNAL, self.corrupt_for_drill)
         self.redis = ProductRedis(async_client(self.settings.redis_url), self.product)
         try:
             await self.wait_for_redis()
@@ -828,6 +869,16 @@ class ProductWorker:
         """Fault injection: hold the loop past the stall limit and a lease TTL, then go on."""
         log.warning("stalling the matching loop for a drill product=%s", self.product)
         time.sleep(self.timing.drill_stall_s())
+
+    def corrupt_for_drill(self) -> None:
+        """Fault injection on a standby: rest an order no input carried (its events go nowhere)."""
+        if self.leader is not None:
+            log.warning("corrupt drill ignored product=%s: this process leads", self.product)
+            return
+        order = {"id": CORRUPT_ORDER_ID, "product_id": self.product, "user_id": 0, "price": "1", "size": "1"}
+        order |= {"type": "limit", "side": "buy", "time_in_force": "GTC"}
+        self.engine.submit_encoded(json.dumps(order).encode(), 0)
+        log.warning("corrupted this standby's book for a drill product=%s", self.product)
 
     def request_stop(self) -> None:
         """Signal handler: only record the request; the loop acts on it."""
