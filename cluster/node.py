@@ -36,7 +36,7 @@ class Node:
         self.last_heartbeat = 0.0
         specs = [ChildSpec(p, run_product, (settings, p)) for p in settings.products]
         self.supervisor = Supervisor(specs, settings.node_id, on_exit=self.child_exited, on_tick=self.tick)
-        self.http: http_api.ThreadingHTTPServer | None = None
+        self.http: http_api.HttpServer | None = None
 
     def child_exited(self, product: str, token: str, code: int | None) -> None:
         """A child that did not stop cleanly may still hold its lease: release it now, by token."""
