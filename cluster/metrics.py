@@ -45,6 +45,13 @@ producer_waits = Counter(
     "Loop turns spent waiting for the broker: more undelivered events than producer_max_outstanding",
     LABELS,
 )
+input_behind = Gauge(
+    "obc_input_behind_position",
+    "1 while the input topic's log ends below this process's position (the log went backwards; "
+    "input is not applied until an operator acts, see docs/exactly-once.md)",
+    LABELS,
+    multiprocess_mode="liveall",
+)
 epoch = Gauge("obc_epoch", "Lease epoch of this process (0 as standby)", LABELS, multiprocess_mode="liveall")
 
 
@@ -67,6 +74,7 @@ class Bound:
         self.duplicates = duplicates.labels(**labels)
         self.unknown_cancels = unknown_cancels.labels(**labels)
         self.producer_waits = producer_waits.labels(**labels)
+        self.input_behind = input_behind.labels(**labels)
 
 
 def bind(product: str, node: str) -> Bound:

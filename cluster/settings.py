@@ -52,6 +52,8 @@ class Timing:
     # the broker catches up: backpressure that never blocks the event loop.
     producer_max_outstanding: int = 200_000
     status_every_ms: int = 500
+    # How often a product process checks that its input log still reaches its position.
+    input_check_ms: int = 1000
 
     def __post_init__(self) -> None:
         if self.lease_renew_ms * 3 > self.lease_ttl_ms:

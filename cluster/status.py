@@ -62,6 +62,7 @@ def collect_status(redis_url: str, products: list[str] | None = None) -> dict:
                         "sequence",
                         "behind",
                         "caught_up",
+                        "input_behind",
                         "events_per_s",
                     )
                 }
