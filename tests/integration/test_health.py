@@ -74,6 +74,11 @@ def _rss_kb(pid: int) -> int:
         return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
 
 
+def _open_files_limit(pid: int) -> int:
+    with open(f"/proc/{pid}/limits") as fh:
+        return next(int(line.split()[3]) for line in fh if line.startswith("Max open files"))
+
+
 def _timed_get(port: int, path: str) -> tuple[int, float]:
     started = time.monotonic()
     try:
@@ -89,14 +94,19 @@ IDLE_CONNECTIONS = 2000
 
 def test_probes_are_answered_under_2000_idle_connections(cluster, product):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = IDLE_CONNECTIONS + 500
-    if soft < wanted:
-        assert hard == resource.RLIM_INFINITY or hard >= wanted, f"this test needs {wanted} open files"
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    node = cluster.start_node("n1")
+    wanted = IDLE_CONNECTIONS + 500  # the test's own sockets
+    assert hard == resource.RLIM_INFINITY or hard >= wanted, f"this test needs {wanted} open files"
+    # The node runs with the common default of 1024 open files (it inherits the limit at start):
+    # fewer than the idle connections, so it must not hold one descriptor per connection.
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 1024), hard))
+    try:
+        node = cluster.start_node("n1")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
     cluster.wait_leader(product)
     wait_until(lambda: node.get(http_api.READINESS_PATH)[0] == 200, 30, "readiness")
     supervisor = node.process.pid  # `start` runs the supervisor and its HTTP server in-process
+    assert _open_files_limit(supervisor) <= 1024
     threads_before, rss_before = _threads(supervisor), _rss_kb(supervisor)
 
     idle: list[socket.socket] = []
