@@ -72,9 +72,10 @@ class HttpServer:
     silent client for ever, so 2,000 idle connections (no token needed) made 2,000 threads and
     /livez failed: Kubernetes would restart a healthy pod. Here an idle connection costs one file
     descriptor and a few kB, never a thread, and:
-    - at most MAX_CONNECTIONS are open; past that, the oldest connection that has not sent its
-      request yet is closed to make room, so a probe (which sends at once) is served however
-      many idle connections there are;
+    - past MAX_CONNECTIONS open, each new connection closes the oldest one that has not sent its
+      request yet, so idle connections hold at most that many descriptors and a probe (which
+      sends at once) is served however many there are; connections being answered are not
+      closed, they end within the timeouts below;
     - a request must arrive whole (line, headers, body) within REQUEST_TIMEOUT_S, and its answer
       be taken within WRITE_TIMEOUT_S; one request per connection (`Connection: close`);
     - liveness and readiness are answered on the loop itself (they read the supervisor's state),

@@ -377,6 +377,7 @@ class ProductWorker:
             self.metric.input_behind.set(1)
         self.input_behind = {"log_end": log_end, "position": position}
         self.pending.clear()  # read from the log as it is now: not this product's history
+        self.consumer.pause(self.consumer.assignment())  # and librdkafka fetches no more of it
 
     def _wait_for_records(self) -> list:
         """Consumer thread: wait for the first record, then take what else is there.
