@@ -26,6 +26,9 @@ def _high_watermark(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
+ALARM = "input log does not hold the position"
+
+
 def test_a_broker_that_lost_the_input_topic_is_an_alarm_not_a_reset(
     services, start_local, cluster_factory, tmp_path, product
 ):
@@ -33,55 +36,67 @@ def test_a_broker_that_lost_the_input_topic_is_an_alarm_not_a_reset(
     broker = start_local(tansu_server(tmp_path / "broker"))
     own = EmbeddedServices(broker, services.redis)
     cluster = cluster_factory([product], own)
-    node = cluster.start_node("n1")
+    leader = cluster.start_node("n1")
     cluster.wait_leader(product)
+    standby = cluster.start_node("n2")
+    nodes = (leader, standby)
     orders = worked_example_lines(product)  # 5 orders, 13 events
     for _ in range(4):
         produce_orders(own.bootstrap, product, orders)
-    wait_until(lambda: node.product_status(product).get("offset") == 20, 30, "the leader at offset 20")
+    for node in nodes:
+        wait_until(lambda n=node: n.product_status(product).get("offset") == 20, 30, f"{node.node_id} at 20")
+    assert [n.product_status(product)["role"] for n in nodes] == ["leader", "standby"]
     # Tansu's high watermark lags the log end by its last batch (here 5 orders): the check must
-    # find the real end, not take the watermark for it, or every caught-up leader would be an alarm.
+    # find the real end, not take the watermark for it, or every caught-up process would be an alarm.
     watermark = _high_watermark(own.bootstrap, order_topic(product))
     assert watermark < 20, f"the watermark ({watermark}) no longer lags: this test no longer covers that"
     checked_from_ms = time.time() * 1000 + 2000  # two checks (input_check_ms) from now
-    wait_until(lambda: node.product_status(product).get("reported_ms", 0) > checked_from_ms, 10, "two checks")
-    assert node.get(http_api.READINESS_PATH)[0] == 200, "a lagging watermark is no alarm"
-    assert "input log does not hold the position" not in node.log_text()
-    sequence = node.product_status(product)["sequence"]
+    for node in nodes:
+        wait_until(
+            lambda n=node: n.product_status(product).get("reported_ms", 0) > checked_from_ms, 10, "checks"
+        )
+        assert node.get(http_api.READINESS_PATH)[0] == 200, f"{node.node_id}: a lagging watermark is no alarm"
+        assert ALARM not in node.log_text()
+    sequences = [n.product_status(product)["sequence"] for n in nodes]
 
     broker.kill()  # no clean stop: the topic's 20 records are gone
     broker.start()
     ensure_topics(own.bootstrap, {}, product_topics(product))  # what `start` does for a new topic
     produce_orders(own.bootstrap, product, orders[:3])  # the new log: offsets 0..2
 
-    code, body = wait_until(
-        lambda: (r := node.get(http_api.READINESS_PATH))[0] == 503 and r, 20, "/readyz false for the product"
-    )
-    assert body["products"][product]["ok"] is False
-    assert body["products"][product]["input_behind"]["position"] == 20, body
-    log_end = body["products"][product]["input_behind"]["log_end"]
-    assert log_end in (0, 3), body  # the log as the check found it: recreated, then 3 orders
-    line = wait_until(
-        lambda: next(
-            (x for x in node.log_text().splitlines() if "input log does not hold the position" in x), None
-        ),
-        10,
-        "the ERROR line",
-    )
-    assert "ERROR" in line and f"product={product}" in line and f"log_end={log_end} position=20" in line, line
-    _, metrics = node.get(http_api.METRICS_PATH)
-    gauge = re.search(rf'obc_input_behind_position{{node="n1",pid="\d+",product="{product}"}} (\S+)', metrics)
-    assert gauge and gauge[1] == "1.0", metrics
+    for node in nodes:  # the leader and the standby, each by itself
+        code, body = wait_until(
+            lambda n=node: (r := n.get(http_api.READINESS_PATH))[0] == 503 and r,
+            20,
+            f"{node.node_id} not ready",
+        )
+        alarm = body["products"][product]
+        assert alarm["ok"] is False and alarm["input_behind"]["position"] == 20, body
+        log_end = alarm["input_behind"]["log_end"]
+        assert log_end in (0, 3), body  # the log as the check found it: recreated, then 3 orders
+        line = wait_until(
+            lambda n=node: next((x for x in n.log_text().splitlines() if ALARM in x), None),
+            10,
+            "the ERROR line",
+        )
+        assert "ERROR" in line and f"product={product}" in line and f"log_end={log_end} position=20" in line
+        _, metrics = node.get(http_api.METRICS_PATH)
+        gauge = re.search(
+            rf'obc_input_behind_position{{node="{node.node_id}",pid="\d+",product="{product}"}} (\S+)',
+            metrics,
+        )
+        assert gauge and gauge[1] == "1.0", metrics
 
-    # It did not invent state: no reset to offset 0, no skipping; the node itself stays alive.
+    # They did not invent state: no reset to offset 0, no skipping; the nodes themselves stay alive.
     produce_orders(own.bootstrap, product, orders * 5)  # the new log grows past the old position
     produced_ms = time.time() * 1000
-    wait_until(
-        lambda: node.product_status(product).get("reported_ms", 0) > produced_ms + 1000,
-        10,
-        "status reports for a second after the new log passed offset 20",
-    )
-    status = node.product_status(product)
-    assert (status["offset"], status["sequence"]) == (20, sequence), status
-    assert node.get(http_api.READINESS_PATH)[0] == 503
-    assert node.get(http_api.LIVENESS_PATH) == (200, {"alive": True})
+    for node, sequence in zip(nodes, sequences, strict=True):
+        wait_until(
+            lambda n=node: n.product_status(product).get("reported_ms", 0) > produced_ms + 1000,
+            10,
+            "status reports for a second after the new log passed offset 20",
+        )
+        status = node.product_status(product)
+        assert (status["offset"], status["sequence"]) == (20, sequence), (node.node_id, status)
+        assert node.get(http_api.READINESS_PATH)[0] == 503
+        assert node.get(http_api.LIVENESS_PATH) == (200, {"alive": True})
