@@ -131,7 +131,8 @@ def make_consumer(bootstrap: str, extra: dict[str, str], client_id: str, fetch_w
             "fetch.min.bytes": 1,
             "queued.max.messages.kbytes": 65536,
             "isolation.level": "read_uncommitted",
-            "auto.offset.reset": "earliest",
+            # A position outside the log is an error to report, never a reason to jump (input_log.py).
+            "auto.offset.reset": "error",
         },
         "consumer",
     )

@@ -71,6 +71,13 @@ state_checks = Gauge(
     LABELS,
     multiprocess_mode="liveall",
 )
+input_behind = Gauge(
+    "obc_input_behind_position",
+    "1 while the input topic's log ends below this process's position (the log went backwards; "
+    "input is not applied until an operator acts, see docs/exactly-once.md)",
+    LABELS,
+    multiprocess_mode="liveall",
+)
 epoch = Gauge("obc_epoch", "Lease epoch of this process (0 as standby)", LABELS, multiprocess_mode="liveall")
 
 
@@ -98,6 +105,7 @@ class Bound:
         self.state_diverged = state_diverged.labels(**labels)
         self.state_checks = state_checks.labels(**labels)
         self.loop_stall = loop_stall_seconds.labels(**labels)
+        self.input_behind = input_behind.labels(**labels)
 
 
 def bind(product: str, node: str) -> Bound:

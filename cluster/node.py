@@ -40,7 +40,7 @@ class Node:
         self.last_heartbeat = 0.0
         specs = [ChildSpec(p, run_product, (settings, p)) for p in settings.products]
         self.supervisor = Supervisor(specs, settings.node_id, on_exit=self.child_exited, on_tick=self.tick)
-        self.http: http_api.ThreadingHTTPServer | None = None
+        self.http: http_api.HttpServer | None = None
         self.restart_requested = False
         # Work an HTTP handler thread hands to the main loop: restarted servers must be forked by
         # the main thread, or they die with the handler thread (supervisor.die_with_parent).
@@ -90,14 +90,19 @@ class Node:
             log.debug("heartbeat failed error=%s", exc)
 
     def ready(self) -> tuple[bool, dict]:
-        """Ready when every product has a live process that leads or is a caught-up standby."""
+        """Ready when every product has a live process that leads or is a caught-up standby, and
+        whose input log still holds its position."""
         detail = {}
         for name, child in self.supervisor.children.items():
             status = child.status
             fresh = bool(status) and time.time() * 1000 - status.get("reported_ms", 0) < 5000
             alive = child.process is not None and child.process.is_alive()
-            ok = alive and fresh and status.get("caught_up", False)
+            # A product whose input log went backwards is not served: it stopped applying input.
+            input_behind = status.get("input_behind")
+            ok = alive and fresh and status.get("caught_up", False) and not input_behind
             detail[name] = {"ok": ok, "role": status.get("role"), "behind": status.get("behind")}
+            if input_behind:
+                detail[name]["input_behind"] = input_behind
         return all(d["ok"] for d in detail.values()), detail
 
     def status(self) -> dict:

@@ -87,6 +87,7 @@ class StatusReporter:
             "delivered_sequence": leader.delivered_seq if leader else w.progress_seen[0],
             "behind": behind,
             "caught_up": leader is not None or w.caught_up(),
+            "input_behind": w.input_behind,
             "read_ahead": len(w.pending),
             "events_per_s": round(events_per_s, 1),
             # The live state check of a standby: checkpoints compared, and whether it diverged.

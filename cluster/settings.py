@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from cluster.kafka_io import dlq_topic, product_topics
 from engine.config import ProductConfig, load_products
 from engine.native import resolve_core
 
@@ -66,6 +67,8 @@ class Timing:
     # the broker catches up: backpressure that never blocks the event loop.
     producer_max_outstanding: int = 200_000
     status_every_ms: int = 500
+    # How often a product process checks that its input log still reaches its position.
+    input_check_ms: int = 1000
 
     def __post_init__(self) -> None:
         if self.lease_renew_ms * 3 > self.lease_ttl_ms:
@@ -176,16 +179,69 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+# Kafka's limit on a topic name, and the characters it allows.
+MAX_TOPIC_NAME = 249
+TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]+")
+# The product's longest topic is its dead-letter topic: matching_order_<P>.dlq.
+MAX_PRODUCT_NAME = MAX_TOPIC_NAME - max(len(t) for t in product_topics(""))
+DLQ_SUFFIX = dlq_topic("")[len(product_topics("")[0]) :]
+
+
+def product_name_problem(product: str) -> str | None:
+    """Why `product` cannot name a product's topics, or None when it can."""
+    if not TOPIC_CHARS.fullmatch(product):
+        return f"product name {product!r} is not usable in a topic name (allowed: A-Z a-z 0-9 . _ -)"
+    if len(product) > MAX_PRODUCT_NAME:
+        return (
+            f"product name {product[:20]!r}... has {len(product)} characters; at most {MAX_PRODUCT_NAME} "
+            f"fit Kafka's {MAX_TOPIC_NAME}-character topic names"
+        )
+    if product.endswith(DLQ_SUFFIX):
+        stem = product[: -len(DLQ_SUFFIX)]
+        return (
+            f"product name {product!r} ends with {DLQ_SUFFIX!r}: its input topic would be "
+            f"{stem!r}'s dead-letter topic {dlq_topic(stem)!r}"
+        )
+    return None
+
+
+def topic_collisions(products) -> list[str]:
+    """Pairs of products whose topics would be the same Kafka topic.
+
+    Kafka refuses a topic whose name equals another's once '.' and '_' are taken as the same
+    character (they are one in its metric names), so names are compared that way.
+    """
+    owner: dict[str, tuple[str, str]] = {}
+    problems = []
+    for product in products:
+        for topic in product_topics(product):
+            key = topic.replace(".", "_")
+            if key in owner and owner[key][0] != product:
+                other, other_topic = owner[key]
+                problems.append(
+                    f"products {other!r} and {product!r} collide: topic {topic!r} "
+                    f"is {other_topic!r} to Kafka ('.' and '_' are one there)"
+                )
+            owner.setdefault(key, (product, topic))
+    return problems
+
+
+def check_product_names(products) -> None:
+    """Every name usable in topic names, and no two products sharing a topic; else SettingsError."""
+    problems = [p for p in map(product_name_problem, products) if p]
+    problems += topic_collisions(products)
+    if problems:
+        raise SettingsError("; ".join(problems))
+
+
 def parse_products(text: str) -> tuple[str, ...]:
     """`BTC-USD,ETH-USD` -> ("BTC-USD", "ETH-USD"), rejecting names Kafka topics can't carry."""
     products = tuple(p.strip() for p in text.split(",") if p.strip())
     if not products:
         raise SettingsError("--products names no product")
-    for product in products:
-        if not re.fullmatch(r"[A-Za-z0-9._-]{1,200}", product):
-            raise SettingsError(f"product name {product!r} is not usable in a topic name")
     if len(set(products)) != len(products):
         raise SettingsError("--products names a product twice")
+    check_product_names(products)
     return products
 
 
@@ -227,6 +283,11 @@ def build_settings(
     """Validate the CLI's options into one NodeSettings (unknown products are an error)."""
     names = parse_products(products)
     configs = load_products(config_path)
+    try:
+        # The whole file, not just this node's products: other nodes may run the others.
+        check_product_names(configs)
+    except SettingsError as exc:
+        raise SettingsError(f"{config_path}: {exc}") from None
     missing = [p for p in names if p not in configs]
     if missing:
         raise SettingsError(f"{config_path} has no settings for {', '.join(missing)}")

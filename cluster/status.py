@@ -65,6 +65,7 @@ def collect_status(redis_url: str, products: list[str] | None = None) -> dict:
                         "sequence",
                         "behind",
                         "caught_up",
+                        "input_behind",
                         "events_per_s",
                         "loop_stall_ms",
                         "loop_stall_max_ms",

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from cluster import kafka_io, snapshots
+from cluster import input_log, kafka_io, snapshots
 from cluster import metrics as m
 from cluster.lease import Demoted, Leadership, LeaseKeeper, LeaseRenewer
 from cluster.log_limit import RateLimitedWarning
@@ -124,6 +124,7 @@ class ProductWorker:
         self.diverged_since: float | None = None
         self.renewer = LeaseRenewer(settings.redis_url, product, self.timing, lambda: self.loop_beat)
         self.dead_letter_log = RateLimitedWarning(log, 10.0)  # a line per reason per 10 s at most
+        self.input_behind: dict | None = None  # set when the input log went backwards (cluster/input_log.py)
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"consume-{product}")
 
     # ---- start-up: the one recovery path -------------------------------------------------
@@ -408,7 +409,7 @@ class ProductWorker:
     async def fetch(self) -> None:
         """Read a batch into `pending` without blocking the loop: at once what is there, else wait
         in the consumer thread."""
-        if len(self.pending) >= STANDBY_READ_AHEAD:
+        if len(self.pending) >= STANDBY_READ_AHEAD or self.input_behind is not None:
             await asyncio.sleep(READ_AHEAD_FULL_WAIT_S)
             return
         # What librdkafka has already fetched is taken here, without a thread hop: a second Python
@@ -423,8 +424,31 @@ class ProductWorker:
             err = msg.error()
             if err is None:
                 append(msg)  # the Message itself: a tuple per record would cost more than it saves
+            elif err.code() in input_log.OUT_OF_RANGE:
+                self.input_went_back(None, self.next_offset, f"fetch at offset {self.next_offset}: {err}")
+                return
             elif err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consume error product=%s error=%s", self.product, err)
+
+    def input_went_back(self, log_end: int | None, position: int, reason: str) -> None:
+        """The order topic lost offsets this process counts on: stop applying input, say so, stay
+        up. Neither resetting to 0 nor waiting for the log to regrow is safe (cluster/input_log.py)."""
+        if self.input_behind is None:
+            log.error(
+                "input log does not hold the position product=%s log_end=%s position=%d applied_offset=%d "
+                "recorded_offset=%d reason=%s: not applying input until the topic is restored or the "
+                "product reset (docs/exactly-once.md)",
+                self.product,
+                "unknown" if log_end is None else log_end,
+                position,
+                self.next_offset,
+                self.leader.progress[1] if self.leader else self.progress_seen[1],
+                reason,
+            )
+            self.metric.input_behind.set(1)
+        self.input_behind = {"log_end": log_end, "position": position}
+        self.pending.clear()  # read from the log as it is now: not this product's history
+        self.consumer.pause(self.consumer.assignment())  # and librdkafka fetches no more of it
 
     def _wait_for_records(self) -> list:
         """Consumer thread: wait for the first record, then take what else is there.
@@ -778,7 +802,14 @@ class ProductWorker:
         self.renewer.start()
         self.lease = lease = LeaseKeeper(self)
         reporter = StatusReporter(self)
-        coroutines = (lease.run(), self.progress_task(), reporter.run(), self.watch_loop_stalls())
+        watch = input_log.InputLogWatch(self)
+        coroutines = (
+            lease.run(),
+            self.progress_task(),
+            reporter.run(),
+            self.watch_loop_stalls(),
+            watch.run(),
+        )
         tasks = [asyncio.create_task(c) for c in coroutines]
         code = EXIT_OK
         try:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster.kafka_io import client_config, make_consumer, make_producer
+from cluster.kafka_io import client_config, make_consumer, make_producer, product_topics
 from cluster.settings import (
+    MAX_PRODUCT_NAME,
     SettingsError,
     Timing,
     build_settings,
@@ -45,6 +46,35 @@ def test_products_must_be_usable_topic_names_and_configured():
         build_settings(
             products="BTC-USD,NOPE-USD", config_path=CONFIG, node_id="n1", kafka="k:9092", redis_url=""
         )
+
+
+def test_product_names_that_would_share_or_break_a_topic_are_refused():
+    with pytest.raises(SettingsError, match=r"'BTC-USD'.*dead-letter topic 'matching_order_BTC-USD.dlq'"):
+        parse_products("BTC-USD.dlq")
+    with pytest.raises(SettingsError, match="'A.B' and 'A_B' collide"):
+        parse_products("A.B,A_B")  # Kafka takes '.' and '_' as one character in topic names
+    with pytest.raises(SettingsError, match="'X.dlq'"):
+        parse_products("X,X_dlq,X.dlq")
+    with pytest.raises(SettingsError, match="collide"):
+        parse_products("X,X_dlq")  # X_dlq's input topic is X's dead-letter topic to Kafka
+    for bad in ("BTC+USD", "BTC:USD", "BTC-\u00dcSD", "a" * (MAX_PRODUCT_NAME + 1)):
+        with pytest.raises(SettingsError, match="topic"):
+            parse_products(bad)
+    longest = "a" * MAX_PRODUCT_NAME
+    assert parse_products(longest) == (longest,)
+    assert max(len(t) for t in product_topics(longest)) == 249  # Kafka's limit, exactly
+    assert parse_products("BTC-USD,ETH-USD,dlq,X.dlqs") == ("BTC-USD", "ETH-USD", "dlq", "X.dlqs")
+
+
+def test_the_whole_config_file_is_checked_not_only_this_nodes_products(tmp_path):
+    config = tmp_path / "products.toml"
+    config.write_text(
+        '[products."BTC-USD"]\nbase_scale = 6\nquote_scale = 2\n\n'
+        '[products."BTC-USD.dlq"]\nbase_scale = 6\nquote_scale = 2\n'
+    )
+    with pytest.raises(SettingsError, match=r"products.toml: product name 'BTC-USD.dlq'"):
+        build_settings(products="BTC-USD", config_path=config, node_id="n1", kafka="k:9092", redis_url="")
+    build_settings(products="BTC-USD", config_path=CONFIG, node_id="n1", kafka="k:9092", redis_url="")
 
 
 def test_secrets_are_redacted(tmp_path):
