@@ -32,12 +32,9 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from cluster.redis_state import NODES_KEY, LeaseRenewal, status_key, sync_client
-
-if TYPE_CHECKING:
-    from cluster.worker import ProductWorker
 
 log = logging.getLogger(__name__)
 
@@ -171,27 +168,63 @@ class LeaseRenewer:
             leader.lost = "lease lost"
 
 
-class LeaseKeeper:
-    """The lease task of a product process; it hands an acquired lease to `start_publishing`."""
+class Follower(Protocol):
+    """What the lease keeper asks of its product process, and all it may touch of it."""
 
-    def __init__(self, worker: ProductWorker) -> None:
-        self.worker = worker
-        self.timing = worker.timing
-        self.redis = worker.redis
-        self.product = worker.product
-        self.node_id = worker.settings.node_id
-        self.products = worker.settings.products
+    def leadership(self) -> Leadership | None:
+        """The current leadership, or None as a standby."""
+
+    def follow(self, progress: tuple[int, int], checkpoint: int | None, leader_snapshot) -> None:
+        """The leader's recorded (sequence, offset), announced checkpoint and stored snapshot hash."""
+
+    def caught_up(self) -> bool:
+        """Whether this standby could lead from memory now."""
+
+    async def promote(self, acquired, valid_until: float) -> None:
+        """Lead from now on (raises Demoted if it cannot)."""
+
+    def want_handover(self, target: str) -> None:
+        """Hand the product over at the next turn: to `target`, or '' for the preferred standby."""
+
+    def restart(self, reason: str) -> None:
+        """Leave through the recovery path (exit 75)."""
+
+
+class LeaseKeeper:
+    """The lease of a product process: its renewal thread, following and taking it as standby,
+    placement and handover requests as leader."""
+
+    def __init__(
+        self, redis, redis_url: str, settings, product: str, token: str, follower: Follower, loop_beat
+    ) -> None:
+        self.redis = redis
+        self.timing = settings.timing
+        self.product = product
+        self.token = token
+        self.node_id = settings.node_id
+        self.products = settings.products
+        self.follower = follower
+        self.renewer = LeaseRenewer(redis_url, product, self.timing, loop_beat)
         self.lease_free_since: float | None = None
         self.started_at = time.monotonic()
         self.preferred_seen: str | None = None  # the other node placement preferred at the last look
 
+    def hold(self, leader: Leadership) -> None:
+        """Renew this leadership from now on."""
+        self.renewer.hold(leader)
+
+    def drop(self) -> None:
+        """Stop renewing (stepped down, handed over, or stopping)."""
+        self.renewer.drop()
+
     async def run(self) -> None:
         """As standby, follow progress and take the lease when it is free or handed to us; as
         leader, look for handover requests and a better-placed node (the renewer renews)."""
-        worker, t = self.worker, self.timing
+        t, follower = self.timing, self.follower
+        self.renewer.start()
         handed = False
-        while not worker.stopping:
-            if worker.leader is not None:
+        while True:  # cancelled when the process stops
+            if follower.leadership() is not None:
                 handed = False
                 try:
                     await self.leader_step()
@@ -210,12 +243,11 @@ class LeaseKeeper:
 
     async def leader_step(self) -> None:
         """Take an operator's handover request, or hand over to the preferred node if it is another."""
-        worker = self.worker
         request = await self.redis.take_handover_request()
         if request is not None:
-            worker.handover_wanted = request
+            self.follower.want_handover(request)
             return
-        leader = worker.leader
+        leader = self.follower.leadership()
         if leader is None or time.monotonic() - leader.since < self.timing.rebalance_after_s:
             self.preferred_seen = None
             return
@@ -230,7 +262,7 @@ class LeaseKeeper:
             self.preferred_seen = preferred
         else:
             log.info("placement prefers another node product=%s node=%s", self.product, preferred)
-            worker.handover_wanted = preferred
+            self.follower.want_handover(preferred)
             self.preferred_seen = None
 
     async def handover_target(self, wanted: str) -> str | None:
@@ -244,8 +276,7 @@ class LeaseKeeper:
         """Read the leader's progress; acquire the lease when it is free and placement allows
         (at once when the leader handed it to this node)."""
         seq, offset, checkpoint, leader_snapshot = await self.redis.read_follow()
-        self.worker.progress_seen = (seq, offset)
-        self.worker.state_check.follow(checkpoint, leader_snapshot, self.worker.next_offset)
+        self.follower.follow((seq, offset), checkpoint, leader_snapshot)
         if await self.redis.holder() is not None:
             self.lease_free_since = None
             return
@@ -255,18 +286,18 @@ class LeaseKeeper:
         if not handed and not await self.placement_allows(now):
             return
         sent = time.monotonic()
-        acquired = await self.redis.try_acquire(self.worker.token, self.timing.lease_ttl_ms)
+        acquired = await self.redis.try_acquire(self.token, self.timing.lease_ttl_ms)
         if acquired is not None:
             try:
-                await self.worker.start_publishing(acquired, self.worker.renewer.valid_until(sent))
+                await self.follower.promote(acquired, self.renewer.valid_until(sent))
             except Demoted as exc:
-                self.worker.restart(str(exc))  # its exit releases the lease it just took
+                self.follower.restart(str(exc))  # its exit releases the lease it just took
 
     async def placement_allows(self, now: float) -> bool:
         """Whether this standby may try for the free lease now (see the module docstring)."""
         waited_ms = (now - self.lease_free_since) * 1000
         defer_ms = self.timing.placement_defer_ms
-        if not self.worker.caught_up():
+        if not self.follower.caught_up():
             return waited_ms >= 3 * defer_ms
         if (now - self.started_at) * 1000 < self.timing.startup_grace_ms and await self.other_nodes_live():
             return False  # let the nodes starting together see each other before leases are taken

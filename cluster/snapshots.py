@@ -14,6 +14,10 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import os
+import time
+from dataclasses import dataclass
+
+from cluster.redis_state import SNAPSHOT_FORMAT, SnapshotEnvelope
 
 # The child only runs the engine's snapshot and writes; any failure is its exit code.
 _CHILD_FAILED = 1
@@ -57,3 +61,85 @@ def _collect(pid: int, read_fd: int) -> tuple[bytes, str]:
     if os.waitstatus_to_exitcode(status) != 0:
         raise OSError(f"snapshot child {pid} failed (status {status})")
     return data, state_hash(data)
+
+
+@dataclass
+class PendingSnapshot:
+    """A snapshot captured at a batch boundary, written once its events are delivered."""
+
+    epoch: int
+    next_offset: int
+    sequence: int
+    engine: concurrent.futures.Future  # of the engine's snapshot bytes and their state hash
+    announced: bool = False  # its offset was written as the standbys' checkpoint
+
+
+class Snapshotter:
+    """A product process's snapshots: when one is due, capturing it, and the one captured
+    snapshot that waits until its events are delivered (snapshots hold delivered state only)."""
+
+    def __init__(self, timing, product: str, fingerprint: str) -> None:
+        self.timing = timing
+        self.product = product
+        self.fingerprint = fingerprint
+        self.reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"snapshot-{product}")
+        self.pending: PendingSnapshot | None = None
+        self.orders_since = 0
+        self.taken_at = time.monotonic()
+        self.written_at: float | None = None
+
+    def capture(self, engine) -> concurrent.futures.Future:
+        """A future of (snapshot bytes, state hash) of `engine` now."""
+        return capture(engine, self.timing.snapshot_fork_above_orders, self.reader)
+
+    def due(self) -> bool:
+        """Whether a leader should capture one now (Timing.snapshot_due; none while one waits)."""
+        return self.pending is None and self.timing.snapshot_due(
+            self.orders_since, time.monotonic() - self.taken_at
+        )
+
+    def take(self, engine, epoch: int, next_offset: int) -> PendingSnapshot:
+        """Capture the engine's state now, as the snapshot waiting for its events' delivery."""
+        self.pending = PendingSnapshot(epoch, next_offset, engine.sequence, self.capture(engine))
+        self.orders_since = 0
+        self.taken_at = time.monotonic()
+        return self.pending
+
+    def writable(self, delivered_seq: int, progress_offset: int) -> PendingSnapshot | None:
+        """The waiting snapshot, once captured and every event it covers is delivered."""
+        snap = self.pending
+        if (
+            snap is not None
+            and snap.engine.done()
+            and snap.sequence <= delivered_seq
+            and snap.next_offset <= progress_offset
+        ):
+            return snap
+        return None
+
+    def envelope(self, snap: PendingSnapshot) -> SnapshotEnvelope:
+        """The stored form of a captured snapshot; raises OSError if its capture failed."""
+        data, digest = snap.engine.result()
+        return SnapshotEnvelope(
+            format=SNAPSHOT_FORMAT,
+            product=self.product,
+            epoch=snap.epoch,
+            next_offset=snap.next_offset,
+            sequence=snap.sequence,
+            fingerprint=self.fingerprint,
+            engine=data,
+            state_hash=digest,
+        )
+
+    def written(self) -> None:
+        """The waiting snapshot is stored."""
+        self.pending = None
+        self.written_at = time.monotonic()
+
+    def age_s(self) -> float | None:
+        """Seconds since the last snapshot this process stored (None: none yet)."""
+        return None if self.written_at is None else round(time.monotonic() - self.written_at, 1)
+
+    def close(self) -> None:
+        """Wait for a capture under way (its child is reaped)."""
+        self.reader.shutdown(wait=True, cancel_futures=False)

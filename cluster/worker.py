@@ -24,23 +24,22 @@ import concurrent.futures
 import gc
 import json
 import logging
+import os
 import signal
 import time
-from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from cluster import input_log, kafka_io, snapshots
 from cluster import metrics as m
-from cluster.lease import Demoted, Leadership, LeaseKeeper, LeaseRenewer
-from cluster.log_limit import RateLimitedWarning
-from cluster.redis_state import SNAPSHOT_FORMAT, ProductRedis, SnapshotEnvelope, async_client
+from cluster.lease import Demoted, Leadership, LeaseKeeper
+from cluster.publisher import Publisher
+from cluster.redis_state import ProductRedis, async_client
 from cluster.reporting import StatusReporter
 from cluster.settings import NodeSettings
 from cluster.state_check import DIVERGED_RESTART_S, StateCheck
 from engine.matching import SequenceExhausted
-from engine.messages import MAX_RECORD_BYTES
-from engine.native import make_engine, restore_engine
+from engine.native import NativeEngine, make_engine, restore_engine
 from engine.snapshot import SnapshotError
 from supervisor import EXIT_DO_NOT_RESTART, EXIT_RESTART_AT_ONCE
 
@@ -69,17 +68,6 @@ class ConfigMismatch(Exception):
     """State in Redis was made under other product settings: refuse to lead from it."""
 
 
-@dataclass
-class PendingSnapshot:
-    """A snapshot captured at a batch boundary, written once its events are delivered."""
-
-    epoch: int
-    next_offset: int
-    sequence: int
-    engine: concurrent.futures.Future  # of the engine's snapshot bytes and their state hash
-    announced: bool = False  # its offset was written as the standbys' checkpoint
-
-
 class ProductWorker:
     """The loop of one product process; `run()` returns the process's exit code."""
 
@@ -97,16 +85,8 @@ class ProductWorker:
         self.pending: collections.deque = collections.deque()
         self.progress_seen = (0, 0)  # (sequence, offset) of the leader, as last read
         self.leader: Leadership | None = None
-        self.fatal: str | None = None
         self.stopping = False
-        self.orders_since_snapshot = 0
-        self.last_snapshot_at = time.monotonic()
-        self.pending_snapshot: PendingSnapshot | None = None
-        self.snapshot_reader = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix=f"snapshot-{product}"
-        )
-        self.snapshot_written_at: float | None = None
-        self.events_delivered = 0
+        self.snapshots = snapshots.Snapshotter(self.timing, product, self.fingerprint)
         self.demotion: str | None = None
         self.restart_reason: str | None = None
         # A planned handover the leader should make at its next turn: a node, or '' for any.
@@ -122,8 +102,6 @@ class ProductWorker:
         self.undelivered_state = False
         self.state_check = StateCheck(product)
         self.diverged_since: float | None = None
-        self.renewer = LeaseRenewer(settings.redis_url, product, self.timing, lambda: self.loop_beat)
-        self.dead_letter_log = RateLimitedWarning(log, 10.0)  # a line per reason per 10 s at most
         self.input_behind: dict | None = None  # set when the input log went backwards (cluster/input_log.py)
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"consume-{product}")
 
@@ -156,51 +134,23 @@ class ProductWorker:
     def open_kafka(self) -> None:
         """Consumer assigned at our offset; producer for events and dead letters."""
         s = self.settings
+        self.publisher = Publisher(s, self.product)
         self.consumer = kafka_io.make_consumer(
-            s.kafka_bootstrap, s.kafka_extra, self.client_id, fetch_wait_ms=self.timing.fetch_wait_ms
-        )
-        self.consumer.assign([TopicPartition(kafka_io.order_topic(self.product), 0, self.next_offset)])
-        self.producer = self.new_producer()
-        self.message_topic = kafka_io.message_topic(self.product)
-        self.dlq_topic = kafka_io.dlq_topic(self.product)
-
-    @property
-    def client_id(self) -> str:
-        """The Kafka client.id of this product process (broker logs and quotas)."""
-        return f"obc-{self.product}-{self.settings.node_id}"
-
-    def new_producer(self):
-        """An idempotent producer for events and dead letters (transactional with --kafka-transactions)."""
-        s = self.settings
-        return kafka_io.make_producer(
             s.kafka_bootstrap,
             s.kafka_extra,
-            self.client_id,
-            self._on_delivery,
-            self.timing.producer_linger_ms,
-            self.timing.producer_batch_bytes,
-            transactional_id=f"orderbook-cluster-{self.product}" if s.kafka_transactions else None,
+            self.publisher.client_id,
+            fetch_wait_ms=self.timing.fetch_wait_ms,
         )
-
-    def warm_producer(self) -> None:
-        """Fetch the output topics' metadata now, while still a standby.
-
-        A cold producer's first send waits for that lookup: on Tansu nothing was delivered for the
-        first 0.4-1.1 s, so a new leader's first events were late by that much after a takeover.
-        Best effort: on failure the producer simply looks the topics up on its first send.
-        """
-        for topic in (self.message_topic, self.dlq_topic):
-            try:
-                self.producer.list_topics(topic, timeout=self.timing.lease_ttl_ms / 1000)
-            except KafkaException as exc:
-                log.warning("producer warm-up failed product=%s topic=%s error=%s", self.product, topic, exc)
+        self.consumer.assign([TopicPartition(kafka_io.order_topic(self.product), 0, self.next_offset)])
 
     # ---- the hot loop --------------------------------------------------------------------
     def apply(self, records: list) -> None:
         """Feed records to the core in offset order; publish what a leader must publish."""
         leader = self.leader
+        publisher = self.publisher
         if self.settings.passthrough:
-            self.copy_through(records)
+            if leader is not None:
+                publisher.copy_through(records)
         else:
             engine = self.engine
             first_sequence = engine.sequence + 1
@@ -212,17 +162,17 @@ class ProductWorker:
                 msg = records[index]
                 offset = msg.offset()
                 if leader is not None and offset >= leader.dlq_from_offset:
-                    self._produce_dead_letter(offset, msg.value() or b"", letter.reason)
+                    publisher.dead_letter(offset, msg.value() or b"", letter.reason)
             if leader is not None and events:
                 # Events up to suppress_upto were published by an earlier leader (right after a
                 # takeover only); the batch's events are consecutive from first_sequence.
                 published = leader.suppress_upto - first_sequence + 1
                 if published > 0:
                     events = events[published:]
-                self.publish(events, leader.headers)
+                publisher.publish(events, leader.headers)
         count = len(records)
         self.next_offset = records[-1].offset() + 1
-        self.orders_since_snapshot += count
+        self.snapshots.orders_since += count
         self.metric.orders_in.inc(count)
         self.metric.batch_size.observe(count)
         if leader is not None:
@@ -259,152 +209,10 @@ class ProductWorker:
                 self.product,
             )
 
-    def publish(self, events: list, headers) -> None:
-        """Produce a batch's events in order. The epoch/node headers go on the first event only:
-        they cost more than the rest of produce(), and a batch has one leader."""
-        produce = self.producer.produce
-        topic = self.message_topic
-        remaining = iter(events)
-        value = next(remaining, None)
-        if value is None:
-            return
-        try:
-            produce(topic, value, headers=headers)
-        except BufferError:
-            self._produce_when_room(topic, value, headers)
-        while True:  # the plain loop per event; a full queue resumes it after the event that waited
-            try:
-                for value in remaining:
-                    produce(topic, value)
-                return
-            except BufferError:
-                self._produce_when_room(topic, value, None)
-
-    def copy_through(self, records: list) -> None:
-        """The benchmark's passthrough limit: the same loop with matching replaced by a copy."""
-        if self.leader is None:
-            return
-        if self.settings.passthrough_copies_per_mille != 1000:
-            self.copy_at_volume(records, self.settings.passthrough_copies_per_mille)
-            return
-        produce = self.producer.produce
-        topic = self.message_topic
-        for msg in records:
-            raw = msg.value() or b""
-            try:
-                produce(topic, raw)
-            except BufferError:
-                self._produce_when_room(topic, raw, None)
-        self.leader.produced_seq += len(records)
-
-    def copy_at_volume(self, records: list, per_mille: int) -> None:
-        """The passthrough at another output volume: the record at offset o is copied
-        floor((o + 1) * k / 1000) - floor(o * k / 1000) times, so offsets 0..n-1 give n * k // 1000."""
-        produce = self.producer.produce
-        topic = self.message_topic
-        copied = 0
-        for msg in records:
-            raw = msg.value() or b""
-            offset = msg.offset()
-            for _ in range((offset + 1) * per_mille // 1000 - offset * per_mille // 1000):
-                copied += 1
-                try:
-                    produce(topic, raw)
-                except BufferError:
-                    self._produce_when_room(topic, raw, None)
-        self.leader.produced_seq += copied
-
-    def _produce_when_room(self, topic: str, value: bytes, headers) -> None:
-        """The producer queue is full: serve delivery reports until it takes the message."""
-        while True:
-            self.producer.poll(0.01)
-            try:
-                self.producer.produce(topic, value, headers=headers)
-                return
-            except BufferError:
-                continue
-
-    def _produce_dead_letter(self, offset: int, raw: bytes, reason: str) -> None:
-        self.dead_letter_log.warn(
-            reason, "dead letter product=%s reason=%s source_offset=%d", self.product, reason, offset
-        )
-        headers = [
-            ("reason", reason.encode()),
-            ("source_offset", str(offset).encode()),
-            ("product_id", self.product.encode()),
-        ]
-        if len(raw) > MAX_RECORD_BYTES:
-            # Only record_too_large letters are longer. A copy of any size could be refused by the
-            # broker, which would end this process on every replay of the record: the DLQ keeps the
-            # first MAX_RECORD_BYTES, and the whole record stays in the order topic at source_offset.
-            headers.append(("source_size", str(len(raw)).encode()))
-            raw = raw[:MAX_RECORD_BYTES]
-        self.leader.dlq_produced += 1
-        try:
-            self.producer.produce(self.dlq_topic, raw, headers=headers)
-        except BufferError:
-            self._produce_when_room(self.dlq_topic, raw, headers)
-
-    def _on_delivery(self, err, msg) -> None:
-        """The producer reports failed deliveries only (delivery.report.only.error).
-
-        A leader's failure ends the process: publishing on past a hole would break the sequence,
-        and the restart republishes from the recorded progress. A standby publishes nothing, so
-        what an old leadership's producer reports after stepping down does not matter.
-        """
-        if err is not None and self.leader is not None:
-            self.fatal = f"delivery to {msg.topic()} failed: {err}"
-
-    def settle_delivery(self) -> None:
-        """Count as delivered what was produced and is no longer held by the producer.
-
-        len(producer) counts messages queued, in flight, and failure reports not yet served.
-        It is read *before* poll() serves those reports, so a failure either is still counted
-        there or has made the process fatal, and then the count is not used. With idempotence a
-        message is never acknowledged before an earlier one of its partition fails, so what
-        is not outstanding is a delivered prefix of each topic; counting all outstanding
-        messages against each topic only under-counts, the safe direction.
-        """
-        outstanding = len(self.producer)
-        self.producer.poll(0)
-        leader = self.leader
-        if self.fatal or leader is None or self.settings.kafka_transactions:
-            return  # with transactions, counted when the batch's transaction commits
-        delivered = leader.produced_seq - outstanding
-        if delivered > leader.delivered_seq:
-            self.events_delivered += delivered - leader.delivered_seq
-            leader.delivered_seq = delivered
-        dlq_delivered = leader.dlq_produced - outstanding
-        if dlq_delivered > leader.dlq_delivered:
-            leader.dlq_delivered = dlq_delivered
-
-    def settle_progress(self) -> None:
-        """Advance (delivered sequence, next offset) past every batch fully delivered."""
-        self.settle_delivery()
-        leader = self.leader
-        marks = leader.batch_marks
-        offset = leader.progress[1]
-        while marks and marks[0][1] <= leader.delivered_seq and marks[0][2] <= leader.dlq_delivered:
-            offset = marks.popleft()[0]
-        leader.progress = (leader.delivered_seq, offset)
-
     def maybe_take_snapshot(self) -> None:
         """Capture state at a batch boundary when due; it is written once its events are delivered."""
-        due = self.timing.snapshot_due(self.orders_since_snapshot, time.monotonic() - self.last_snapshot_at)
-        if due and self.leader is not None and self.pending_snapshot is None:
-            self.take_snapshot()
-
-    def take_snapshot(self) -> None:
-        """Capture the engine's state now (a large book in a forked child, see cluster/snapshots.py),
-        as the snapshot waiting for its events' delivery."""
-        self.pending_snapshot = PendingSnapshot(
-            epoch=self.leader.epoch,
-            next_offset=self.next_offset,
-            sequence=self.engine.sequence,
-            engine=self.capture_snapshot(self.engine),
-        )
-        self.orders_since_snapshot = 0
-        self.last_snapshot_at = time.monotonic()
+        if self.leader is not None and self.snapshots.due():
+            self.snapshots.take(self.engine, self.leader.epoch, self.next_offset)
 
     async def fetch(self) -> None:
         """Read a batch into `pending` without blocking the loop: at once what is there, else wait
@@ -492,20 +300,20 @@ class ProductWorker:
         max_outstanding = self.timing.producer_max_outstanding
         while not self.stopping:
             self.loop_beat = time.monotonic()
-            if self.fatal:
-                raise RuntimeError(self.fatal)
+            if self.publisher.fatal:
+                raise RuntimeError(self.publisher.fatal)
             if self.restart_reason:
                 raise Demoted(self.restart_reason)
             if self.handover_wanted is not None and self.leader is not None:
                 wanted, self.handover_wanted = self.handover_wanted, None
                 await self.hand_over(wanted)
                 continue
-            if self.leader is not None and len(self.producer) >= max_outstanding:
+            if self.leader is not None and self.publisher.outstanding() >= max_outstanding:
                 # The broker is behind: wait for it here, where the lease keeps being renewed.
                 self.metric.producer_waits.inc()
                 await asyncio.sleep(0.001)
                 self.check_lease_clock()
-                self.settle_progress()
+                self.publisher.settle_progress()
                 continue
             if len(self.pending) < self.timing.consume_batch or self.leader is None and not self.applicable():
                 await self.fetch()
@@ -520,34 +328,29 @@ class ProductWorker:
                     self.apply(batch)
             self.maybe_take_snapshot()  # also when idle: the last orders get their snapshot too
             if self.leader is not None:
-                self.settle_progress()
+                self.publisher.settle_progress()
             else:
-                self.producer.poll(0)
+                self.publisher.producer.poll(0)
                 self.check_state()
 
     async def apply_in_transaction(self, batch: list) -> None:
         """One batch, one transaction: committed as a whole, or the process restarts (fenced or failed)."""
-        leader = self.leader
-        producer = self.producer
-        produced_before = leader.dlq_produced
+        producer = self.publisher.producer
+        produced_before = self.leader.dlq_produced
         try:
             producer.begin_transaction()
             self.apply(batch)
             await asyncio.get_running_loop().run_in_executor(None, producer.commit_transaction, 10.0)
         except KafkaException as exc:
             raise Demoted(f"transaction failed: {exc}") from exc
-        committed = self.engine.sequence - leader.delivered_seq
-        if committed > 0:
-            self.events_delivered += committed
-        leader.delivered_seq = max(leader.delivered_seq, self.engine.sequence)
-        leader.dlq_delivered += leader.dlq_produced - produced_before
+        self.publisher.committed(self.engine.sequence, produced_before)
 
-    async def start_publishing(self, acquired, valid_until: float) -> None:
+    async def promote(self, acquired, valid_until: float) -> None:
         """Called with the lease just acquired; with transactions, fence the previous leader first."""
         if self.settings.kafka_transactions:
             loop = asyncio.get_running_loop()
             try:
-                await loop.run_in_executor(None, self.producer.init_transactions, 10.0)
+                await loop.run_in_executor(None, self.publisher.producer.init_transactions, 10.0)
             except KafkaException as exc:
                 raise Demoted(f"init_transactions failed: {exc}") from exc
         self.become_leader(acquired, valid_until)
@@ -568,17 +371,13 @@ class ProductWorker:
     def check_state(self) -> None:
         """A standby's live state check (cluster/state_check.py); a diverged replica restarts."""
         check = self.state_check
-        check.turn(self.engine, self.next_offset, self.capture_snapshot)
+        check.turn(self.engine, self.next_offset, self.snapshots.capture)
         if check.diverged:
             self.metric.state_diverged.set(1)
             if self.diverged_since is None:
                 self.diverged_since = time.monotonic()
             elif time.monotonic() - self.diverged_since > DIVERGED_RESTART_S:
                 raise Demoted(f"state diverged from the leader's at offset {check.diverged_at}")
-
-    def capture_snapshot(self, engine):
-        """A future of (snapshot bytes, state hash) of `engine` now (see cluster/snapshots.py)."""
-        return snapshots.capture(engine, self.timing.snapshot_fork_above_orders, self.snapshot_reader)
 
     def caught_up(self) -> bool:
         """A standby is caught up when it applied input up to the leader's recorded progress, and
@@ -604,21 +403,19 @@ class ProductWorker:
         log.warning("demoted product=%s epoch=%d reason=%s", self.product, leader.epoch, reason)
         if self.settings.kafka_transactions:
             raise Demoted(reason)
-        # A fresh producer for the next leadership: the old one's idempotence sequence has a gap
-        # where the purged messages were. It is purged and closed off the loop.
-        retired, self.producer = self.producer, self.new_producer()
-        asyncio.get_running_loop().run_in_executor(None, self.retire_producer, retired)
+        self.publisher.retire()
         self.undelivered_state = self.engine.sequence > leader.delivered_seq
         self.become_standby(leader)
         self.metric.demotions.inc()
 
     def become_standby(self, leader: Leadership) -> None:
         """Stop leading (the lease is gone or given away); the loop goes on applying input."""
-        self.renewer.drop()
+        self.lease.drop()
         self.leader = None
+        self.publisher.leadership = None
         self.demotion = None
         self.handover_wanted = None
-        self.pending_snapshot = None
+        self.snapshots.pending = None
         self.progress_seen = leader.progress
         self.metric.is_leader.set(0)
         self.metric.epoch.set(0)
@@ -636,10 +433,13 @@ class ProductWorker:
             )
             return False
         loop = asyncio.get_running_loop()
-        remaining = await loop.run_in_executor(None, self.producer.flush, self.timing.lease_ttl_ms / 1000)
+        remaining = await loop.run_in_executor(
+            None, self.publisher.producer.flush, self.timing.lease_ttl_ms / 1000
+        )
         if remaining or self.leader is not leader or time.monotonic() > leader.valid_until:
             return False
-        self.pending_snapshot = None  # the successor snapshots soon; writing one now would lengthen the pause
+        # The successor snapshots soon; writing one now would lengthen the pause.
+        self.snapshots.pending = None
         try:
             await self.write_progress()
         except Demoted as exc:
@@ -647,7 +447,7 @@ class ProductWorker:
             return False
         if leader.progress[0] != self.engine.sequence or leader.progress[1] != self.next_offset:
             return False  # not all recorded: the target would publish what we may have published
-        self.renewer.drop()
+        self.lease.drop()
         if not await self.redis.hand_over(leader.lease_value, target, leader.epoch, self.timing.lease_ttl_ms):
             return False
         log.info(
@@ -660,12 +460,6 @@ class ProductWorker:
         )
         self.become_standby(leader)
         return True
-
-    def retire_producer(self, producer) -> None:
-        """Thread: drop an old leadership's unsent messages, then let the producer go."""
-        producer.purge(in_queue=True, in_flight=False)
-        producer.flush(self.timing.lease_ttl_ms / 1000)  # in-flight ones end either way
-        self.warm_producer()
 
     def become_leader(self, acquired, valid_until: float) -> None:
         """Switch to publishing: everything up to the recorded progress was already delivered."""
@@ -701,7 +495,8 @@ class ProductWorker:
         self.progress_seen = (acquired.progress_sequence, acquired.progress_offset)
         # No snapshot is forced here: the next one is due by the usual rule (at most
         # snapshot_every_s away), so a new leader of a large book starts by matching.
-        self.renewer.hold(self.leader)
+        self.publisher.leadership = self.leader
+        self.lease.hold(self.leader)
         self.metric.is_leader.set(1)
         self.metric.epoch.set(acquired.epoch)
         log.info(
@@ -729,10 +524,10 @@ class ProductWorker:
     async def write_progress(self) -> None:
         """Record progress, then a snapshot whose events are all delivered."""
         leader = self.leader
-        self.settle_progress()
-        if self.fatal:
+        self.publisher.settle_progress()
+        if self.publisher.fatal:
             return  # a failed delivery: the loop ends the process; record nothing past it
-        snap = self.pending_snapshot
+        snap = self.snapshots.pending
         announce = snap is not None and not snap.announced and not self.settings.passthrough
         if leader.progress != leader.written_progress or announce:
             seq, offset = leader.progress
@@ -750,36 +545,18 @@ class ProductWorker:
             if announce:
                 snap.announced = True
             self.metric.last_sequence.set(seq)
-        if (
-            snap is not None
-            and snap.engine.done()
-            and snap.sequence <= leader.delivered_seq
-            and snap.next_offset <= leader.progress[1]
-        ):
+        snap = self.snapshots.writable(leader.delivered_seq, leader.progress[1])
+        if snap is not None:
             try:
-                envelope = self.envelope(snap)
+                envelope = self.snapshots.envelope(snap)
             except OSError as exc:
                 log.warning("snapshot capture failed product=%s error=%s", self.product, exc)
-                self.pending_snapshot = None
+                self.snapshots.pending = None
                 return
             rc = await self.redis.write_snapshot(leader.lease_value, envelope)
             if rc == -1:
                 raise Demoted("not the lease holder")
-            self.pending_snapshot = None
-            self.snapshot_written_at = time.monotonic()
-
-    def envelope(self, snap: PendingSnapshot) -> SnapshotEnvelope:
-        """The stored form of a captured snapshot; raises OSError if its capture failed."""
-        return SnapshotEnvelope(
-            format=SNAPSHOT_FORMAT,
-            product=self.product,
-            epoch=snap.epoch,
-            next_offset=snap.next_offset,
-            sequence=snap.sequence,
-            fingerprint=self.fingerprint,
-            engine=snap.engine.result()[0],
-            state_hash=snap.engine.result()[1],
-        )
+            self.snapshots.written()
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def run(self) -> int:
@@ -798,10 +575,20 @@ class ProductWorker:
             log.error("refusing to run product=%s reason=%s", self.product, exc)
             return EXIT_CONFIG
         self.open_kafka()
-        await loop.run_in_executor(self.executor, self.warm_producer)
-        self.renewer.start()
-        self.lease = lease = LeaseKeeper(self)
-        reporter = StatusReporter(self)
+        await loop.run_in_executor(self.executor, self.publisher.warm)
+        s = self.settings
+        self.lease = lease = LeaseKeeper(
+            self.redis, s.redis_url, s, self.product, self.token, self, lambda: self.loop_beat
+        )
+        reporter = StatusReporter(
+            self,
+            self.metric,
+            self.redis.client,
+            self.status_conn,
+            s.node_id,
+            self.product,
+            self.timing.status_every_ms / 1000,
+        )
         watch = input_log.InputLogWatch(self)
         coroutines = (
             lease.run(),
@@ -817,11 +604,11 @@ class ProductWorker:
         except Demoted as exc:
             log.warning("demoted product=%s reason=%s", self.product, exc)
             # Queued events are byte-identical to the successor's, but a demoted process sends nothing more.
-            self.producer.purge(in_queue=True, in_flight=False)
+            self.publisher.producer.purge(in_queue=True, in_flight=False)
             code = EXIT_DEMOTED
         except SequenceExhausted as exc:
             log.error("refusing to run product=%s reason=%s", self.product, exc)
-            self.producer.purge(in_queue=True, in_flight=False)
+            self.publisher.producer.purge(in_queue=True, in_flight=False)
             code = EXIT_CONFIG
         finally:
             self.stopping = True
@@ -830,10 +617,10 @@ class ProductWorker:
             await asyncio.gather(*tasks, return_exceptions=True)
         if code == EXIT_OK:
             await self.drain()
-        self.renewer.stop()
+        self.lease.renewer.stop()
         self.consumer.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
-        self.snapshot_reader.shutdown(wait=True, cancel_futures=False)  # reaps a snapshot child
+        self.snapshots.close()  # reaps a snapshot child
         return code
 
     async def wait_for_redis(self) -> None:
@@ -860,19 +647,78 @@ class ProductWorker:
                     return
             except Exception as exc:  # noqa: BLE001 - Redis trouble: the plain release below
                 log.warning("handover failed product=%s error=%s", self.product, exc)
-        remaining = await loop.run_in_executor(None, self.producer.flush, 5.0)
+        remaining = await loop.run_in_executor(None, self.publisher.producer.flush, 5.0)
         if self.leader is None:
             return
         try:
             if remaining == 0 and time.monotonic() < self.leader.valid_until:
-                self.take_snapshot()  # replaces any pending one: this one is newer
-                await asyncio.wrap_future(self.pending_snapshot.engine)
+                taken = self.snapshots.take(self.engine, self.leader.epoch, self.next_offset)  # newer
+                await asyncio.wrap_future(taken.engine)
                 await self.write_progress()
-            self.renewer.drop()
+            self.lease.drop()
             await self.redis.release(self.token)
             log.info("released lease product=%s epoch=%d", self.product, self.leader.epoch)
         except Exception as exc:  # noqa: BLE001 - the lease expires by itself
             log.warning("drain incomplete product=%s error=%s", self.product, exc)
+
+    # ---- what the lease keeper and the status reporter see of this process --------------------
+    def leadership(self) -> Leadership | None:
+        """The current leadership, or None as a standby."""
+        return self.leader
+
+    def follow(self, progress: tuple[int, int], checkpoint: int | None, leader_snapshot) -> None:
+        """The leader's recorded progress, its announced checkpoint and its stored snapshot's hash."""
+        self.progress_seen = progress
+        self.state_check.follow(checkpoint, leader_snapshot, self.next_offset)
+
+    def want_handover(self, target: str) -> None:
+        """Hand the product over at the next turn of the loop (to `target`, or '' for any)."""
+        self.handover_wanted = target
+
+    def supervisor_gone(self) -> None:
+        """The status pipe broke: stop like on SIGTERM."""
+        self.stopping = True
+
+    def counts(self) -> tuple[int, int, int, int]:
+        """(events delivered, rejects, duplicate orders, unknown cancels) since the process started."""
+        counters = self.engine.counters
+        return (
+            self.publisher.events_delivered,
+            counters.rejected,
+            counters.duplicates,
+            counters.unknown_cancels,
+        )
+
+    def status(self, events_per_s: float) -> dict:
+        """A plain dict for the supervisor, `status`, placement and readiness."""
+        leader = self.leader
+        status = {
+            "product": self.product,
+            "node": self.settings.node_id,
+            "pid": os.getpid(),
+            "role": "leader" if leader else "standby",
+            # the core this process runs (not the one asked for): what benchmarks and operators must see
+            "core": "native" if isinstance(self.engine, NativeEngine) else "python",
+            "epoch": leader.epoch if leader else 0,
+            "offset": self.next_offset,
+            "sequence": self.engine.sequence,
+            "delivered_sequence": leader.delivered_seq if leader else self.progress_seen[0],
+            "behind": max(0, self.progress_seen[1] - self.next_offset) if leader is None else 0,
+            "caught_up": leader is not None or self.caught_up(),
+            "input_behind": self.input_behind,
+            "read_ahead": len(self.pending),
+            "events_per_s": round(events_per_s, 1),
+            # The live state check of a standby: checkpoints compared, and whether it diverged.
+            "state_checks": self.state_check.checks,
+            "state_diverged": self.state_check.diverged,
+            # The longest event-loop stall since the last report, and since the process started.
+            "loop_stall_ms": round(self.loop_stall_window * 1000, 1),
+            "loop_stall_max_ms": round(self.loop_stall_max * 1000, 1),
+            "snapshot_age_s": self.snapshots.age_s(),
+            "reported_ms": int(time.time() * 1000),
+        }
+        self.loop_stall_window = 0.0  # the next report's window starts now
+        return status
 
     def restart(self, reason: str) -> None:
         """Leave the loop and exit for a restart through the recovery path (exit 75)."""
