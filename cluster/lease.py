@@ -11,7 +11,8 @@ Guarantees (with cluster/redis_state.py's scripts):
   process that is stopped) lets the lease lapse, and a standby takes over.
 - A standby takes the lease only when the key is gone. Placement decides who goes first:
   a caught-up standby on the product's preferred node at once, other caught-up standbys after
-  `placement_defer_ms`, standbys still catching up after three times that. Nobody preempts.
+  `placement_defer_ms`, standbys still catching up after three times that, and a stepped-down
+  leader that would have to restart to lead after five lease TTLs. Nobody preempts.
 - Planned handover: a leader that hands over (SIGTERM, an operator's `handover`, or placement)
   first delivers and records everything, then releases its lease and wakes its chosen caught-up
   standby in one script; that standby, blocked on its handover list, acquires at once.
@@ -37,6 +38,10 @@ from typing import Protocol
 from cluster.redis_state import NODES_KEY, LeaseRenewal, status_key, sync_client
 
 log = logging.getLogger(__name__)
+
+
+# A free lease waits this many TTLs for another standby before one that must restart to lead takes it.
+RESTART_TO_LEAD_DEFER_TTLS = 5
 
 
 class Demoted(Exception):
@@ -180,6 +185,10 @@ class Follower(Protocol):
     def caught_up(self) -> bool:
         """Whether this standby could lead from memory now."""
 
+    def must_restart_to_lead(self) -> bool:
+        """Whether winning the lease would make this process restart (a stepped-down leader whose
+        computed events nobody has delivered yet)."""
+
     async def promote(self, acquired, valid_until: float) -> None:
         """Lead from now on (raises Demoted if it cannot)."""
 
@@ -297,6 +306,9 @@ class LeaseKeeper:
         """Whether this standby may try for the free lease now (see the module docstring)."""
         waited_ms = (now - self.lease_free_since) * 1000
         defer_ms = self.timing.placement_defer_ms
+        if self.follower.must_restart_to_lead():
+            # Taking the lease would only restart this process: leave it to anyone else for a while.
+            return waited_ms >= RESTART_TO_LEAD_DEFER_TTLS * self.timing.lease_ttl_ms
         if not self.follower.caught_up():
             return waited_ms >= 3 * defer_ms
         if (now - self.started_at) * 1000 < self.timing.startup_grace_ms and await self.other_nodes_live():

@@ -671,6 +671,11 @@ class ProductWorker:
         self.progress_seen = progress
         self.state_check.follow(checkpoint, leader_snapshot, self.next_offset)
 
+    def must_restart_to_lead(self) -> bool:
+        """Whether winning the lease would make this process restart (see become_leader)."""
+        self.caught_up()  # clears undelivered_state once the recorded progress covers it
+        return self.undelivered_state
+
     def want_handover(self, target: str) -> None:
         """Hand the product over at the next turn of the loop (to `target`, or '' for any)."""
         self.handover_wanted = target
