@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,7 +100,14 @@ def _spin() -> None:
 
 
 def run_availability(
-    bootstrap: str, redis_url: str, products: list[str], resting: int, rate: float, seconds: float, busy: int
+    bootstrap: str,
+    redis_url: str,
+    products: list[str],
+    resting: int,
+    rate: float,
+    seconds: float,
+    busy: int,
+    logs: Path | None = None,
 ) -> dict:
     """The scenario of the module docstring; the report as one dict."""
     report: dict = {"products": products, "resting_orders": resting, "rate_per_product": rate}
@@ -198,6 +206,10 @@ def run_availability(
                 spinner.kill()
             for node in nodes.values():
                 node.stop()
+            if logs is not None:
+                logs.mkdir(parents=True, exist_ok=True)
+                for node_id, node in nodes.items():
+                    shutil.copyfile(node.log_path, logs / f"{node_id}.log")
     return report
 
 
@@ -238,8 +250,11 @@ def run_availability(
     show_default=True,
     help="Busy-loop processes saturating the cores during the flow.",
 )
+@click.option(
+    "--logs", type=click.Path(path_type=Path), default=None, help="Keep the nodes' logs in this directory."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def availability(n, resting, rate, seconds, busy, as_json) -> None:
+def availability(n, resting, rate, seconds, busy, logs, as_json) -> None:
     """A large book, a steady flow, optionally busy cores, then the leader's node killed."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     products = [f"AVAIL{i}-{os.getpid()}" for i in range(n)]
@@ -250,7 +265,7 @@ def availability(n, resting, rate, seconds, busy, as_json) -> None:
         progress(f"local Tansu broker at {services.bootstrap}, Redis at {services.redis_url}")
         try:
             report = run_availability(
-                services.bootstrap, services.redis_url, products, resting, rate, seconds, busy
+                services.bootstrap, services.redis_url, products, resting, rate, seconds, busy, logs
             )
         except BenchError as exc:
             raise click.ClickException(str(exc)) from None

@@ -87,3 +87,35 @@ def test_redis_durability_is_checked(services, start_local, tmp_path):
     assert len(problems) == 2 and "appendfsync is everysec" in problems[0] and "allkeys-lru" in problems[1]
     client.config_set("appendonly", "no")
     assert "appendonly is not yes" in durability_problems(client)[0]
+
+
+def test_a_large_snapshot_is_written_in_pieces_and_fenced(services, product):
+    """Bytes larger than a piece are staged and put in place whole; a stale writer's are discarded."""
+    from cluster.redis_state import SNAPSHOT_PIECE_BYTES, snapshot_data_key
+
+    async def scenario() -> None:
+        client = async_client(services.redis_url)
+        store = ProductRedis(client, product)
+        first = await store.try_acquire("node-a:p:1", 10_000)
+        big = SnapshotEnvelope(
+            format=1,
+            product=product,
+            epoch=1,
+            next_offset=7,
+            sequence=9,
+            fingerprint="f",
+            engine=bytes(range(256)) * (3 * SNAPSHOT_PIECE_BYTES // 256 + 17),
+            state_hash="abc",
+        )
+        assert await store.write_snapshot(first.lease_value, big) == 1
+        assert await store.read_snapshot() == big
+        assert await client.hget(f"matching_snapshot_{product}", "state_hash") == b"abc"
+        assert await store.release("node-a:p:1")
+        newer = SnapshotEnvelope(**{**{f: getattr(big, f) for f in big.__struct_fields__}, "sequence": 10})
+        assert await store.write_snapshot(first.lease_value, newer) == -1, "a stale leader's bytes"
+        assert await store.read_snapshot() == big, "stay out of place"
+        staged = [k async for k in client.scan_iter(match=f"{snapshot_data_key(product)}:staging:*")]
+        assert staged == [], "and are not left behind"
+        await client.aclose()
+
+    asyncio.run(scenario())
