@@ -153,6 +153,21 @@ def encode_envelope(envelope: SnapshotEnvelope) -> bytes:
     return _envelope_encoder.encode(envelope)
 
 
+_ENGINE_FIELD = b"\xa6engine\xc4\x00"  # msgpack: the key "engine", then an empty bin
+
+
+def envelope_pieces(envelope: SnapshotEnvelope, piece_bytes: int) -> list:
+    """The envelope's msgpack bytes as pieces, without copying the engine's bytes: the envelope
+    is encoded with an empty engine, whose bin header is widened to hold them, and the engine's
+    bytes follow as views (a 27 MB snapshot re-encoded whole held the loop for 20-40 ms)."""
+    shell = _envelope_encoder.encode(msgspec.structs.replace(envelope, engine=b""))
+    at = shell.index(_ENGINE_FIELD) + len(_ENGINE_FIELD) - 2
+    engine = memoryview(envelope.engine)
+    head = shell[:at] + b"\xc6" + len(engine).to_bytes(4, "big")  # bin 32
+    body = [engine[start : start + piece_bytes] for start in range(0, len(engine), piece_bytes)]
+    return [head, *body, shell[at + 2 :]]
+
+
 def decode_envelope(data: bytes, product: str) -> SnapshotEnvelope:
     """Parse stored bytes; raises SnapshotError on a damaged or foreign value, or another format.
 
@@ -264,14 +279,15 @@ class ProductRedis:
     async def write_snapshot(self, lease_value: str, envelope: SnapshotEnvelope) -> int:
         """Store a snapshot of delivered state; 1 written, -1 not the leader, -2 not newer, -3 its
         staged bytes were disturbed. Written in pieces, so Redis answers lease renewals in between."""
-        data = encode_envelope(envelope)
+        pieces = envelope_pieces(envelope, SNAPSHOT_PIECE_BYTES)
         staging = f"{snapshot_data_key(self.product)}:staging:{lease_value}"
         client = self.client
-        await client.set(staging, data[:SNAPSHOT_PIECE_BYTES], px=STAGING_TTL_MS)
-        for start in range(SNAPSHOT_PIECE_BYTES, len(data), SNAPSHOT_PIECE_BYTES):
-            await client.append(staging, data[start : start + SNAPSHOT_PIECE_BYTES])
+        await client.set(staging, pieces[0], px=STAGING_TTL_MS)
+        for piece in pieces[1:]:
+            await client.append(staging, piece)
         keys = [self.keys[0], self.keys[3], staging, snapshot_data_key(self.product)]
-        args = [lease_value, envelope.sequence, envelope.next_offset, envelope.state_hash, len(data)]
+        size = sum(len(piece) for piece in pieces)
+        args = [lease_value, envelope.sequence, envelope.next_offset, envelope.state_hash, size]
         return int(await self._commit_snapshot(keys=keys, args=args))
 
     async def read_snapshot(self) -> SnapshotEnvelope | None:
