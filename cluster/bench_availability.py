@@ -148,6 +148,7 @@ def run_availability(
                 spinner.start()
             epochs_before = {p: leader_of(nodes, p) for p in products}
             stall_max: dict[str, float] = {}
+            stalls: list[float] = []  # the leaders' stall of every status window
             deadline = time.monotonic() + seconds
             while time.monotonic() < deadline:
                 for node_id, node in nodes.items():
@@ -156,6 +157,8 @@ def run_availability(
                         key = f"{product}@{node_id}:{status.get('role')}"
                         # the longest stall since its previous report: this window's, not the load's
                         stall_max[key] = max(stall_max.get(key, 0.0), status.get("loop_stall_ms") or 0.0)
+                        if status.get("role") == "leader":
+                            stalls.append(status.get("loop_stall_ms") or 0.0)
                 time.sleep(0.5)
             for spinner in spinners:
                 spinner.kill()
@@ -170,6 +173,15 @@ def run_availability(
             report["leader_loop_stall_max_ms"] = max(
                 (v for k, v in stall_max.items() if k.endswith(":leader")), default=None
             )
+            stalls.sort()
+            report["leader_loop_stall_windows"] = {
+                "count": len(stalls),
+                "median_ms": stalls[len(stalls) // 2] if stalls else None,
+                "over_50ms": sum(s > 50 for s in stalls),
+            }
+            logs_text = [node.log_path.read_text(errors="replace") for node in nodes.values()]
+            report["demotions"] = sum(text.count(" demoted product=") for text in logs_text)
+            report["handovers"] = sum(text.count(" handed over product=") for text in logs_text)
             # The leader's whole node dies: no drain, no release; the standby takes over at the TTL.
             product = products[0]
             leader_node, status = epochs_after[product]

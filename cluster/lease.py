@@ -141,6 +141,12 @@ class LeaseRenewer:
                 self.wake.clear()
                 continue
             sent = time.monotonic()
+            if leader.valid_until and sent > leader.valid_until:
+                log.warning(
+                    "lease renewer late product=%s late_ms=%d",
+                    self.product,
+                    (sent - leader.valid_until) * 1000,
+                )
             stalled_ms = (sent - self.loop_beat()) * 1000
             if stalled_ms > t.loop_stall_limit_ms:
                 if not self.stalled_logged:
@@ -165,6 +171,9 @@ class LeaseRenewer:
         except Exception as exc:  # noqa: BLE001 - Redis unreachable or slow: the clock decides
             log.warning("lease renew failed product=%s error=%s", self.product, exc)
             return
+        took_ms = (time.monotonic() - sent) * 1000
+        if took_ms > self.timing.lease_ttl_ms / 4:
+            log.warning("lease renew slow product=%s took_ms=%d", self.product, took_ms)
         if self.leader is not leader:
             return  # stepped down meanwhile: this answer is about an old leadership
         if still_ours:

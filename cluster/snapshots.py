@@ -12,6 +12,8 @@ Smaller books are captured in place, which is faster than a fork.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import fcntl
 import hashlib
 import os
 import time
@@ -21,6 +23,7 @@ from cluster.redis_state import SNAPSHOT_FORMAT, SnapshotEnvelope
 
 # The child only runs the engine's snapshot and writes; any failure is its exit code.
 _CHILD_FAILED = 1
+PIPE_BYTES = 1 << 20
 
 
 def state_hash(snapshot: bytes) -> str:
@@ -38,11 +41,15 @@ def capture(engine, fork_above_orders: int, reader: concurrent.futures.Executor)
         done.set_result((data, state_hash(data)))
         return done
     read_fd, write_fd = os.pipe()
+    with contextlib.suppress(OSError):  # a larger pipe: the reader wakes (and takes the GIL) 16x less
+        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     pid = os.fork()
     if pid == 0:  # the child: never returns to the caller's code
         code = _CHILD_FAILED
         try:
             os.close(read_fd)
+            # Background work: the parent's matching loop and lease renewal go first for the CPU.
+            os.nice(19)
             data = memoryview(engine.snapshot())
             while data:
                 data = data[os.write(write_fd, data) :]
@@ -55,8 +62,13 @@ def capture(engine, fork_above_orders: int, reader: concurrent.futures.Executor)
 
 def _collect(pid: int, read_fd: int) -> tuple[bytes, str]:
     """Thread: the child's bytes and their hash, once it exited cleanly; OSError otherwise."""
-    with os.fdopen(read_fd, "rb") as pipe:
-        data = pipe.read()
+    chunks = []
+    try:
+        while chunk := os.read(read_fd, PIPE_BYTES):
+            chunks.append(chunk)
+    finally:
+        os.close(read_fd)
+    data = b"".join(chunks)
     _, status = os.waitpid(pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise OSError(f"snapshot child {pid} failed (status {status})")
