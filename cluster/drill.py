@@ -210,12 +210,13 @@ class OutputWatcher(threading.Thread):
         with self.lock:
             return next(((arrival, ts) for arrival, ts in self.produced_after if ts > wall_ms), None)
 
-    def largest_pause_ms(self, from_ms: int, to_ms: int) -> int:
-        """The longest time between consecutive events (by sequence, producer timestamps) in a window."""
+    def largest_pause(self, from_ms: int, to_ms: int) -> tuple[int, int | None]:
+        """The longest time between consecutive events (by sequence, producer timestamps) in a
+        window, and when it began (ms since the epoch)."""
         with self.lock:
             stamps = [self.stamp_of_sequence[s] for s in sorted(self.stamp_of_sequence)]
         inside = [t for t in stamps if from_ms <= t <= to_ms]
-        return max((b - a for a, b in itertools.pairwise(inside)), default=0)
+        return max(((b - a, a) for a, b in itertools.pairwise(inside)), default=(0, None))
 
     def distinct_count(self) -> int:
         """Distinct sequences seen (events arrive in order per leader; duplicates repeat old ones)."""

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from cluster.aio import cancelling
 from cluster.redis_state import NODES_KEY, LeaseRenewal, status_key, sync_client
 
 log = logging.getLogger(__name__)
@@ -226,6 +227,7 @@ class LeaseKeeper:
         self.lease_free_since: float | None = None
         self.started_at = time.monotonic()
         self.preferred_seen: str | None = None  # the other node placement preferred at the last look
+        self.stopped = False
 
     def hold(self, leader: Leadership) -> None:
         """Renew this leadership from now on."""
@@ -235,18 +237,25 @@ class LeaseKeeper:
         """Stop renewing (stepped down, handed over, or stopping)."""
         self.renewer.drop()
 
+    def stop(self) -> None:
+        """The process stops: take no lease any more, end the renewal thread."""
+        self.stopped = True
+        self.renewer.stop()
+
     async def run(self) -> None:
         """As standby, follow progress and take the lease when it is free or handed to us; as
         leader, look for handover requests and a better-placed node (the renewer renews)."""
         t, follower = self.timing, self.follower
         self.renewer.start()
         handed = False
-        while True:  # cancelled when the process stops
+        while not self.stopped:  # also cancelled when the process stops
             if follower.leadership() is not None:
                 handed = False
                 try:
                     await self.leader_step()
                 except Exception as exc:  # noqa: BLE001 - placement is best effort
+                    if cancelling():
+                        raise
                     log.warning("leader step failed product=%s error=%s", self.product, exc)
                 await asyncio.sleep(t.status_every_ms / 1000)
                 continue
@@ -255,6 +264,8 @@ class LeaseKeeper:
                 # Wait for the next look, or less if a leader hands the product to this node.
                 handed = await self.redis.wait_for_handover(self.node_id, t.standby_poll_ms / 1000)
             except Exception as exc:  # noqa: BLE001 - keep following when Redis comes back
+                if cancelling():
+                    raise
                 log.warning("standby step failed product=%s error=%s", self.product, exc)
                 handed = False
                 await asyncio.sleep(t.standby_poll_ms / 1000)

@@ -12,6 +12,7 @@ import json
 import time
 from typing import Protocol
 
+from cluster.aio import cancelling
 from cluster.redis_state import status_key
 
 
@@ -73,6 +74,8 @@ class StatusReporter:
             try:
                 await self.redis_client.hset(status_key(self.product), self.node_id, _status_json(status))
             except Exception:  # noqa: BLE001 - status is best effort
+                if cancelling():
+                    raise
                 pass
             await asyncio.sleep(self.every_s)
 

@@ -28,6 +28,7 @@ class RollingReport:
     products: list[str]
     nodes: list[str] = field(default_factory=list)
     restarted: list[str] = field(default_factory=list)
+    restart_ms: dict[str, int] = field(default_factory=dict)  # when each node was asked to restart
     orders_sent: int = 0
     # product -> {"baseline_pause_ms", "restart_pause_ms", "epochs", "stream"}
     per_product: dict[str, dict] = field(default_factory=dict)
@@ -44,6 +45,7 @@ class RollingReport:
             "products": self.products,
             "nodes": self.nodes,
             "restarted": self.restarted,
+            "restart_ms": self.restart_ms,
             "orders_sent": self.orders_sent,
             "per_product": self.per_product,
             "error": self.error,
@@ -112,6 +114,7 @@ def run_rolling_restart(
             before = node_products(address) or {}
             old_pids = {name: p.get("pid") for name, p in before.items()}
             log(f"restarting {node} ({address})")
+            report.restart_ms[node] = int(time.time() * 1000)
             try:
                 post_fault(address, admin_token, "restart", products[0], None)
             except (DrillError, OSError) as exc:
@@ -132,9 +135,12 @@ def run_rolling_restart(
     for product in products:
         watcher = watchers[product]
         checked = final_check(bootstrap, product, configs[product], watcher, extra, log)
+        pause_ms, pause_at = watcher.largest_pause(began_ms, ended_ms)
         report.per_product[product] = {
-            "baseline_pause_ms": watcher.largest_pause_ms(began_ms - int(BASELINE_S * 1000), began_ms),
-            "restart_pause_ms": watcher.largest_pause_ms(began_ms, ended_ms),
+            "baseline_pause_ms": watcher.largest_pause(began_ms - int(BASELINE_S * 1000), began_ms)[0],
+            "restart_pause_ms": pause_ms,
+            # when the largest pause began, in ms after the first node's restart request
+            "restart_pause_at_ms": None if pause_at is None else pause_at - began_ms,
             "epochs": sorted(watcher.first_seen),
             "stream": {"ok": checked.ok, "distinct": checked.distinct, "problems": checked.problems},
         }

@@ -32,6 +32,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from cluster import input_log, kafka_io, snapshots
 from cluster import metrics as m
+from cluster.aio import cancelling
 from cluster.lease import Demoted, Leadership, LeaseKeeper
 from cluster.publisher import Publisher
 from cluster.redis_state import ProductRedis, async_client
@@ -519,6 +520,8 @@ class ProductWorker:
             except Demoted:
                 self.demote("progress write refused")
             except Exception as exc:  # noqa: BLE001 - Redis down: retry; the lease clock fences us
+                if cancelling():
+                    raise
                 log.warning("progress write failed product=%s error=%s", self.product, exc)
 
     async def write_progress(self) -> None:
@@ -612,12 +615,13 @@ class ProductWorker:
             code = EXIT_CONFIG
         finally:
             self.stopping = True
+            self.lease.stopped = True  # whatever happens to the cancellation, it takes no lease now
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         if code == EXIT_OK:
             await self.drain()
-        self.lease.renewer.stop()
+        self.lease.stop()
         self.consumer.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.snapshots.close()  # reaps a snapshot child
@@ -631,6 +635,8 @@ class ProductWorker:
                 await self.redis.client.ping()
                 return
             except Exception as exc:  # noqa: BLE001
+                if cancelling():
+                    raise
                 if self.stopping:
                     raise
                 log.warning("redis not reachable product=%s error=%s", self.product, exc)

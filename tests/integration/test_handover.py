@@ -136,3 +136,4 @@ def test_rolling_restart_drill_restarts_every_node_and_the_streams_stay_whole(se
         assert "restarting node=" in node.log_text()
     # The figures go to the note and docs (a benchmark), not into an assertion.
     print("rolling restart pauses ms:", {p: report["per_product"][p] for p in products})
+    print("node restart requests:", report["restart_ms"])
