@@ -106,6 +106,7 @@ class LeaseRenewer:
         self.wake = threading.Event()
         self.stopped = False
         self.stalled_logged = False
+        self.late_logged = False
         self.thread = threading.Thread(target=self.run, name=f"lease-{product}", daemon=True)
 
     def start(self) -> None:
@@ -115,7 +116,7 @@ class LeaseRenewer:
     def hold(self, leader: Leadership) -> None:
         """Renew this leadership from now on."""
         self.leader = leader
-        self.stalled_logged = False
+        self.stalled_logged = self.late_logged = False
         self.wake.set()
 
     def drop(self) -> None:
@@ -142,7 +143,8 @@ class LeaseRenewer:
                 self.wake.clear()
                 continue
             sent = time.monotonic()
-            if leader.valid_until and sent > leader.valid_until:
+            if sent > leader.valid_until and not self.late_logged:
+                self.late_logged = True  # once until a renewal succeeds again
                 log.warning(
                     "lease renewer late product=%s late_ms=%d",
                     self.product,
@@ -179,6 +181,7 @@ class LeaseRenewer:
             return  # stepped down meanwhile: this answer is about an old leadership
         if still_ours:
             leader.valid_until = self.valid_until(sent)
+            self.late_logged = False
         else:
             leader.lost = "lease lost"
 

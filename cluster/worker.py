@@ -444,7 +444,7 @@ class ProductWorker:
         try:
             await self.write_progress()
         except Demoted as exc:
-            self.demote(str(exc))
+            self.demote(str(exc), leader)
             return False
         if leader.progress[0] != self.engine.sequence or leader.progress[1] != self.next_offset:
             return False  # not all recorded: the target would publish what we may have published
@@ -513,12 +513,13 @@ class ProductWorker:
         """Write delivered progress and due snapshots, guarded by our lease value."""
         while not self.stopping:
             await asyncio.sleep(self.timing.progress_every_ms / 1000)
-            if self.leader is None:
+            leader = self.leader
+            if leader is None:
                 continue
             try:
                 await self.write_progress()
             except Demoted:
-                self.demote("progress write refused")
+                self.demote("progress write refused", leader)
             except Exception as exc:  # noqa: BLE001 - Redis down: retry; the lease clock fences us
                 if cancelling():
                     raise
@@ -735,9 +736,12 @@ class ProductWorker:
         """Leave the loop and exit for a restart through the recovery path (exit 75)."""
         self.restart_reason = reason
 
-    def demote(self, reason: str) -> None:
-        """The lease is not ours any more (a fenced write was refused): the loop steps down."""
-        self.demotion = reason
+    def demote(self, reason: str, leadership: Leadership) -> None:
+        """The lease of `leadership` is not ours any more (a fenced write was refused): the loop
+        steps down. A refusal that arrives after that leadership ended (a write in flight through a
+        stall) is about the past: it must not end a later leadership."""
+        if self.leader is leadership:
+            self.demotion = reason
 
     async def watch_loop_stalls(self) -> None:
         """Measure how long the event loop is held up: a timer's lateness is the stall it waited

@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import Producer
 
 from cluster.kafka_io import ensure_topics, message_topic, read_topic
-from cluster.worker import ProductWorker
+from cluster.publisher import Publisher
 
 pytestmark = pytest.mark.integration
 
@@ -35,15 +35,15 @@ def test_publish_keeps_order_when_the_producer_queue_is_full(services, product):
 
     def produce_when_room(topic, value, headers):
         waits.append(value)
-        ProductWorker._produce_when_room(worker, topic, value, headers)
+        Publisher._produce_when_room(worker, topic, value, headers)
 
     worker._produce_when_room = produce_when_room
     headers = [("epoch", b"7"), ("node", b"n1")]
     events = [b'{"sequence":%d}' % i for i in range(1, 3001)]
 
-    ProductWorker.publish(worker, events[:1500], headers)
-    ProductWorker.publish(worker, [], headers)  # a batch whose events were all published before
-    ProductWorker.publish(worker, events[1500:], headers)
+    Publisher.publish(worker, events[:1500], headers)
+    Publisher.publish(worker, [], headers)  # a batch whose events were all published before
+    Publisher.publish(worker, events[1500:], headers)
     assert producer.flush(30) == 0
     assert len(waits) > 10  # the queue-full branch really ran
 
