@@ -236,11 +236,11 @@ class NodeRestarter:
         self.thread.join(5)
 
 
-def run_drill_cli(
+def drill_argv(
     services, cluster: Cluster, product: str, fault: str, admin_token: str, rounds: int = 5
-) -> dict:
-    """`orderbook-cluster drill ... --json` against the cluster; its report, after it succeeded."""
-    argv = [
+) -> list[str]:
+    """The command line of `orderbook-cluster drill ... --json` against the cluster."""
+    return [
         sys.executable,
         "-m",
         "cluster",
@@ -263,6 +263,13 @@ def run_drill_cli(
         admin_token,
         "--json",
     ]
+
+
+def run_drill_cli(
+    services, cluster: Cluster, product: str, fault: str, admin_token: str, rounds: int = 5
+) -> dict:
+    """`orderbook-cluster drill ... --json` against the cluster; its report, after it succeeded."""
+    argv = drill_argv(services, cluster, product, fault, admin_token, rounds)
     result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
     report = json.loads(result.stdout)

@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from cluster.redis_state import leader_key, sync_client
-from tests.integration.harness import wait_until
+from tests.integration.harness import drill_argv, wait_until
 from tests.integration.test_failover import (
     ADMIN_TOKEN,
     Load,
@@ -104,27 +104,7 @@ def test_rolling_restart_drill_restarts_every_node_and_the_streams_stay_whole(se
             60,
             f"three caught-up processes for {product}",
         )
-    argv = [
-        sys.executable,
-        "-m",
-        "cluster",
-        "drill",
-        "--kafka",
-        services.bootstrap,
-        "--redis",
-        services.redis_url,
-        "--config",
-        str(cluster.config),
-        "--product",
-        ",".join(products),
-        "--fault",
-        "rolling-restart",
-        "--rate",
-        "300",
-        "--admin-token",
-        ADMIN_TOKEN,
-        "--json",
-    ]
+    argv = drill_argv(services, cluster, ",".join(products), "rolling-restart", ADMIN_TOKEN)
     result = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
     report = json.loads(result.stdout)
