@@ -17,8 +17,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,9 +24,9 @@ from pathlib import Path
 import click
 import msgspec
 
-from cluster.bench_e2e import BenchError, BenchNode, _exit_on_sigterm
+from cluster.bench_e2e import BenchError, BenchNode, _exit_on_sigterm, start_node
 from cluster.drill import OrderLoad, OutputWatcher, _wait
-from cluster.embedded import embedded_services, free_port
+from cluster.embedded import embedded_services
 from cluster.kafka_io import ensure_topics, order_topic, product_topics
 from cluster.send import produce_orders
 from cluster.verify import check_stream, expected_events, read_records
@@ -69,22 +67,6 @@ def resting_orders(product: str, count: int, start_id: int, start_ts_ms: int):
         )
 
 
-def start_node(node_id: str, bootstrap: str, redis_url: str, products: list[str], work: Path) -> BenchNode:
-    """One `start` subprocess of the two nodes."""
-    config = work / "products.toml"
-    config.write_text("".join(f'[products."{p}"]\nbase_scale = 6\nquote_scale = 2\n\n' for p in products))
-    port = free_port()
-    argv = [sys.executable, "-m", "cluster", "start", "--products", ",".join(products)]
-    argv += ["--kafka", bootstrap, "--redis", redis_url, "--config", str(config), "--node-id", node_id]
-    argv += ["--http-port", str(port), "--state-dir", str(work / node_id)]
-    log_path = work / f"{node_id}.log"
-    with open(log_path, "ab") as log_file:  # its own process group: the whole node can be killed at once
-        process = subprocess.Popen(
-            argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-    return BenchNode(products, process, port, log_path)
-
-
 def leader_of(nodes: dict[str, BenchNode], product: str) -> tuple[str, dict] | None:
     """(node id, its status of the product) of the node whose process leads it."""
     for node_id, node in nodes.items():
@@ -119,7 +101,11 @@ def run_availability(
         produce_orders(bootstrap, product, resting_orders(product, resting, 1, start_ts_ms))
     with tempfile.TemporaryDirectory(prefix="bench-availability-") as tmp:
         work = Path(tmp)
-        nodes = {n: start_node(n, bootstrap, redis_url, products, work) for n in ("avail-1", "avail-2")}
+        # INFO: the report counts the nodes' demotion and handover lines
+        nodes = {
+            n: start_node(bootstrap, redis_url, products, work, False, node_id=n, log_level="INFO")
+            for n in ("avail-1", "avail-2")
+        }
         spinners: list[multiprocessing.Process] = []
         try:
             for product in products:

@@ -115,15 +115,17 @@ def start_node(
     passthrough: bool,
     core: str = "auto",
     copies_per_mille: int = 1000,
+    node_id: str | None = None,
+    log_level: str = "WARNING",
 ) -> BenchNode:
     """Start a node for `products` with their generated config; logs go to a file in `work`."""
     config = work / f"products-{products[0]}.toml"
     config.write_text("".join(f'[products."{p}"]\nbase_scale = 6\nquote_scale = 2\n\n' for p in products))
     port = free_port()
-    node_id = f"bench-{products[0].lower()}"
+    node_id = node_id or f"bench-{products[0].lower()}"
     argv = [sys.executable, "-m", "cluster", "start", "--products", ",".join(products)]
     argv += ["--kafka", bootstrap, "--redis", redis_url, "--config", str(config), "--node-id", node_id]
-    argv += ["--http-port", str(port), "--state-dir", str(work / node_id), "--log-level", "WARNING"]
+    argv += ["--http-port", str(port), "--state-dir", str(work / node_id), "--log-level", log_level]
     if passthrough:
         argv += ["--passthrough", "--passthrough-copies", str(copies_per_mille / 1000)]
     else:

@@ -25,7 +25,7 @@ import msgspec
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from cluster.kafka_io import client_config, message_topic, order_topic, quiet_librdkafka
-from cluster.redis_state import NODE_ADDRESSES_KEY, leader_key, sync_client
+from cluster.redis_state import NODE_ADDRESSES_KEY, lease_holder, sync_client
 from cluster.send import record_timestamp_ms
 from cluster.verify import StreamReport, check_stream, expected_events, read_records
 from cluster.workload import generate_orders
@@ -236,13 +236,9 @@ def _wait(condition, timeout_s: float, interval_s: float = 0.01):
 def current_lease(redis_client, product: str) -> tuple[int, str] | None:
     """(epoch, node) of the product's leader, from its lease; None while nobody holds it."""
     try:
-        value = redis_client.get(leader_key(product))
+        return lease_holder(redis_client, product)
     except Exception:  # noqa: BLE001 - Redis may be the thing being restarted
         return None
-    if not value:
-        return None
-    epoch, _, token = value.decode().partition("|")
-    return int(epoch), token.rsplit(":", 2)[0]
 
 
 def post_fault(address: str, token: str, fault: str, product: str, pause_s: float | None) -> dict:

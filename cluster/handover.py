@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from cluster.redis_state import handover_request_key, leader_key, sync_client
+from cluster.redis_state import handover_request_key, lease_holder, sync_client
 
 REQUEST_TTL_MS = 10_000  # a request nobody acted on does not linger to surprise a later leader
 
@@ -29,15 +29,6 @@ class Handover:
     new_node: str
     new_epoch: int
     took_ms: float
-
-
-def lease_holder(client, product: str) -> tuple[int, str] | None:
-    """(epoch, node) of the product's current leader, or None."""
-    value = client.get(leader_key(product))
-    if not value:
-        return None
-    epoch, _, token = value.decode().partition("|")
-    return int(epoch), token.rsplit(":", 2)[0]
 
 
 def request_handover(redis_url: str, product: str, to_node: str | None, timeout_s: float) -> Handover:

@@ -320,6 +320,16 @@ class LeaseRenewal:
         return bool(self._renew(keys=[self.key], args=[lease_value, ttl_ms]))
 
 
+def lease_holder(client: redis.Redis, product: str) -> tuple[int, str] | None:
+    """(epoch, node) of the product's leader, read from its lease value `<epoch>|<node>:<pid>:<nonce>`;
+    None while nobody holds it (none yet, or expired)."""
+    value = client.get(leader_key(product))
+    if not value:
+        return None
+    epoch, _, token = value.decode().partition("|")
+    return int(epoch), token.rsplit(":", 2)[0]
+
+
 def release_sync(client: redis.Redis, product: str, token: str) -> bool:
     """Release a dead child's lease from the supervisor, so failover need not wait for the TTL."""
     return bool(client.eval(RELEASE, 1, leader_key(product), token))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from cluster.redis_state import leader_key, progress_key, snapshot_key, status_key, sync_client
+from cluster.redis_state import lease_holder, progress_key, snapshot_key, status_key, sync_client
 
 STATUS_FRESH_MS = 5000
 
@@ -28,9 +28,7 @@ def collect_status(redis_url: str, products: list[str] | None = None) -> dict:
     now_ms = int(time.time() * 1000)
     doc: dict = {"products": {}}
     for product in products or _products_in(client):
-        lease = client.get(leader_key(product))
-        # `<epoch>|<node>:<pid>:<nonce>`; no lease (none yet, or expired): no leader, epoch 0.
-        epoch, _, token = lease.decode().partition("|") if lease else ("0", "", "")
+        epoch, leader_node = lease_holder(client, product) or (0, None)  # no lease: no leader, epoch 0
         progress = client.hgetall(progress_key(product))
         snap = client.hmget(snapshot_key(product), "sequence", "offset", "created_ms")
         processes = [
@@ -41,9 +39,9 @@ def collect_status(redis_url: str, products: list[str] | None = None) -> dict:
         processes.sort(key=lambda p: (p["role"] != "leader", p["node"]))
         leader = next((p for p in processes if p["role"] == "leader"), None)
         doc["products"][product] = {
-            "leader_node": token.rsplit(":", 2)[0] if token else None,
+            "leader_node": leader_node,
             "leader_pid": leader["pid"] if leader else None,
-            "epoch": int(epoch or 0),
+            "epoch": epoch,
             "input_offset_processed": int(progress.get(b"offset", 0)),
             "last_sequence_published": int(progress.get(b"sequence", 0)),
             "lag": leader["read_ahead"] if leader else None,

@@ -384,10 +384,8 @@ class ProductWorker:
         """A standby is caught up when it applied input up to the leader's recorded progress, and
         can lead from memory: a stepped-down leader whose computed events nobody has delivered
         yet is not (it would have to restart to lead, see become_leader)."""
-        if self.undelivered_state and self.progress_seen[0] >= self.engine.sequence:
-            self.undelivered_state = False  # the new leader has delivered all it had computed
         return (
-            not self.undelivered_state
+            not self.must_restart_to_lead()
             and not self.state_check.diverged
             and self.progress_seen[1] - self.next_offset <= self.timing.caught_up_slack
         )
@@ -636,8 +634,6 @@ class ProductWorker:
                 await self.redis.client.ping()
                 return
             except Exception as exc:  # noqa: BLE001
-                if cancelling():
-                    raise
                 if self.stopping:
                     raise
                 log.warning("redis not reachable product=%s error=%s", self.product, exc)
@@ -679,8 +675,10 @@ class ProductWorker:
         self.state_check.follow(checkpoint, leader_snapshot, self.next_offset)
 
     def must_restart_to_lead(self) -> bool:
-        """Whether winning the lease would make this process restart (see become_leader)."""
-        self.caught_up()  # clears undelivered_state once the recorded progress covers it
+        """Whether winning the lease would make this process restart (see become_leader): it
+        stepped down with computed events, and the recorded progress does not cover them yet."""
+        if self.undelivered_state and self.progress_seen[0] >= self.engine.sequence:
+            self.undelivered_state = False  # the new leader has delivered all it had computed
         return self.undelivered_state
 
     def want_handover(self, target: str) -> None:

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from cluster.redis_state import leader_key, sync_client
+from cluster.redis_state import lease_holder, sync_client
 from tests.integration.harness import drill_argv, wait_until
 from tests.integration.test_failover import (
     ADMIN_TOKEN,
@@ -26,8 +26,8 @@ pytestmark = pytest.mark.integration
 
 
 def leader_node(redis_url: str, product: str) -> str | None:
-    value = sync_client(redis_url).get(leader_key(product))
-    return value.decode().partition("|")[2].rsplit(":", 2)[0] if value else None
+    holder = lease_holder(sync_client(redis_url), product)
+    return holder[1] if holder else None
 
 
 def test_handover_command_moves_the_leader_without_a_restart(services, cluster_factory, product):
