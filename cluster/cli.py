@@ -22,16 +22,16 @@ from pathlib import Path
 
 import click
 
-from cluster.bench_availability import availability as bench_availability
-from cluster.bench_core import core as bench_core
-from cluster.bench_e2e import e2e as bench_e2e
-from cluster.bench_ids import ids as bench_ids
-from cluster.bench_replay import replay as bench_replay
+from cluster.bench.availability import availability as bench_availability
+from cluster.bench.core import core as bench_core
+from cluster.bench.e2e import e2e as bench_e2e
+from cluster.bench.ids import ids as bench_ids
+from cluster.bench.replay import replay as bench_replay
 from cluster.connection import DEFAULT_STATE_DIR, Connection, check_redis, connection_options, kafka_topics
-from cluster.drill import FAULTS
 from cluster.http_api import DEFAULT_HTTP_PORT
-from cluster.replay import replay
 from cluster.settings import SettingsError, parse_timing, redact_url
+from cluster.tools.drill import FAULTS
+from cluster.tools.replay import replay
 
 PACKAGED_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "products.toml"
 
@@ -228,7 +228,7 @@ def start(
 @connection_options
 def status(conn, products, as_json) -> None:
     """Per product: leader, standbys, epoch, offsets, sequence, snapshot age, events/s."""
-    from cluster.status import collect_status, format_status
+    from cluster.tools.status import collect_status, format_status
 
     redis_url = conn.redis()
     doc = collect_status(redis_url, products.split(",") if products else None)
@@ -251,7 +251,7 @@ def send(conn, product, generate, seed, start_id, source) -> None:
     acknowledged every one.
     """
     from cluster.kafka_io import order_topic
-    from cluster.send import send_orders
+    from cluster.tools.send import send_orders
 
     if (source is None) == (generate is None):
         raise click.UsageError("give a SOURCE file (or -) or --generate N")
@@ -282,7 +282,7 @@ def tail(conn, product, count, idle_timeout) -> None:
     without one) or Ctrl-C. A product without topics is an error at once.
     """
     from cluster.kafka_io import message_topic
-    from cluster.send import tail_events
+    from cluster.tools.send import tail_events
 
     bootstrap = conn.kafka(message_topic(product))
     for line in tail_events(
@@ -305,8 +305,8 @@ def tail(conn, product, count, idle_timeout) -> None:
 @connection_options
 def dlq(conn, product, count, idle_timeout, as_json) -> None:
     """Print a product's dead letters: reason, source offset, and the record's first 120 bytes."""
-    from cluster.dlq import dead_letters, format_letter
     from cluster.kafka_io import dlq_topic
+    from cluster.tools.dlq import dead_letters, format_letter
 
     bootstrap = conn.kafka(dlq_topic(product))
     letters = dead_letters(bootstrap, product, count=count, idle_timeout=idle_timeout or None)
@@ -323,7 +323,7 @@ def dlq(conn, product, count, idle_timeout, as_json) -> None:
 @connection_options
 def handover(conn, product, to_node, timeout_s) -> None:
     """Hand a product's leadership to a caught-up standby: everything is delivered first, no kill."""
-    from cluster.handover import HandoverError, request_handover
+    from cluster.tools.handover import HandoverError, request_handover
 
     try:
         done = request_handover(conn.redis(), product, to_node, timeout_s)
@@ -369,8 +369,8 @@ def handover(conn, product, to_node, timeout_s) -> None:
 @connection_options
 def drill(conn, config, product, fault, rounds, rate, pause_s, admin_token, as_json) -> None:
     """Fault drill: steady load, inject a fault at the leader, time the takeover, check the stream."""
-    from cluster.drill import DrillError, format_report, run_drill
     from cluster.kafka_io import message_topic, order_topic
+    from cluster.tools.drill import DrillError, format_report, run_drill
     from engine.config import load_products
 
     names = [p for p in product.split(",") if p]
@@ -387,7 +387,7 @@ def drill(conn, config, product, fault, rounds, rate, pause_s, admin_token, as_j
         raise click.UsageError(f"--fault {fault} drills one product")
     log = (lambda _line: None) if as_json else (lambda line: click.echo(line, err=True))
     if fault == "rolling-restart":
-        from cluster.rolling import format_rolling, run_rolling_restart
+        from cluster.tools.rolling import format_rolling, run_rolling_restart
 
         try:
             rolling = run_rolling_restart(

@@ -8,7 +8,7 @@ the rounds alternate the two and the report compares medians. Each run has two p
 node with N products on N processes:
 
 - Throughput: M orders per product are preloaded (the deterministic stream of
-  cluster/workload.py), then the node starts and drains them. Orders/s = M / (producer timestamp
+  cluster/tools/workload.py), then the node starts and drains them. Orders/s = M / (producer timestamp
   of the last output record - that of the first), read back from the output topic once /status
   shows every input applied and every output delivered. So start-up is excluded, and the
   benchmark's own consumer does not compete with the node while it works.
@@ -50,11 +50,11 @@ from pathlib import Path
 import click
 import msgspec
 
-from cluster.bench_latency import BenchError, latency_phase
+from cluster.bench.latency import BenchError, latency_phase
 from cluster.embedded import embedded_services, free_port
 from cluster.kafka_io import ensure_topics, message_topic, product_topics, read_topic
-from cluster.send import produce_orders
-from cluster.workload import generate_orders
+from cluster.tools.send import produce_orders
+from cluster.tools.workload import generate_orders
 from engine.native import resolve_core
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

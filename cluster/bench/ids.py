@@ -26,7 +26,7 @@ import time
 import click
 import msgspec
 
-from cluster.replay import default_config_path
+from cluster.tools.replay import default_config_path
 from engine.config import load_products
 from engine.native import make_engine
 

@@ -19,10 +19,10 @@ import msgspec
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from cluster.kafka_io import message_topic, order_topic
-from cluster.workload import generate_orders
+from cluster.tools.workload import generate_orders
 
 if TYPE_CHECKING:
-    from cluster.bench_e2e import BenchNode
+    from cluster.bench.e2e import BenchNode
 
 LATENCY_START_ID = 50_000_000
 LATENCY_WARMUP_S = 2.0

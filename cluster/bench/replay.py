@@ -1,6 +1,6 @@
 """`orderbook-cluster bench replay`: the `replay` command's throughput on each core, in one run.
 
-A realistic stream (cluster/workload.py: limits, markets, cancels, IOC/FOK/GTX, STP, plus
+A realistic stream (cluster/tools/workload.py: limits, markets, cancels, IOC/FOK/GTX, STP, plus
 rejects and dead letters) is written to a file; every round replays it once per core, from the
 file to an output file, as `orderbook-cluster replay --core ...` does (read lines, created_at,
 match, write events and dead letters). Rounds alternate the cores; the figures are medians.
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import click
 
-from cluster.replay import default_config_path, replay_stream
-from cluster.workload import orders_with_faults_jsonl
+from cluster.tools.replay import default_config_path, replay_stream
+from cluster.tools.workload import orders_with_faults_jsonl
 from engine.config import load_products
 from engine.native import native_available
 
