@@ -28,18 +28,10 @@ from cluster.bench.e2e import e2e as bench_e2e
 from cluster.bench.ids import ids as bench_ids
 from cluster.bench.replay import replay as bench_replay
 from cluster.connection import DEFAULT_STATE_DIR, Connection, check_redis, connection_options, kafka_topics
-from cluster.http_api import DEFAULT_HTTP_PORT
-from cluster.settings import SettingsError, parse_timing, redact_url
+from cluster.options import config_option, core_option, json_option, seed_option
+from cluster.settings import NodeSettings, SettingsError, parse_timing, redact_url
 from cluster.tools.drill import FAULTS
 from cluster.tools.replay import replay
-
-PACKAGED_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "products.toml"
-
-
-def default_config() -> Path:
-    """configs/products.toml in the working directory, else the one shipped with the package."""
-    local = Path("configs/products.toml")
-    return local if local.exists() else PACKAGED_CONFIG
 
 
 def setup_logging(level: str) -> None:
@@ -74,16 +66,11 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--products", required=True, help="Comma-separated products, e.g. BTC-USD,ETH-USD.")
-@click.option(
-    "--config",
-    type=click.Path(path_type=Path, exists=True),
-    default=default_config,
-    help="Product settings (TOML).",
-)
+@config_option()
 @click.option("--node-id", default=socket.gethostname, help="This node's name (a StatefulSet pod name).")
-@click.option("--http-host", default="127.0.0.1", help="Address of the health/metrics endpoints.")
+@click.option("--http-host", default=NodeSettings.http_host, help="Address of the health/metrics endpoints.")
 @click.option(
-    "--http-port", type=int, default=DEFAULT_HTTP_PORT, help="Port of the health/metrics endpoints."
+    "--http-port", type=int, default=NodeSettings.http_port, help="Port of the health/metrics endpoints."
 )
 @click.option(
     "--advertise-host", default=None, help="Host at which drills and other nodes reach this node's HTTP."
@@ -106,14 +93,7 @@ def cli() -> None:
     help="Publish each batch in a Kafka transaction (transactional.id per product), so the broker "
     "fences a zombie leader too. Needs a broker with transactions; consumers read_committed.",
 )
-@click.option(
-    "--core",
-    type=click.Choice(["auto", "native", "python"]),
-    default="auto",
-    show_default=True,
-    help="Matching core: native (C, engine/_native.c), python (engine/matching.py, the reference) or "
-    "auto (native when built). Both give byte-identical events and snapshots.",
-)
+@core_option
 @click.option("--passthrough", is_flag=True, hidden=True, help="Benchmarks only: copy input to output.")
 @click.option(
     "--passthrough-copies",
@@ -224,7 +204,7 @@ def start(
 
 @cli.command()
 @click.option("--products", default=None, help="Products to show (default: every product found in Redis).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
+@json_option("One JSON object instead of a table.")
 @connection_options
 def status(conn, products, as_json) -> None:
     """Per product: leader, standbys, epoch, offsets, sequence, snapshot age, events/s."""
@@ -240,7 +220,7 @@ def status(conn, products, as_json) -> None:
 @click.option(
     "--generate", type=int, default=None, help="Send N generated realistic orders instead of a file."
 )
-@click.option("--seed", type=int, default=1, show_default=True, help="Random seed of generated orders.")
+@seed_option
 @click.option("--start-id", type=int, default=1, help="First order id of generated orders.")
 @click.argument("source", required=False, type=click.File("rb"))
 @connection_options
@@ -301,7 +281,7 @@ def tail(conn, product, count, idle_timeout) -> None:
     show_default=True,
     help="Stop when no dead letter came for this many seconds (0: follow until Ctrl-C).",
 )
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per dead letter.")
+@json_option("One JSON object per dead letter.")
 @connection_options
 def dlq(conn, product, count, idle_timeout, as_json) -> None:
     """Print a product's dead letters: reason, source offset, and the record's first 120 bytes."""
@@ -336,12 +316,7 @@ def handover(conn, product, to_node, timeout_s) -> None:
 
 
 @cli.command()
-@click.option(
-    "--config",
-    type=click.Path(path_type=Path, exists=True),
-    default=default_config,
-    help="Product settings (TOML): the drill product's, for the stream check.",
-)
+@config_option("Product settings (TOML): the drill product's, for the stream check.")
 @click.option(
     "--product",
     required=True,
@@ -365,7 +340,7 @@ def handover(conn, product, to_node, timeout_s) -> None:
 @click.option(
     "--admin-token", default=None, help="The nodes' admin token (embedded default: found by itself)."
 )
-@click.option("--json", "as_json", is_flag=True, help="The report as one JSON object, no progress lines.")
+@json_option("The report as one JSON object, no progress lines.")
 @connection_options
 def drill(conn, config, product, fault, rounds, rate, pause_s, admin_token, as_json) -> None:
     """Fault drill: steady load, inject a fault at the leader, time the takeover, check the stream."""

@@ -20,7 +20,7 @@ import tracemalloc
 import click
 import msgspec
 
-from cluster.tools.replay import default_config_path
+from cluster.options import default_config_path, json_option, seed_option
 from cluster.tools.workload import generate_orders
 from engine.config import load_products
 from engine.matching import MatchingEngine
@@ -102,8 +102,8 @@ def run_bench(orders: int, seed: int, product: str = "BTC-USD") -> dict:
 
 @click.command()
 @click.option("--orders", default=200_000, show_default=True, help="Timed orders (after the warm-up).")
-@click.option("--seed", default=1, show_default=True, help="Workload seed.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@seed_option
+@json_option()
 def core(orders: int, seed: int, as_json: bool) -> None:
     """Benchmark the pure matching core (no Kafka, no Redis)."""
     result = run_bench(orders, seed)

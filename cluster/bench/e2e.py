@@ -53,6 +53,7 @@ import msgspec
 from cluster.bench.latency import BenchError, latency_phase
 from cluster.embedded import embedded_services, free_port
 from cluster.kafka_io import ensure_topics, message_topic, product_topics, read_topic
+from cluster.options import core_option, json_option, seed_option
 from cluster.tools.send import produce_orders
 from cluster.tools.workload import generate_orders
 from engine.native import resolve_core
@@ -531,17 +532,11 @@ def _exit_on_sigterm(signum, frame) -> None:
     help="Also run the passthrough at the engine's output volume (as many records out per order as "
     "the engine's events): the limit of any core under this contract's one record per event.",
 )
-@click.option("--seed", type=int, default=1, show_default=True, help="Random seed of the generated orders.")
+@seed_option
 @click.option("--kafka", default=None, help="Use this broker (with --redis) instead of starting one.")
 @click.option("--redis", default=None, help="Use this Redis (with --kafka) instead of starting one.")
-@click.option(
-    "--core",
-    type=click.Choice(["auto", "native", "python"]),
-    default="auto",
-    show_default=True,
-    help="The engine run's matching core (see `start --core`).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@core_option
+@json_option()
 def e2e(n, orders, rate, seconds, rounds, volume_matched, seed, kafka, redis, core, as_json) -> None:
     """End to end: sustained orders/s, order-to-event latency, CPU and memory, vs the passthrough limit."""
     if bool(kafka) != bool(redis):
