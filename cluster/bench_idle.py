@@ -33,7 +33,7 @@ import msgspec
 import redis
 from confluent_kafka import Producer
 
-from cluster.bench_e2e import BenchNode, _exit_on_sigterm, cpu_seconds, start_node, wait_for
+from cluster.bench_e2e import BenchNode, _exit_on_sigterm, cpu_seconds, restart_reasons, start_node, wait_for
 from cluster.bench_latency import BenchError, LatencyProbe, latency_phase
 from cluster.embedded import embedded_services
 from cluster.kafka_io import order_topic
@@ -107,6 +107,15 @@ def cpu_total(pids) -> float:
 def acquisitions(client: redis.Redis, products: list[str]) -> int:
     """Leader acquisitions so far: the sum of the epoch counters (one INCR per acquisition)."""
     return sum(int(v or 0) for v in client.mget([epoch_key(p) for p in products]))
+
+
+LEASE_TROUBLE = ("matching loop stalled", "lease renewer late", "lease renew slow", "lease renew failed")
+
+
+def lease_trouble(log_text: str) -> dict[str, int]:
+    """How often the node logged each kind of lease trouble, and why processes stepped down."""
+    counts = {kind: log_text.count(kind) for kind in LEASE_TROUBLE if kind in log_text}
+    return counts | restart_reasons(log_text)
 
 
 def mb(kb: float) -> float:
@@ -202,6 +211,7 @@ def run_idle(
                 dataclasses.replace(node, products=busy), bootstrap, status, rate, 5.0, seed, False
             )
             cores = sorted({status[p].get("core", "unknown") for p in products})
+            trouble = lease_trouble(node.log_path.read_text(errors="replace"))
         finally:
             node.stop()
     return {
@@ -222,6 +232,7 @@ def run_idle(
         "redis_rss_mb": mb(memory_kb(redis_pid).get("rss", 0)),
         "leader_acquisitions": acquired,
         "leader_acquisitions_in_window": acquired_window,
+        "lease_trouble": trouble,
         "first_order_after_idle": idle_latency,
         "busy": {"products": busy_products, **busy_latency},
         "first_order_p99_over_busy_p99": round(idle_latency["p99_ms"] / busy_latency["p99_ms"], 2),
@@ -239,7 +250,8 @@ def format_report(r: dict) -> str:
             f"USS per product median {r['uss_mb_per_product']['median']} MB (max {r['uss_mb_per_product']['max']}), "
             f"RSS median {r['rss_mb_per_product']['median']} MB, threads {r['threads_per_product']}; node total PSS "
             f"{r['node_total_pss_mb']} MB, broker RSS {r['broker_rss_mb']} MB, redis RSS {r['redis_rss_mb']} MB",
-            f"leader acquisitions {r['leader_acquisitions']} ({r['leader_acquisitions_in_window']} in the window)",
+            f"leader acquisitions {r['leader_acquisitions']} ({r['leader_acquisitions_in_window']} in the window); "
+            f"lease trouble {r['lease_trouble'] or 'none'}",
             f"first order after {r['idle_s']:g} s idle: p50 {idle['p50_ms']} ms, p99 {idle['p99_ms']} ms; busy "
             f"({busy['products']} product(s) at {busy['offered_per_product_per_s']}/s) p50 {busy['p50_ms']} ms, "
             f"p99 {busy['p99_ms']} ms; ratio {r['first_order_p99_over_busy_p99']}",
