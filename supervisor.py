@@ -89,6 +89,7 @@ def _child_entry(
     # Objects the forkserver imported stay out of collections: a collection writes to every object
     # it scans, which would copy the shared pages into this process.
     gc.freeze()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the forkserver may ignore it (cluster/forkserver_init.py)
     # The supervisor gone (SIGKILL, OOM) means nobody reaps, restarts or releases leases: stop as
     # on the supervisor's own SIGTERM (drain, release the lease) rather than lead on as an orphan.
     # The parent is the forkserver, which exits when the supervisor does; a supervisor that died

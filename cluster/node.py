@@ -28,10 +28,11 @@ from supervisor import ChildSpec, Supervisor
 
 log = logging.getLogger(__name__)
 
-# What the forkserver imports once for every product process (supervisor.py): the worker and,
-# through it, the engine and its C core, confluent-kafka, redis and msgspec; and uvloop, which the
-# worker imports when it starts. A module that fails to import here is imported by the child.
-PRODUCT_PRELOAD = ("cluster.worker", "engine._native", "redis.asyncio", "uvloop")
+# What the forkserver imports once for every product process (supervisor.py): first what keeps it
+# alive through a SIGTERM to the node's process group, then the worker and, through it, the engine
+# and its C core, confluent-kafka, redis and msgspec; and uvloop, which the worker imports when it
+# starts. A module that fails to import here is imported by the child.
+PRODUCT_PRELOAD = ("cluster.forkserver_init", "cluster.worker", "engine._native", "redis.asyncio", "uvloop")
 
 
 class Node:
