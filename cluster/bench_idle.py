@@ -200,16 +200,19 @@ def run_idle(
                 time.sleep(left)
             node.check_alive()
             status = node.status()
-            idle_latency = first_orders(bootstrap, node, status, gap_ms / 1000, seed)
+            try:
+                idle_latency = first_orders(bootstrap, node, status, gap_ms / 1000, seed)
+            except BenchError as exc:  # the idle figures above still stand: report them with the failure
+                idle_latency = {"error": str(exc)}
             acquired = acquisitions(redis_client, products)
-            progress(f"busy latency on {busy_products} product(s) at {rate:g} orders/s each")
-            busy = products[:busy_products]
-            status = wait_for(
-                node, lambda s: s.get("delivered_sequence", 0) >= s.get("sequence", 1) > 0, 60, "delivery"
-            )
-            busy_latency = latency_phase(
-                dataclasses.replace(node, products=busy), bootstrap, status, rate, 5.0, seed, False
-            )
+            busy_latency = {"error": "not run: the first orders failed"}
+            if "error" not in idle_latency:
+                progress(f"busy latency on {busy_products} product(s) at {rate:g} orders/s each")
+                status = wait_for(
+                    node, lambda s: s.get("delivered_sequence", 0) >= s.get("sequence", 1) > 0, 60, "delivery"
+                )
+                busy = dataclasses.replace(node, products=products[:busy_products])
+                busy_latency = latency_phase(busy, bootstrap, status, rate, 5.0, seed, False)
             cores = sorted({status[p].get("core", "unknown") for p in products})
             trouble = lease_trouble(node.log_path.read_text(errors="replace"))
         finally:
@@ -235,13 +238,23 @@ def run_idle(
         "lease_trouble": trouble,
         "first_order_after_idle": idle_latency,
         "busy": {"products": busy_products, **busy_latency},
-        "first_order_p99_over_busy_p99": round(idle_latency["p99_ms"] / busy_latency["p99_ms"], 2),
+        "first_order_p99_over_busy_p99": (
+            round(idle_latency["p99_ms"] / busy_latency["p99_ms"], 2) if "p99_ms" in busy_latency else None
+        ),
     }
 
 
 def format_report(r: dict) -> str:
     """A few lines for a terminal."""
     idle, busy = r["first_order_after_idle"], r["busy"]
+    if "error" in idle:
+        latency = f"first orders after {r['idle_s']:g} s idle: {idle['error']}"
+    else:
+        latency = (
+            f"first order after {r['idle_s']:g} s idle: p50 {idle['p50_ms']} ms, p99 {idle['p99_ms']} ms; busy "
+            f"({busy['products']} product(s) at {busy['offered_per_product_per_s']}/s) p50 {busy['p50_ms']} ms, "
+            f"p99 {busy['p99_ms']} ms; ratio {r['first_order_p99_over_busy_p99']}"
+        )
     return "\n".join(
         [
             f"{r['products']} idle products, {r['core']} core, {r['cpus']} CPUs, window {r['window_s']} s",
@@ -252,9 +265,7 @@ def format_report(r: dict) -> str:
             f"{r['node_total_pss_mb']} MB, broker RSS {r['broker_rss_mb']} MB, redis RSS {r['redis_rss_mb']} MB",
             f"leader acquisitions {r['leader_acquisitions']} ({r['leader_acquisitions_in_window']} in the window); "
             f"lease trouble {r['lease_trouble'] or 'none'}",
-            f"first order after {r['idle_s']:g} s idle: p50 {idle['p50_ms']} ms, p99 {idle['p99_ms']} ms; busy "
-            f"({busy['products']} product(s) at {busy['offered_per_product_per_s']}/s) p50 {busy['p50_ms']} ms, "
-            f"p99 {busy['p99_ms']} ms; ratio {r['first_order_p99_over_busy_p99']}",
+            latency,
         ]
     )
 
