@@ -840,7 +840,6 @@ class ProductWorker:
         stall) is about the past: it must not end a later leadership."""
         if self.leader is leadership:
             self.demotion = reason
-            self.wake()
 
     async def watch_loop_stalls(self) -> None:
         """Measure how long the event loop is held up: a timer's lateness is the stall it waited
