@@ -25,6 +25,7 @@ import click
 from cluster.bench.availability import availability as bench_availability
 from cluster.bench.core import core as bench_core
 from cluster.bench.e2e import e2e as bench_e2e
+from cluster.bench.idle import idle as bench_idle
 from cluster.bench.ids import ids as bench_ids
 from cluster.bench.replay import replay as bench_replay
 from cluster.connection import DEFAULT_STATE_DIR, Connection, check_redis, connection_options, kafka_topics
@@ -409,6 +410,7 @@ bench.add_command(bench_e2e, "e2e")
 bench.add_command(bench_replay, "replay")
 bench.add_command(bench_availability, "availability")
 bench.add_command(bench_ids, "ids")
+bench.add_command(bench_idle, "idle")
 cli.add_command(replay)
 
 __all__ = ["DEFAULT_STATE_DIR", "cli", "main", "redact_url", "service_address"]

@@ -28,6 +28,12 @@ from supervisor import ChildSpec, Supervisor
 
 log = logging.getLogger(__name__)
 
+# What the forkserver imports once for every product process (supervisor.py): first what keeps it
+# alive through a SIGTERM to the node's process group, then the worker and, through it, the engine
+# and its C core, confluent-kafka, redis and msgspec; and uvloop, which the worker imports when it
+# starts. A module that fails to import here is imported by the child.
+PRODUCT_PRELOAD = ("cluster.forkserver_init", "cluster.worker", "engine._native", "redis.asyncio", "uvloop")
+
 
 class Node:
     """Everything `start` runs for one --node-id."""
@@ -39,7 +45,9 @@ class Node:
         self.redis = sync_client(settings.redis_url, timeout_s=0.5)
         self.last_heartbeat = 0.0
         specs = [ChildSpec(p, run_product, (settings, p)) for p in settings.products]
-        self.supervisor = Supervisor(specs, settings.node_id, on_exit=self.child_exited, on_tick=self.tick)
+        self.supervisor = Supervisor(
+            specs, settings.node_id, on_exit=self.child_exited, on_tick=self.tick, preload=PRODUCT_PRELOAD
+        )
         self.http: http_api.HttpServer | None = None
         self.restart_requested = False
         # Work an HTTP handler thread hands to the main loop: restarted servers must be forked by
@@ -245,8 +253,8 @@ class Node:
 def log_core(wanted: str) -> None:
     """Say which matching core the product processes take, and warn when `auto` fell back to the
     Python core: e.g. `python -m cluster` run from a checkout imports that source tree, which has no
-    C core built in place, even when the installed package has one. (Children are spawned with
-    this process's sys.path, so they import the same engine.)"""
+    C core built in place, even when the installed package has one. (Children are started with
+    this process's sys.path, by a forkserver that preloads it: they import the same engine.)"""
     took = resolve_core(wanted)
     if wanted == "auto" and took == "python":
         log.warning(

@@ -76,7 +76,10 @@ class StatusReporter:
             except Exception:  # noqa: BLE001 - status is best effort
                 if cancelling():
                     raise
-                pass
+            if cancelling():
+                # The client swallowed the cancellation (redis-py's asyncio connection can): a task
+                # that went on would keep the process from ever finishing its stop.
+                raise asyncio.CancelledError
             await asyncio.sleep(self.every_s)
 
     def sync_counters(self, now: tuple[int, int, int, int]) -> None:

@@ -62,9 +62,14 @@ class Timing:
     progress_every_ms: int = 20
     consume_batch: int = 2000
     # How long the consumer thread waits for a first record when there is none. It returns as
-    # soon as one arrives, so this sets the idle wake-up rate, not latency.
-    consume_timeout_ms: int = 100
+    # soon as one arrives, and the loop is woken early for whatever it must act on (a stop, a
+    # handover, a standby's new limit), so this sets only the idle wake-up rate: once a second.
+    consume_timeout_ms: int = 1000
     fetch_wait_ms: int = 20
+    # After idle_after_ms without input a product reads with a second consumer whose fetches wait
+    # idle_fetch_wait_ms (cluster/worker.py, read_idle): 10 fetches a second instead of 50.
+    idle_fetch_wait_ms: int = 100
+    idle_after_ms: int = 3000
     producer_linger_ms: int = 2
     producer_batch_bytes: int = 1_000_000
     # Past this many undelivered messages the loop stops applying (and keeps renewing) until

@@ -63,6 +63,10 @@ CORRUPT_SIGNAL = signal.SIGUSR2
 LATENCY_MEASURABLE_S = 3600.0
 CORRUPT_ORDER_ID = 2**62
 LOOP_WATCH_PERIOD_S = 0.1  # how often the stall watch wakes; it sees stalls of any length
+# With no input for LOOP_WATCH_BUSY_S the watch wakes only this often: an idle loop has no order to
+# delay, and 48 idle products waking ten times a second each cost a tenth of a core between them.
+LOOP_WATCH_IDLE_PERIOD_S = 1.0
+LOOP_WATCH_BUSY_S = 1.0
 
 
 class ConfigMismatch(Exception):
@@ -105,6 +109,14 @@ class ProductWorker:
         self.diverged_since: float | None = None
         self.input_behind: dict | None = None  # set when the input log went backwards (cluster/input_log.py)
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"consume-{product}")
+        # The consumer thread's wait for input (up to consume_timeout_ms), kept across wake-ups:
+        # the loop may stop waiting for it (wake()) without a second poll being started.
+        self.input_wait: asyncio.Future | None = None
+        self.woken: asyncio.Future | None = None
+        # Set when the progress task has something to write (a batch, a snapshot, a new leadership);
+        # an idle leader's progress task sleeps on it instead of waking every progress_every_ms.
+        self.progress_due = asyncio.Event()
+        self.last_input_at = time.monotonic()  # when records last came in (idle reading, stall watch)
 
     # ---- start-up: the one recovery path -------------------------------------------------
     async def restore(self) -> None:
@@ -133,7 +145,8 @@ class ProductWorker:
         )
 
     def open_kafka(self) -> None:
-        """Consumer assigned at our offset; producer for events and dead letters."""
+        """Consumers of the order topic (one reads at a time, see read_idle) and the producer for
+        events and dead letters."""
         s = self.settings
         self.publisher = Publisher(s, self.product)
         self.consumer = kafka_io.make_consumer(
@@ -142,7 +155,33 @@ class ProductWorker:
             self.publisher.client_id,
             fetch_wait_ms=self.timing.fetch_wait_ms,
         )
-        self.consumer.assign([TopicPartition(kafka_io.order_topic(self.product), 0, self.next_offset)])
+        self.idle_consumer = kafka_io.make_consumer(
+            s.kafka_bootstrap,
+            s.kafka_extra,
+            f"{self.publisher.client_id}-idle",
+            fetch_wait_ms=self.timing.idle_fetch_wait_ms,
+        )
+        self.reading = self.consumer
+        self.consumer.assign([self.order_partition(self.next_offset)])
+
+    def order_partition(self, offset: int) -> TopicPartition:
+        return TopicPartition(kafka_io.order_topic(self.product), 0, offset)
+
+    def read_idle(self) -> None:
+        """No input for idle_after_ms: read with the idle consumer, whose longer fetch wait keeps a
+        quiet product from asking the broker for its topic 50 times a second (a broker that answers
+        a waiting fetch as soon as data arrives loses no latency by it; Tansu does not, so the first
+        order after idleness waits up to idle_fetch_wait_ms). Called with nothing pending and no
+        wait in flight, so next_offset is where reading goes on."""
+        self.consumer.unassign()
+        self.idle_consumer.assign([self.order_partition(self.next_offset)])
+        self.reading = self.idle_consumer
+
+    def read_busy(self, offset: int) -> None:
+        """Input arrived: back to the consumer with the short fetch wait, from `offset` on."""
+        self.idle_consumer.unassign()
+        self.consumer.assign([self.order_partition(offset)])
+        self.reading = self.consumer
 
     # ---- the hot loop --------------------------------------------------------------------
     def apply(self, records: list) -> None:
@@ -223,11 +262,24 @@ class ProductWorker:
             return
         # What librdkafka has already fetched is taken here, without a thread hop: a second Python
         # thread building Message objects would fight this one for the GIL on every poll().
-        msgs = self.consumer.consume(self.timing.consume_batch, 0)
+        # Not while the consumer thread still waits (woken early): two readers of one consumer
+        # could take records out of order.
+        msgs = self.reading.consume(self.timing.consume_batch, 0) if self.input_wait is None else []
         if msgs:
             await asyncio.sleep(0)  # still yield once per batch: lease renewals must run
         else:
-            msgs = await asyncio.get_running_loop().run_in_executor(self.executor, self._wait_for_records)
+            msgs = await self.wait_for_input()
+        if msgs:
+            self.last_input_at = time.monotonic()
+            if self.reading is self.idle_consumer and msgs[-1].error() is None:
+                self.read_busy(msgs[-1].offset() + 1)
+        elif (
+            self.reading is self.consumer
+            and self.input_wait is None
+            and not self.pending
+            and time.monotonic() - self.last_input_at > self.timing.idle_after_ms / 1000
+        ):
+            self.read_idle()
         append = self.pending.append
         for msg in msgs:
             err = msg.error()
@@ -258,6 +310,32 @@ class ProductWorker:
         self.input_behind = {"log_end": log_end, "position": position}
         self.pending.clear()  # read from the log as it is now: not this product's history
         self.consumer.pause(self.consumer.assignment())  # and librdkafka fetches no more of it
+        self.idle_consumer.unassign()
+
+    async def wait_for_input(self) -> list:
+        """Wait in the consumer thread for records, or less if wake() is called; [] then.
+
+        The wait returns as soon as a record arrives, so its length (consume_timeout_ms) sets how
+        often an idle process wakes, not latency; whatever the loop must act on sooner (a stop,
+        a handover, a restart, a standby's new limit) wakes it.
+        """
+        loop = asyncio.get_running_loop()
+        if self.input_wait is None:
+            self.input_wait = loop.run_in_executor(self.executor, self._wait_for_records)
+        self.woken = loop.create_future()
+        try:
+            await asyncio.wait((self.input_wait, self.woken), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.woken = None
+        if not self.input_wait.done():
+            return []
+        waited, self.input_wait = self.input_wait, None
+        return waited.result()
+
+    def wake(self) -> None:
+        """Make the loop turn now instead of at the end of its wait for input."""
+        if self.woken is not None and not self.woken.done():
+            self.woken.set_result(None)
 
     def _wait_for_records(self) -> list:
         """Consumer thread: wait for the first record, then take what else is there.
@@ -265,10 +343,11 @@ class ProductWorker:
         Not consume(n, timeout): that waits for n records or the whole timeout, which at a low
         rate adds the timeout to every order's latency.
         """
-        first = self.consumer.poll(self.timing.consume_timeout_ms / 1000)
+        consumer = self.reading
+        first = consumer.poll(self.timing.consume_timeout_ms / 1000)
         if first is None:
             return []
-        return [first, *self.consumer.consume(self.timing.consume_batch - 1, 0)]
+        return [first, *consumer.consume(self.timing.consume_batch - 1, 0)]
 
     def take_applicable(self) -> list:
         """The next pending records this process may apply: as leader all, as standby those below
@@ -330,6 +409,8 @@ class ProductWorker:
             self.maybe_take_snapshot()  # also when idle: the last orders get their snapshot too
             if self.leader is not None:
                 self.publisher.settle_progress()
+                if batch or self.snapshots.pending is not None:
+                    self.progress_due.set()
             else:
                 self.publisher.producer.poll(0)
                 self.check_state()
@@ -496,6 +577,7 @@ class ProductWorker:
         # snapshot_every_s away), so a new leader of a large book starts by matching.
         self.publisher.leadership = self.leader
         self.lease.hold(self.leader)
+        self.progress_due.set()
         self.metric.is_leader.set(1)
         self.metric.epoch.set(acquired.epoch)
         log.info(
@@ -508,11 +590,14 @@ class ProductWorker:
         )
 
     async def progress_task(self) -> None:
-        """Write delivered progress and due snapshots, guarded by our lease value."""
+        """Write delivered progress and due snapshots, guarded by our lease value; every
+        progress_every_ms while there is something to write, else asleep until there is."""
         while not self.stopping:
             await asyncio.sleep(self.timing.progress_every_ms / 1000)
             leader = self.leader
-            if leader is None:
+            if leader is None or self.progress_settled(leader):
+                self.progress_due.clear()
+                await self.progress_due.wait()
                 continue
             try:
                 await self.write_progress()
@@ -522,6 +607,14 @@ class ProductWorker:
                 if cancelling():
                     raise
                 log.warning("progress write failed product=%s error=%s", self.product, exc)
+
+    def progress_settled(self, leader: Leadership) -> bool:
+        """Whether every batch is delivered and recorded, and no snapshot waits to be written."""
+        return (
+            not leader.batch_marks
+            and leader.progress == leader.written_progress
+            and self.snapshots.pending is None
+        )
 
     async def write_progress(self) -> None:
         """Record progress, then a snapshot whose events are all delivered."""
@@ -618,10 +711,13 @@ class ProductWorker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self.input_wait is not None:
+            await asyncio.wait((self.input_wait,))  # the consumer thread's poll ends before close()
         if code == EXIT_OK:
             await self.drain()
         self.lease.stop()
         self.consumer.close()
+        self.idle_consumer.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.snapshots.close()  # reaps a snapshot child
         return code
@@ -673,6 +769,8 @@ class ProductWorker:
         """The leader's recorded progress, its announced checkpoint and its stored snapshot's hash."""
         self.progress_seen = progress
         self.state_check.follow(checkpoint, leader_snapshot, self.next_offset)
+        if self.applicable():
+            self.wake()  # records it holds became applicable: apply them now, not after the wait
 
     def must_restart_to_lead(self) -> bool:
         """Whether winning the lease would make this process restart (see become_leader): it
@@ -684,10 +782,11 @@ class ProductWorker:
     def want_handover(self, target: str) -> None:
         """Hand the product over at the next turn of the loop (to `target`, or '' for any)."""
         self.handover_wanted = target
+        self.wake()
 
     def supervisor_gone(self) -> None:
         """The status pipe broke: stop like on SIGTERM."""
-        self.stopping = True
+        self.request_stop()
 
     def counts(self) -> tuple[int, int, int, int]:
         """(events delivered, rejects, duplicate orders, unknown cancels) since the process started."""
@@ -733,6 +832,7 @@ class ProductWorker:
     def restart(self, reason: str) -> None:
         """Leave the loop and exit for a restart through the recovery path (exit 75)."""
         self.restart_reason = reason
+        self.wake()
 
     def demote(self, reason: str, leadership: Leadership) -> None:
         """The lease of `leadership` is not ours any more (a fenced write was refused): the loop
@@ -744,9 +844,10 @@ class ProductWorker:
     async def watch_loop_stalls(self) -> None:
         """Measure how long the event loop is held up: a timer's lateness is the stall it waited
         behind (a batch, a snapshot, a GC pause). Published as obc_loop_stall_seconds and in status."""
-        period = LOOP_WATCH_PERIOD_S
         loop = asyncio.get_running_loop()
         while not self.stopping:
+            busy = time.monotonic() - self.last_input_at < LOOP_WATCH_BUSY_S
+            period = LOOP_WATCH_PERIOD_S if busy else LOOP_WATCH_IDLE_PERIOD_S
             due = loop.time() + period
             await asyncio.sleep(period)
             stall = max(0.0, loop.time() - due)
@@ -773,6 +874,7 @@ class ProductWorker:
     def request_stop(self) -> None:
         """Signal handler: only record the request; the loop acts on it."""
         self.stopping = True
+        self.wake()
 
 
 # The hot loop allocates GC-tracked objects by the thousand (consumed Message objects, one event

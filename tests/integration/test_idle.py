@@ -1,0 +1,96 @@
+"""Many quiet products on one node (#20): forked from a preloaded forkserver they share memory, an
+idle node keeps every lease, the first order after idleness is matched, and the forkserver and its
+children go when the node is killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from cluster.bench.idle import acquisitions, memory_kb
+from cluster.tools.send import produce_orders
+from tests.integration.harness import output_values, wait_until
+
+pytestmark = pytest.mark.integration
+
+PRODUCTS = 6
+# Idle reading (worker.read_idle) starts after half a second here, so the window below covers it.
+TUNE = {"ORDERBOOK_CLUSTER_START_TUNE": "idle_after_ms=500"}
+IDLE_WINDOW_TTLS = 8  # lease TTLs of idleness in which no lease may be lost
+
+
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+
+
+def _order(product: str) -> bytes:
+    return json.dumps(
+        {
+            "id": 7,
+            "created_at": 1_700_000_000_000_000_000,
+            "product_id": product,
+            "user_id": 1,
+            "client_oid": "",
+            "price": "100.00",
+            "size": "1.5",
+            "funds": "0",
+            "type": "limit",
+            "side": "buy",
+            "time_in_force": "GTC",
+            "status": "new",
+        }
+    ).encode()
+
+
+def test_idle_products_share_memory_keep_their_leases_and_match_after_idleness(services, cluster_factory):
+    products = [f"I{uuid.uuid4().hex[:8].upper()}-USD" for _ in range(PRODUCTS)]
+    cluster = cluster_factory(products)
+    node = cluster.start_node("idle-1", TUNE)
+    pids = {p: cluster.wait_leader(p, timeout_s=120)[1] for p in products}
+    client = redis.Redis.from_url(services.redis_url)
+    assert acquisitions(client, products) == PRODUCTS
+
+    forkservers = {_ppid(pid) for pid in pids.values()}
+    assert len(forkservers) == 1 and node.process.pid not in forkservers, (
+        f"product processes {pids} should be children of one forkserver, not of the node"
+    )
+    forkserver = forkservers.pop()
+    assert b"forkserver" in Path(f"/proc/{forkserver}/cmdline").read_bytes()
+    for product, pid in pids.items():
+        memory = memory_kb(pid)
+        assert memory["uss"] < memory["rss"] / 2, (
+            f"{product}: unique {memory['uss']} kB of {memory['rss']} kB resident: preloaded code is not shared"
+        )
+
+    # Idle for several lease TTLs (not a wait for a condition: nothing may happen in it).
+    time.sleep(IDLE_WINDOW_TTLS * 0.5)
+    assert acquisitions(client, products) == PRODUCTS, "an idle product lost and re-took its lease"
+    assert {p: node.product_pid(p, role="leader") for p in products} == pids
+
+    for product in products:
+        produce_orders(services.bootstrap, product, [_order(product)])
+    for product in products:
+        first = json.loads(output_values(services.bootstrap, product, 1)[0])
+        assert (first["type"], first["order_id"], first["sequence"]) == ("open", 7, 1), f"{product}: {first}"
+
+    os.kill(node.process.pid, signal.SIGKILL)  # no drain: the forkserver and children must follow
+    wait_until(
+        lambda: all(_gone(pid) for pid in (forkserver, *pids.values())),
+        30,
+        "the forkserver and product processes to exit after the node was killed",
+    )
