@@ -25,8 +25,8 @@ from confluent_kafka import Message
 
 from cluster.replay import default_config_path
 from cluster.workload import generate_orders
-from engine.config import load_products
 from engine.api import apply_one
+from engine.config import load_products
 from engine.matching import MatchingEngine
 from engine.messages import OrderMessage
 from engine.native import NativeEngine, native_available
@@ -95,7 +95,9 @@ def run_bench(orders: int, seed: int, product: str = "BTC-USD") -> dict:
         p50, p99 = _latencies(make(engine_cls.restore(config, snapshot)), items)
         result[f"{name}_p50_ns"], result[f"{name}_p99_ns"] = p50, p99
     if native_available():
-        result["native_batch_ops_per_s"] = round(_batch_throughput(NativeEngine.restore(config, snapshot), raws))
+        result["native_batch_ops_per_s"] = round(
+            _batch_throughput(NativeEngine.restore(config, snapshot), raws)
+        )
     engine = MatchingEngine.restore(config, snapshot)
     tracemalloc.start()
     step = wire(engine)

@@ -21,8 +21,8 @@ from typing import BinaryIO
 import click
 import msgspec
 
-from engine.config import ConfigError, ProductConfig, load_products
 from engine.api import Engine
+from engine.config import ConfigError, ProductConfig, load_products
 from engine.native import CORES, make_engine, resolve_core
 from engine.replay import created_at_of
 
@@ -57,7 +57,9 @@ def replay_stream(
     return records + _replay_batch(engine, batch, lines, out, err)
 
 
-def _replay_batch(engine: Engine, batch: list[tuple[bytes, int]], lines: list[int], out: BinaryIO, err: BinaryIO) -> int:
+def _replay_batch(
+    engine: Engine, batch: list[tuple[bytes, int]], lines: list[int], out: BinaryIO, err: BinaryIO
+) -> int:
     """Apply one batch of (line, record time): its events to `out`, its dead letters by line to `err`."""
     events, dead = engine.apply(batch)
     if events:

@@ -204,7 +204,9 @@ class MatchingEngine:
         self.counters.dead_letters += 1
         return DeadLetter(reason=reason)
 
-    def apply_order(self, order: OrderMessage, ts: int, bad_field: str | None = None) -> list[Event] | DeadLetter:
+    def apply_order(
+        self, order: OrderMessage, ts: int, bad_field: str | None = None
+    ) -> list[Event] | DeadLetter:
         """Apply one decoded order or cancel; `bad_field` (a wrong-typed field) makes it a reject."""
         if self.sequence > SEQUENCE_CHECK_FROM:
             exhausted = sequence_exhausted(self.product_id, self.sequence, len(self.book))
@@ -375,9 +377,7 @@ class MatchingEngine:
         if self.book.fill(level, maker, size):
             events.append(self._maker_done(maker, level, 0, "filled", ts))
 
-    def _prevent_self_trade(
-        self, stp: str, level: Level, maker: RestingOrder, ts: int, events: list
-    ) -> bool:
+    def _prevent_self_trade(self, stp: str, level: Level, maker: RestingOrder, ts: int, events: list) -> bool:
         """Rule 11, the taker reached its own user's maker: co cancels the maker, cn ends the
         taker, cb does both. Returns whether the taker ends."""
         if stp != "cn":

@@ -36,7 +36,9 @@ def created_at_of(raw: bytes) -> int:
     return value if type(value) is int and 0 <= value < 2**63 else 0
 
 
-def replay_outcomes(engine: Engine, records: Iterable[tuple[bytes, int]]) -> Iterator[list[bytes] | DeadLetter]:
+def replay_outcomes(
+    engine: Engine, records: Iterable[tuple[bytes, int]]
+) -> Iterator[list[bytes] | DeadLetter]:
     """Per record, in order: the published bytes of its events, or its DeadLetter."""
     for raw, ts in records:
         yield apply_one(engine, raw, ts)
