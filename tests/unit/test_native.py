@@ -24,7 +24,6 @@ from engine.matching import MatchingEngine
 from engine.messages import DeadLetter
 from engine.native import NativeEngine, make_engine, native_available, resolve_core
 from engine.snapshot import SnapshotError
-from tests.unit.helpers import events_of
 from tests.unit.strategies import CONFIG, streams, wire_stream
 
 pytestmark = pytest.mark.skipif(
