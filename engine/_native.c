@@ -49,11 +49,15 @@ static const char *ROLE_NAMES[N_ROLES] = {"id", "user_id", "product_id", "price"
 #define MAX_FIELDS 32 /* fast_read marks the keys seen in a uint32_t */
 #define MAX_FIELD_NAME 48
 
+#define KEY_BYTES 3 /* known_key narrows the candidates by the first three bytes of a key */
+
+/* One field, as the readers use it; its name (with the closing quote) is Core.field_names[i]. */
 typedef struct {
-    char name[MAX_FIELD_NAME + 1]; /* followed by the closing quote, for one memcmp per key */
-    Py_ssize_t name_len;
-    int is_int, nullable, role;
-    Py_ssize_t slot; /* offset of its value in an OrderMessage */
+    uint64_t word[2], mask[2]; /* name and quote as two zero-padded 8-byte words, and the bytes they fill */
+    int32_t key_len;           /* the name's length with the quote */
+    int8_t short_key;          /* key_len <= 16: known_key compares word/mask */
+    int8_t is_int, nullable, role;
+    Py_ssize_t slot;           /* offset of its value in an OrderMessage */
 } FieldSpec;
 
 enum { ID_NONE = 0, ID_OK, ID_BAD };
@@ -157,8 +161,10 @@ typedef struct {
     Py_ssize_t max_record;     /* engine.messages.MAX_RECORD_BYTES: longer input is a dead letter */
     int max_nesting, max_digits; /* engine.messages.MAX_NESTING, MAX_NUMBER_DIGITS: see shape_reason */
     FieldSpec fields[MAX_FIELDS]; /* engine/messages.ORDER_FIELDS, in declaration order */
+    char field_names[MAX_FIELDS][MAX_FIELD_NAME + 2]; /* each followed by the closing quote */
     int nfields;
-    uint32_t fields_by_first[256]; /* bit i: fields[i]'s name starts with this byte */
+    uint32_t key_at[KEY_BYTES][256]; /* bit i of [k][b]: byte k of fields[i]'s name + quote is b (or is past it) */
+    uint32_t short_keys;             /* bit i: fields[i].short_key */
     OrderIn order_defaults;        /* an order of only defaults (fast_read's start) */
     PyObject *field_defaults;      /* the default objects, kept alive: order_defaults views their text */
     Buf buf;
@@ -1314,16 +1320,36 @@ static const char *scan_int(const char *p, const char *end, int64_t *out) {
 
 /* A key of the order, with its closing quote, at p (after the opening quote): its index in the field
  * table, with *after past the quote; -1 for anything else (another key, an escape, the record's end),
- * which is not the common shape. The first byte picks the candidates, then one memcmp each. */
+ * which is not the common shape. The first three bytes narrow the candidates (to one for every key of
+ * OrderMessage); with 16 bytes left, a short key is checked as two masked 8-byte words, else memcmp.
+ * Why: a memcmp call per candidate made the table-driven reader ~15% slower than the switch it replaced. */
 static inline int known_key(const Core *c, const char *p, const char *end, const char **after) {
-    if (p >= end) return -1;
-    uint32_t candidates = c->fields_by_first[(unsigned char)*p];
-    while (candidates) {
+    Py_ssize_t left = end - p;
+    uint32_t candidates;
+    if (left >= 16) {
+        const unsigned char *u = (const unsigned char *)p;
+        candidates = c->key_at[0][u[0]] & c->key_at[1][u[1]] & c->key_at[2][u[2]];
+        uint64_t a, b;
+        memcpy(&a, p, 8);
+        memcpy(&b, p + 8, 8);
+        for (uint32_t todo = candidates & c->short_keys; todo; todo &= todo - 1) {
+            int i = __builtin_ctz(todo);
+            const FieldSpec *f = &c->fields[i];
+            if (((a & f->mask[0]) ^ f->word[0]) | ((b & f->mask[1]) ^ f->word[1])) continue;
+            *after = p + f->key_len;
+            return i;
+        }
+        candidates &= ~c->short_keys;
+    } else {
+        if (left < 1) return -1;
+        candidates = c->key_at[0][(unsigned char)p[0]];
+        if (left > 1) candidates &= c->key_at[1][(unsigned char)p[1]];
+        if (left > 2) candidates &= c->key_at[2][(unsigned char)p[2]];
+    }
+    for (; candidates; candidates &= candidates - 1) {
         int i = __builtin_ctz(candidates);
-        candidates &= candidates - 1;
-        const FieldSpec *f = &c->fields[i];
-        Py_ssize_t n = f->name_len + 1;
-        if (end - p >= n && memcmp(p, f->name, (size_t)n) == 0) {
+        Py_ssize_t n = c->fields[i].key_len;
+        if (left >= n && memcmp(p, c->field_names[i], (size_t)n) == 0) {
             *after = p + n;
             return i;
         }
@@ -1467,9 +1493,27 @@ static int read_field(Core *c, PyObject *order_type, PyObject *row, int i) {
         PyErr_Format(PyExc_ValueError, "field name %s: 1 to %d bytes", name, MAX_FIELD_NAME);
         return -1;
     }
-    memcpy(f->name, name, (size_t)name_len);
-    f->name[name_len] = '"';
-    f->name_len = name_len;
+    char *key = c->field_names[i];
+    memcpy(key, name, (size_t)name_len);
+    key[name_len] = '"';
+    f->key_len = (int32_t)name_len + 1;
+    f->short_key = 0;
+    for (int k = 0; k < KEY_BYTES; k++) {
+        if (k > name_len) { /* past the quote: any byte */
+            for (int b = 0; b < 256; b++) c->key_at[k][b] |= 1u << i;
+        } else {
+            c->key_at[k][(unsigned char)key[k]] |= 1u << i;
+        }
+    }
+    if (name_len + 1 <= 16) {
+        unsigned char word[16] = {0}, mask[16] = {0};
+        memcpy(word, key, (size_t)name_len + 1);
+        memset(mask, 0xff, (size_t)name_len + 1);
+        memcpy(f->word, word, 16);
+        memcpy(f->mask, mask, 16);
+        f->short_key = 1;
+        c->short_keys |= 1u << i;
+    }
     f->is_int = is_int;
     f->nullable = nullable;
     f->role = R_NONE;
@@ -1484,7 +1528,6 @@ static int read_field(Core *c, PyObject *order_type, PyObject *row, int i) {
         PyErr_Format(PyExc_TypeError, "order_type.%s is not a plain slot", name);
         return -1;
     }
-    c->fields_by_first[(unsigned char)name[0]] |= 1u << i;
     if (PyList_Append(c->field_defaults, dflt)) return -1;
     OrderIn *o = &c->order_defaults;
     if (f->role == R_ID) {
@@ -1507,7 +1550,8 @@ static int read_fields(Core *c, PyObject *order_type, PyObject *fields) {
     if (!rows) return -1;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(rows);
     int rc = -1;
-    memset(c->fields_by_first, 0, sizeof(c->fields_by_first)); /* an __init__ that failed may run again */
+    memset(c->key_at, 0, sizeof(c->key_at)); /* an __init__ that failed may run again */
+    c->short_keys = 0;
     Py_XSETREF(c->field_defaults, PyList_New(0));
     if (!c->field_defaults) goto done;
     if (n > MAX_FIELDS) {
