@@ -22,24 +22,16 @@ from pathlib import Path
 
 import click
 
-from cluster.bench_availability import availability as bench_availability
-from cluster.bench_core import core as bench_core
-from cluster.bench_e2e import e2e as bench_e2e
-from cluster.bench_ids import ids as bench_ids
-from cluster.bench_replay import replay as bench_replay
+from cluster.bench.availability import availability as bench_availability
+from cluster.bench.core import core as bench_core
+from cluster.bench.e2e import e2e as bench_e2e
+from cluster.bench.ids import ids as bench_ids
+from cluster.bench.replay import replay as bench_replay
 from cluster.connection import DEFAULT_STATE_DIR, Connection, check_redis, connection_options, kafka_topics
-from cluster.drill import FAULTS
-from cluster.http_api import DEFAULT_HTTP_PORT
-from cluster.replay import replay
-from cluster.settings import SettingsError, parse_timing, redact_url
-
-PACKAGED_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "products.toml"
-
-
-def default_config() -> Path:
-    """configs/products.toml in the working directory, else the one shipped with the package."""
-    local = Path("configs/products.toml")
-    return local if local.exists() else PACKAGED_CONFIG
+from cluster.options import config_option, core_option, json_option, seed_option
+from cluster.settings import NodeSettings, SettingsError, parse_timing, redact_url
+from cluster.tools.drill import FAULTS
+from cluster.tools.replay import replay
 
 
 def setup_logging(level: str) -> None:
@@ -74,16 +66,11 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--products", required=True, help="Comma-separated products, e.g. BTC-USD,ETH-USD.")
-@click.option(
-    "--config",
-    type=click.Path(path_type=Path, exists=True),
-    default=default_config,
-    help="Product settings (TOML).",
-)
+@config_option()
 @click.option("--node-id", default=socket.gethostname, help="This node's name (a StatefulSet pod name).")
-@click.option("--http-host", default="127.0.0.1", help="Address of the health/metrics endpoints.")
+@click.option("--http-host", default=NodeSettings.http_host, help="Address of the health/metrics endpoints.")
 @click.option(
-    "--http-port", type=int, default=DEFAULT_HTTP_PORT, help="Port of the health/metrics endpoints."
+    "--http-port", type=int, default=NodeSettings.http_port, help="Port of the health/metrics endpoints."
 )
 @click.option(
     "--advertise-host", default=None, help="Host at which drills and other nodes reach this node's HTTP."
@@ -106,14 +93,7 @@ def cli() -> None:
     help="Publish each batch in a Kafka transaction (transactional.id per product), so the broker "
     "fences a zombie leader too. Needs a broker with transactions; consumers read_committed.",
 )
-@click.option(
-    "--core",
-    type=click.Choice(["auto", "native", "python"]),
-    default="auto",
-    show_default=True,
-    help="Matching core: native (C, engine/_native.c), python (engine/matching.py, the reference) or "
-    "auto (native when built). Both give byte-identical events and snapshots.",
-)
+@core_option
 @click.option("--passthrough", is_flag=True, hidden=True, help="Benchmarks only: copy input to output.")
 @click.option(
     "--passthrough-copies",
@@ -224,11 +204,11 @@ def start(
 
 @cli.command()
 @click.option("--products", default=None, help="Products to show (default: every product found in Redis).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
+@json_option("One JSON object instead of a table.")
 @connection_options
 def status(conn, products, as_json) -> None:
     """Per product: leader, standbys, epoch, offsets, sequence, snapshot age, events/s."""
-    from cluster.status import collect_status, format_status
+    from cluster.tools.status import collect_status, format_status
 
     redis_url = conn.redis()
     doc = collect_status(redis_url, products.split(",") if products else None)
@@ -240,7 +220,7 @@ def status(conn, products, as_json) -> None:
 @click.option(
     "--generate", type=int, default=None, help="Send N generated realistic orders instead of a file."
 )
-@click.option("--seed", type=int, default=1, show_default=True, help="Random seed of generated orders.")
+@seed_option
 @click.option("--start-id", type=int, default=1, help="First order id of generated orders.")
 @click.argument("source", required=False, type=click.File("rb"))
 @connection_options
@@ -251,7 +231,7 @@ def send(conn, product, generate, seed, start_id, source) -> None:
     acknowledged every one.
     """
     from cluster.kafka_io import order_topic
-    from cluster.send import send_orders
+    from cluster.tools.send import send_orders
 
     if (source is None) == (generate is None):
         raise click.UsageError("give a SOURCE file (or -) or --generate N")
@@ -282,7 +262,7 @@ def tail(conn, product, count, idle_timeout) -> None:
     without one) or Ctrl-C. A product without topics is an error at once.
     """
     from cluster.kafka_io import message_topic
-    from cluster.send import tail_events
+    from cluster.tools.send import tail_events
 
     bootstrap = conn.kafka(message_topic(product))
     for line in tail_events(
@@ -301,12 +281,12 @@ def tail(conn, product, count, idle_timeout) -> None:
     show_default=True,
     help="Stop when no dead letter came for this many seconds (0: follow until Ctrl-C).",
 )
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per dead letter.")
+@json_option("One JSON object per dead letter.")
 @connection_options
 def dlq(conn, product, count, idle_timeout, as_json) -> None:
     """Print a product's dead letters: reason, source offset, and the record's first 120 bytes."""
-    from cluster.dlq import dead_letters, format_letter
     from cluster.kafka_io import dlq_topic
+    from cluster.tools.dlq import dead_letters, format_letter
 
     bootstrap = conn.kafka(dlq_topic(product))
     letters = dead_letters(bootstrap, product, count=count, idle_timeout=idle_timeout or None)
@@ -323,7 +303,7 @@ def dlq(conn, product, count, idle_timeout, as_json) -> None:
 @connection_options
 def handover(conn, product, to_node, timeout_s) -> None:
     """Hand a product's leadership to a caught-up standby: everything is delivered first, no kill."""
-    from cluster.handover import HandoverError, request_handover
+    from cluster.tools.handover import HandoverError, request_handover
 
     try:
         done = request_handover(conn.redis(), product, to_node, timeout_s)
@@ -336,12 +316,7 @@ def handover(conn, product, to_node, timeout_s) -> None:
 
 
 @cli.command()
-@click.option(
-    "--config",
-    type=click.Path(path_type=Path, exists=True),
-    default=default_config,
-    help="Product settings (TOML): the drill product's, for the stream check.",
-)
+@config_option("Product settings (TOML): the drill product's, for the stream check.")
 @click.option(
     "--product",
     required=True,
@@ -365,12 +340,12 @@ def handover(conn, product, to_node, timeout_s) -> None:
 @click.option(
     "--admin-token", default=None, help="The nodes' admin token (embedded default: found by itself)."
 )
-@click.option("--json", "as_json", is_flag=True, help="The report as one JSON object, no progress lines.")
+@json_option("The report as one JSON object, no progress lines.")
 @connection_options
 def drill(conn, config, product, fault, rounds, rate, pause_s, admin_token, as_json) -> None:
     """Fault drill: steady load, inject a fault at the leader, time the takeover, check the stream."""
-    from cluster.drill import DrillError, format_report, run_drill
     from cluster.kafka_io import message_topic, order_topic
+    from cluster.tools.drill import DrillError, format_report, run_drill
     from engine.config import load_products
 
     names = [p for p in product.split(",") if p]
@@ -387,7 +362,7 @@ def drill(conn, config, product, fault, rounds, rate, pause_s, admin_token, as_j
         raise click.UsageError(f"--fault {fault} drills one product")
     log = (lambda _line: None) if as_json else (lambda line: click.echo(line, err=True))
     if fault == "rolling-restart":
-        from cluster.rolling import format_rolling, run_rolling_restart
+        from cluster.tools.rolling import format_rolling, run_rolling_restart
 
         try:
             rolling = run_rolling_restart(

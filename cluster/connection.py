@@ -14,9 +14,8 @@ from pathlib import Path
 
 import click
 
-from cluster.settings import SettingsError, load_kafka_properties, redact_url
+from cluster.settings import DEFAULT_STATE_DIR, SettingsError, load_kafka_properties, redact_url
 
-DEFAULT_STATE_DIR = Path(".orderbook-cluster")
 CONNECT_TIMEOUT_S = 5.0
 
 

@@ -10,9 +10,13 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from cluster.http_api import DEFAULT_HTTP_PORT
 from cluster.kafka_io import dlq_topic, product_topics
 from engine.config import ProductConfig, load_products
 from engine.native import resolve_core
+
+# Where `start` keeps the embedded default's record, logs and metrics, and other commands look for it.
+DEFAULT_STATE_DIR = Path(".orderbook-cluster")
 
 
 class SettingsError(ValueError):
@@ -117,7 +121,11 @@ def parse_timing(overrides: tuple[str, ...] | list[str]) -> Timing:
 
 @dataclass(frozen=True)
 class NodeSettings:
-    """Everything a supervisor and its product processes need to run."""
+    """Everything a supervisor and its product processes need to run.
+
+    Its defaults are the only declaration of a node's defaults: `start`'s options read theirs from
+    here and build_settings passes the rest through.
+    """
 
     node_id: str
     products: tuple[str, ...]
@@ -127,8 +135,8 @@ class NodeSettings:
     kafka_extra: dict[str, str] = field(default_factory=dict)
     timing: Timing = field(default_factory=Timing)
     http_host: str = "127.0.0.1"
-    http_port: int = 0
-    state_dir: Path = Path(".orderbook-cluster")
+    http_port: int = DEFAULT_HTTP_PORT
+    state_dir: Path = DEFAULT_STATE_DIR
     admin_token: str | None = None
     advertise_host: str | None = None
     # Benchmarks only: copy input to output instead of matching, to measure the Kafka loop's limit.
@@ -265,22 +273,18 @@ def build_settings(
     *,
     products: str,
     config_path: Path,
-    node_id: str,
     kafka: str | None,
     redis_url: str | None,
     kafka_config: Path | None = None,
-    http_host: str = "127.0.0.1",
-    http_port: int = 0,
-    state_dir: Path = Path(".orderbook-cluster"),
-    admin_token: str | None = None,
     timing: Timing | None = None,
-    advertise_host: str | None = None,
-    passthrough: bool = False,
-    kafka_transactions: bool = False,
-    core: str = "auto",
     passthrough_copies: float = 1.0,
+    **node: object,
 ) -> NodeSettings:
-    """Validate the CLI's options into one NodeSettings (unknown products are an error)."""
+    """Validate the CLI's options into one NodeSettings (unknown products are an error).
+
+    `node` holds NodeSettings fields taken as given (node_id, http_port, core, ...); what is not
+    given keeps NodeSettings' default.
+    """
     names = parse_products(products)
     configs = load_products(config_path)
     try:
@@ -292,24 +296,16 @@ def build_settings(
     if missing:
         raise SettingsError(f"{config_path} has no settings for {', '.join(missing)}")
     try:
-        resolve_core(core)
+        resolve_core(str(node.get("core", NodeSettings.core)))
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
     return NodeSettings(
-        node_id=node_id,
         products=names,
         product_configs={p: configs[p] for p in names},
         kafka_bootstrap=kafka or "",
         redis_url=redis_url or "",
         kafka_extra=load_kafka_properties(kafka_config),
         timing=timing or Timing(),
-        http_host=http_host,
-        http_port=http_port,
-        state_dir=state_dir,
-        admin_token=admin_token,
-        advertise_host=advertise_host,
-        passthrough=passthrough,
         passthrough_copies_per_mille=round(passthrough_copies * 1000),
-        kafka_transactions=kafka_transactions,
-        core=core,
+        **node,
     )

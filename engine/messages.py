@@ -163,7 +163,7 @@ NS_PER_MS = 1_000_000
 def record_time_ns(timestamp_ms: int) -> int:
     """An event's `time` for its input record's Kafka timestamp (ms; 0 or less when it has none).
 
-    The one definition: both cores apply it in submit_records (the C core natively, for speed),
+    The one definition: both cores apply it in `apply` to a Kafka record (the C core natively, for speed),
     and replay-based checks and drills must agree with it byte for byte.
     """
     return timestamp_ms * NS_PER_MS if timestamp_ms > 0 else 0

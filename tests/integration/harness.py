@@ -22,7 +22,7 @@ from pathlib import Path
 from cluster import verify
 from cluster.embedded import free_port
 from cluster.kafka_io import message_topic, read_topic
-from cluster.verify import expected_events, read_records
+from cluster.tools.verify import expected_events, read_records
 from engine.config import ProductConfig
 from engine.messages import record_time_ns
 

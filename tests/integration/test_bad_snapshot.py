@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 from cluster.redis_state import SnapshotEnvelope, encode_envelope, snapshot_key, sync_client
-from cluster.send import produce_orders
+from cluster.tools.send import produce_orders
 from engine.config import load_products
 from engine.matching import MatchingEngine
 from tests.integration.harness import wait_until

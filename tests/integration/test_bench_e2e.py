@@ -10,7 +10,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from cluster.bench_e2e import e2e, restart_reasons
+from cluster.bench.e2e import e2e, restart_reasons
 from engine.native import native_available
 
 pytestmark = pytest.mark.integration

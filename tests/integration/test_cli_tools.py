@@ -11,7 +11,7 @@ from confluent_kafka import Producer
 
 from cluster.cli import cli
 from cluster.kafka_io import ensure_topics, message_topic, product_topics
-from cluster.send import produce_orders
+from cluster.tools.send import produce_orders
 
 pytestmark = pytest.mark.integration
 

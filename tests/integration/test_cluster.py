@@ -16,10 +16,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from cluster.bench_e2e import preload
+from cluster.bench.e2e import preload
 from cluster.kafka_io import dlq_topic, order_topic, read_topic
-from cluster.send import produce_orders
-from cluster.workload import generate_orders
+from cluster.tools.send import produce_orders
+from cluster.tools.workload import generate_orders
 from engine.config import load_products
 from engine.messages import MAX_RECORD_BYTES
 from engine.native import native_available

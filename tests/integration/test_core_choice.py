@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.status import collect_status
+from cluster.tools.status import collect_status
 from engine.native import native_available
 from tests.integration.harness import wait_until
 

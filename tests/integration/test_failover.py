@@ -21,9 +21,9 @@ import pytest
 from cluster.embedded import redis_server, s3_server, tansu_server
 from cluster.kafka_io import message_topic, order_topic
 from cluster.redis_state import leader_key, sync_client
-from cluster.send import produce_orders
-from cluster.verify import read_records
-from cluster.workload import generate_orders
+from cluster.tools.send import produce_orders
+from cluster.tools.verify import read_records
+from cluster.tools.workload import generate_orders
 from engine.config import load_products
 from tests.integration.harness import (
     Cluster,

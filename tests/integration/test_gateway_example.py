@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from kafka import KafkaConsumer, TopicPartition
 
 from cluster.kafka_io import message_topic, order_topic, read_topic
-from cluster.replay import replay
+from cluster.tools.replay import replay
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 

@@ -43,7 +43,7 @@ def test_ready_only_while_every_product_is_served(cluster, product):
 
 
 def test_metrics_and_status_are_served(cluster, product, services):
-    from cluster.send import produce_orders
+    from cluster.tools.send import produce_orders
     from tests.unit.golden_paths import worked_example_lines
 
     node = cluster.start_node("n1")

@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka import Producer
 
 from cluster.kafka_io import dlq_topic, order_topic, read_topic
-from cluster.send import record_timestamp_ms
+from cluster.tools.send import record_timestamp_ms
 from engine.config import load_products
 from engine.messages import MAX_RECORD_BYTES
 from engine.native import native_available

@@ -11,7 +11,7 @@ from confluent_kafka import Consumer, TopicPartition
 from cluster import http_api
 from cluster.embedded import EmbeddedServices, tansu_server
 from cluster.kafka_io import ensure_topics, order_topic, product_topics
-from cluster.send import produce_orders
+from cluster.tools.send import produce_orders
 from tests.integration.harness import wait_until
 from tests.unit.golden_paths import worked_example_lines
 

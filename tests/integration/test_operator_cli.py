@@ -18,8 +18,8 @@ import pytest
 from cluster.embedded import tansu_server
 from cluster.kafka_io import ensure_topics, existing_topics, order_topic, product_topics
 from cluster.redis_state import progress_key, sync_client
-from cluster.send import produce_orders
-from cluster.status import collect_status, format_status
+from cluster.tools.send import produce_orders
+from cluster.tools.status import collect_status, format_status
 from tests.integration.harness import wait_until
 from tests.integration.test_cluster import embedded_start
 from tests.unit.golden_paths import worked_example_lines
@@ -78,7 +78,7 @@ def test_send_names_how_many_orders_were_not_delivered_and_why(services, product
     line = one_error_line(result)
     assert line.startswith(f"Error: 1 of 6 orders not delivered to matching_order_{product}: "), line
     assert "too large (1)" in line, line
-    from cluster.verify import read_records
+    from cluster.tools.verify import read_records
 
     delivered = read_records(services.bootstrap, order_topic(product), until_count=5, idle_s=5)
     assert [value for _, value, _, _ in delivered] == lines

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from cluster import snapshots
-from cluster.workload import generate_orders
+from cluster.tools.workload import generate_orders
 from engine.api import apply_one
 from engine.config import ProductConfig
 from engine.native import make_engine

@@ -1,7 +1,7 @@
 """Order ids chosen by an attacker: the C core's keyed id map and its duplicate-id window.
 
 Correctness only (both cores give the same bytes, every lookup finds what rests); the speed
-target lives in `orderbook-cluster bench ids` (cluster/bench_ids.py), not in a timed test.
+target lives in `orderbook-cluster bench ids` (cluster/bench/ids.py), not in a timed test.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cluster.bench_ids import SLOT_BITS, old_hash, old_hash_colliding_ids
+from cluster.bench.ids import SLOT_BITS, old_hash, old_hash_colliding_ids
 from engine.api import apply_one
 from engine.config import ProductConfig
 from engine.matching import MatchingEngine

@@ -49,3 +49,25 @@ def test_version_is_the_package_version():
         result.output.strip()
         == f"orderbook-cluster, version {importlib.metadata.version('orderbook-cluster')}"
     )
+
+
+# `bench ids` attacks one core's id map: its --core names a core (no auto), on purpose.
+SHARED_OPTIONS = ("--config", "--core", "--seed", "--json", *sorted(CONNECTION_OPTIONS))
+OWN_MEANING = {("orderbook-cluster bench ids", "--core")}
+
+
+def test_a_shared_option_means_the_same_in_every_command():
+    seen: dict[str, tuple[str, click.Option]] = {}
+    for path, command in walk(cli):
+        for param in command.params:
+            name = param.opts[0]
+            if name not in SHARED_OPTIONS or (path, name) in OWN_MEANING:
+                continue
+            first_path, first = seen.setdefault(name, (path, param))
+            assert (param.name, param.default, param.is_flag, param.type.to_info_dict()) == (
+                first.name,
+                first.default,
+                first.is_flag,
+                first.type.to_info_dict(),
+            ), f"{path} declares {name} unlike {first_path}"
+    assert set(seen) == set(SHARED_OPTIONS)

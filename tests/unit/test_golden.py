@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 from click.testing import CliRunner
 
-from cluster.replay import replay
+from cluster.tools.replay import replay
 from engine.config import ProductConfig
 from engine.replay import created_at_of, replay_lines
 

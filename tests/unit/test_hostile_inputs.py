@@ -17,8 +17,8 @@ from confluent_kafka import Message
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from cluster.replay import replay
-from cluster.send import record_timestamp_ms
+from cluster.tools.replay import replay
+from cluster.tools.send import record_timestamp_ms
 from engine.api import apply_one
 from engine.config import ProductConfig
 from engine.intake import shape_reason

@@ -39,7 +39,7 @@ def test_running_imports_only_the_dependencies_and_the_embedded_extra():
     )
     allowed = {IMPORT_NAME.get(d, d) for d in installed} | set(sys.stdlib_module_names)
     allowed |= {"engine", "cluster", "supervisor"}
-    sources = [*sorted((ROOT / "cluster").glob("*.py")), *sorted((ROOT / "engine").glob("*.py"))]
+    sources = [*sorted((ROOT / "cluster").rglob("*.py")), *sorted((ROOT / "engine").glob("*.py"))]
     sources.append(ROOT / "supervisor.py")
     for path in sources:
         extra = _imports(path) - allowed

@@ -17,7 +17,7 @@ from confluent_kafka import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cluster.workload import generate_orders
+from cluster.tools.workload import generate_orders
 from engine.api import apply_one
 from engine.config import ProductConfig
 from engine.matching import MatchingEngine

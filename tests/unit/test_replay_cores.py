@@ -9,9 +9,9 @@ import msgspec
 import pytest
 from click.testing import CliRunner
 
-from cluster.bench_replay import replay as bench_replay
-from cluster.replay import replay
-from cluster.workload import orders_with_faults_jsonl
+from cluster.bench.replay import replay as bench_replay
+from cluster.tools.replay import replay
+from cluster.tools.workload import orders_with_faults_jsonl
 from engine.native import native_available
 
 needs_native = pytest.mark.skipif(not native_available(), reason="the C core is not built")

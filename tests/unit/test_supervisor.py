@@ -1,4 +1,5 @@
-"""The supervisor's own logic: liveness, the drain deadline, and stopping a stopped child."""
+"""The supervisor's own logic, with trivial children: restart with backoff, no restart of a
+configuration failure, SIGTERM stopping every child, the drain deadline, stopping a stopped child."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 import signal
 import time
 from pathlib import Path
+
+import pytest
 
 import supervisor
 
@@ -15,10 +18,6 @@ def test_liveness_follows_the_loop():
     assert sup.alive()
     sup.last_loop_at = time.monotonic() - 60
     assert not sup.alive()
-
-
-def test_drain_timeout_is_within_the_promised_10_seconds():
-    assert supervisor.DRAIN_TIMEOUT_S <= 10
 
 
 def _exit_on_sigterm(ready: str, token: str, status_conn) -> int:
@@ -47,6 +46,114 @@ def test_drain_stops_a_child_paused_with_sigstop_cleanly(tmp_path):
         os.kill(process.pid, signal.SIGSTOP)
         assert sup.drain() == 0, "the paused child was killed instead of stopping on SIGTERM"
         assert process.exitcode == 0
+    finally:
+        if process.is_alive():
+            process.kill()
+            process.join(5)
+
+
+def _exit_with(starts: str, code: int, token: str, status_conn) -> int:
+    """A child that notes its token and exits with `code` at once: a crash on every start."""
+    with open(starts, "a") as fh:
+        fh.write(token + "\n")
+    return code
+
+
+def _ignore_sigterm(ready: str, token: str, status_conn) -> int:
+    """A child that ignores SIGTERM (a hung drain), after saying it is ready."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    Path(ready).write_text(token)
+    while True:
+        time.sleep(1)
+
+
+@pytest.fixture
+def own_signal_handlers():
+    """Supervisor.run() installs SIGTERM/SIGINT handlers in this process: put pytest's back."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def run_until(sup: supervisor.Supervisor, done, timeout_s: float = 30.0) -> int:
+    """Run the supervisor until `done(sup)` holds (then it stops as on SIGTERM) or the timeout passes."""
+    deadline = time.monotonic() + timeout_s
+
+    def tick(s: supervisor.Supervisor) -> None:
+        if done(s) or time.monotonic() > deadline:
+            s.request_stop(signal.SIGTERM)
+
+    sup.on_tick = tick
+    code = sup.run()
+    assert time.monotonic() <= deadline, "the supervisor never got where the test waited for"
+    return code
+
+
+def test_a_crashing_child_is_restarted_with_doubling_backoff(tmp_path, own_signal_handlers):
+    starts = tmp_path / "starts"
+    exits: list[tuple[str, int | None, float]] = []
+    sup = supervisor.Supervisor(
+        [supervisor.ChildSpec("crashy", _exit_with, (str(starts), 1))],
+        "n1",
+        on_exit=lambda name, token, code: exits.append((token, code, sup.children[name].backoff_s)),
+    )
+    began = time.monotonic()
+    assert run_until(sup, lambda s: len(exits) >= 4) == 0
+    tokens = [token for token, _, _ in exits]
+    assert starts.read_text().split() == tokens and len(set(tokens)) == 4, "each start is a new incarnation"
+    assert [code for _, code, _ in exits] == [1, 1, 1, 1]
+    delays = [backoff for _, _, backoff in exits]
+    assert delays == [supervisor.BACKOFF_INITIAL_S * 2**n for n in range(4)]
+    assert time.monotonic() - began >= sum(delays[:3]), "a restart came before its backoff"
+    assert sup.children["crashy"].restarts == 4
+
+
+def test_a_child_exiting_for_its_configuration_is_not_restarted(tmp_path, own_signal_handlers):
+    starts = tmp_path / "starts"
+    spec = supervisor.ChildSpec("misconfigured", _exit_with, (str(starts), supervisor.EXIT_DO_NOT_RESTART))
+    sup = supervisor.Supervisor([spec], "n1")
+    assert run_until(sup, lambda s: s.children["misconfigured"].failed) == 0
+    assert len(starts.read_text().split()) == 1
+    assert sup.children["misconfigured"].restarts == 0
+
+
+def test_sigterm_stops_every_child(tmp_path, own_signal_handlers):
+    specs = [
+        supervisor.ChildSpec(f"c{i}", _exit_on_sigterm, (str(tmp_path / f"ready{i}"),)) for i in range(2)
+    ]
+    sup = supervisor.Supervisor(specs, "n1")
+    processes = []
+
+    def all_ready_then_sigterm(s: supervisor.Supervisor) -> bool:
+        if not processes and all((tmp_path / f"ready{i}").exists() for i in range(2)):
+            processes.extend(c.process for c in s.children.values())
+            os.kill(os.getpid(), signal.SIGTERM)  # the real signal, to the supervisor's own handler
+        return False
+
+    assert run_until(sup, all_ready_then_sigterm) == 0
+    assert sup.stop_requested == signal.SIGTERM
+    assert len(processes) == 2 and all(p.exitcode == 0 for p in processes), "a child did not drain"
+    assert all(c.restarts == 0 and c.process is None for c in sup.children.values())
+
+
+def test_drain_kills_a_child_that_ignores_sigterm_before_the_deadline(tmp_path, monkeypatch):
+    assert supervisor.DRAIN_TIMEOUT_S <= 10, "the README promises a stop within 10 s"
+    monkeypatch.setattr(supervisor, "DRAIN_TIMEOUT_S", 2.0)
+    ready = tmp_path / "ready"
+    sup = supervisor.Supervisor([supervisor.ChildSpec("stubborn", _ignore_sigterm, (str(ready),))], "n1")
+    child = sup.children["stubborn"]
+    sup.start_child(child)
+    process = child.process
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert time.monotonic() < deadline, "child never started"
+            time.sleep(0.02)
+        began = time.monotonic()
+        assert sup.drain() == 1, "a killed child is not a clean stop"
+        assert time.monotonic() - began < supervisor.DRAIN_TIMEOUT_S
+        assert process.exitcode == -signal.SIGKILL
     finally:
         if process.is_alive():
             process.kill()

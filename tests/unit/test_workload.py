@@ -7,8 +7,8 @@ import json
 import msgspec
 from click.testing import CliRunner
 
-from cluster.bench_core import core
-from cluster.workload import generate_orders, orders_jsonl
+from cluster.bench.core import core
+from cluster.tools.workload import generate_orders, orders_jsonl
 from engine.config import ProductConfig
 from engine.matching import MatchingEngine
 from engine.messages import DeadLetter

@@ -1,6 +1,6 @@
 """`orderbook-cluster bench core`: throughput and latency of the pure engine, no I/O.
 
-Builds the workload (cluster/workload.py), warms a book with the first WARMUP orders, snapshots
+Builds the workload (cluster/tools/workload.py), warms a book with the first WARMUP orders, snapshots
 it, and runs every pass from that same warm snapshot:
   (a) core: the Python core's `apply_order` on pre-decoded OrderMessages;
   (b) wire: the Python core, one record per `apply` (decode + core + encode);
@@ -23,8 +23,8 @@ import click
 import msgspec
 from confluent_kafka import Message
 
-from cluster.replay import default_config_path
-from cluster.workload import generate_orders
+from cluster.options import default_config_path, json_option, seed_option
+from cluster.tools.workload import generate_orders
 from engine.api import apply_one
 from engine.config import load_products
 from engine.matching import MatchingEngine
@@ -113,8 +113,8 @@ def run_bench(orders: int, seed: int, product: str = "BTC-USD") -> dict:
 
 @click.command()
 @click.option("--orders", default=200_000, show_default=True, help="Timed orders (after the warm-up).")
-@click.option("--seed", default=1, show_default=True, help="Workload seed.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@seed_option
+@json_option()
 def core(orders: int, seed: int, as_json: bool) -> None:
     """Benchmark the pure matching core (no Kafka, no Redis)."""
     result = run_bench(orders, seed)

@@ -131,7 +131,7 @@ def send_orders(
 ) -> int:
     """The `send` command: a file of JSON lines, or a generated stream, with progress on stderr."""
     if generate is not None:
-        from cluster.workload import generate_orders
+        from cluster.tools.workload import generate_orders
 
         encoder = msgspec.json.Encoder()
 

@@ -26,7 +26,7 @@ import time
 import click
 import msgspec
 
-from cluster.replay import default_config_path
+from cluster.options import default_config_path, json_option
 from engine.config import load_products
 from engine.native import make_engine
 
@@ -131,7 +131,7 @@ def run_bench(orders: int, core: str, repeat: int, product: str = "BTC-USD") -> 
     help="The matching core whose id map is attacked.",
 )
 @click.option("--repeat", default=3, show_default=True, help="Runs per id set; the best counts.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option()
 def ids(orders: int, core: str, repeat: int, as_json: bool) -> None:
     """Benchmark chosen (colliding) order ids against sequential ids."""
     result = run_bench(orders, core, repeat)

@@ -1,6 +1,6 @@
 """`orderbook-cluster bench replay`: the `replay` command's throughput on each core, in one run.
 
-A realistic stream (cluster/workload.py: limits, markets, cancels, IOC/FOK/GTX, STP, plus
+A realistic stream (cluster/tools/workload.py: limits, markets, cancels, IOC/FOK/GTX, STP, plus
 rejects and dead letters) is written to a file; every round replays it once per core, from the
 file to an output file, as `orderbook-cluster replay --core ...` does (read lines, created_at,
 match, write events and dead letters). Rounds alternate the cores; the figures are medians.
@@ -18,8 +18,9 @@ from pathlib import Path
 
 import click
 
-from cluster.replay import default_config_path, replay_stream
-from cluster.workload import orders_with_faults_jsonl
+from cluster.options import default_config_path, json_option, seed_option
+from cluster.tools.replay import replay_stream
+from cluster.tools.workload import orders_with_faults_jsonl
 from engine.config import load_products
 from engine.native import native_available
 
@@ -79,7 +80,7 @@ def run_bench(orders: int, seed: int, rounds: int) -> dict:
 
 @click.command()
 @click.option("--orders", default=300_000, show_default=True, help="Records in the replayed stream.")
-@click.option("--seed", default=1, show_default=True, help="Workload seed.")
+@seed_option
 @click.option(
     "--rounds",
     type=click.IntRange(1, 20),
@@ -87,7 +88,7 @@ def run_bench(orders: int, seed: int, rounds: int) -> dict:
     show_default=True,
     help="Rounds per core; the median is reported.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option()
 def replay(orders: int, seed: int, rounds: int, as_json: bool) -> None:
     """`replay` throughput with the C core and with the Python core, on the same stream."""
     result = run_bench(orders, seed, rounds)

@@ -8,7 +8,7 @@ the rounds alternate the two and the report compares medians. Each run has two p
 node with N products on N processes:
 
 - Throughput: M orders per product are preloaded (the deterministic stream of
-  cluster/workload.py), then the node starts and drains them. Orders/s = M / (producer timestamp
+  cluster/tools/workload.py), then the node starts and drains them. Orders/s = M / (producer timestamp
   of the last output record - that of the first), read back from the output topic once /status
   shows every input applied and every output delivered. So start-up is excluded, and the
   benchmark's own consumer does not compete with the node while it works.
@@ -50,11 +50,12 @@ from pathlib import Path
 import click
 import msgspec
 
-from cluster.bench_latency import BenchError, latency_phase
+from cluster.bench.latency import BenchError, latency_phase
 from cluster.embedded import embedded_services, free_port
 from cluster.kafka_io import ensure_topics, message_topic, product_topics, read_topic
-from cluster.send import produce_orders
-from cluster.workload import generate_orders
+from cluster.options import core_option, json_option, seed_option
+from cluster.tools.send import produce_orders
+from cluster.tools.workload import generate_orders
 from engine.native import resolve_core
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -531,17 +532,11 @@ def _exit_on_sigterm(signum, frame) -> None:
     help="Also run the passthrough at the engine's output volume (as many records out per order as "
     "the engine's events): the limit of any core under this contract's one record per event.",
 )
-@click.option("--seed", type=int, default=1, show_default=True, help="Random seed of the generated orders.")
+@seed_option
 @click.option("--kafka", default=None, help="Use this broker (with --redis) instead of starting one.")
 @click.option("--redis", default=None, help="Use this Redis (with --kafka) instead of starting one.")
-@click.option(
-    "--core",
-    type=click.Choice(["auto", "native", "python"]),
-    default="auto",
-    show_default=True,
-    help="The engine run's matching core (see `start --core`).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@core_option
+@json_option()
 def e2e(n, orders, rate, seconds, rounds, volume_matched, seed, kafka, redis, core, as_json) -> None:
     """End to end: sustained orders/s, order-to-event latency, CPU and memory, vs the passthrough limit."""
     if bool(kafka) != bool(redis):

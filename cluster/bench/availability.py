@@ -24,12 +24,13 @@ from pathlib import Path
 import click
 import msgspec
 
-from cluster.bench_e2e import BenchError, BenchNode, _exit_on_sigterm, start_node
-from cluster.drill import OrderLoad, OutputWatcher, _wait
+from cluster.bench.e2e import BenchError, BenchNode, _exit_on_sigterm, start_node
 from cluster.embedded import embedded_services
 from cluster.kafka_io import ensure_topics, order_topic, product_topics
-from cluster.send import produce_orders
-from cluster.verify import check_stream, expected_events, read_records
+from cluster.options import json_option
+from cluster.tools.drill import OrderLoad, OutputWatcher, _wait
+from cluster.tools.send import produce_orders
+from cluster.tools.verify import check_stream, expected_events, read_records
 from engine.config import ProductConfig
 from engine.messages import record_time_ns
 
@@ -251,7 +252,7 @@ def run_availability(
 @click.option(
     "--logs", type=click.Path(path_type=Path), default=None, help="Keep the nodes' logs in this directory."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option()
 def availability(n, resting, rate, seconds, busy, logs, as_json) -> None:
     """A large book, a steady flow, optionally busy cores, then the leader's node killed."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)

@@ -15,8 +15,16 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
-from cluster.drill import DrillError, OrderLoad, OutputWatcher, _wait, current_lease, final_check, post_fault
 from cluster.redis_state import NODE_ADDRESSES_KEY, NODES_KEY, sync_client
+from cluster.tools.drill import (
+    DrillError,
+    OrderLoad,
+    OutputWatcher,
+    _wait,
+    current_lease,
+    final_check,
+    post_fault,
+)
 
 BASELINE_S = 3.0
 

@@ -26,9 +26,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from cluster.kafka_io import client_config, message_topic, order_topic, quiet_librdkafka
 from cluster.redis_state import NODE_ADDRESSES_KEY, lease_holder, sync_client
-from cluster.send import record_timestamp_ms
-from cluster.verify import StreamReport, check_stream, expected_events, read_records
-from cluster.workload import generate_orders
+from cluster.tools.send import record_timestamp_ms
+from cluster.tools.verify import StreamReport, check_stream, expected_events, read_records
+from cluster.tools.workload import generate_orders
 from engine.config import ProductConfig
 from engine.messages import record_time_ns
 

@@ -21,20 +21,13 @@ from typing import BinaryIO
 import click
 import msgspec
 
+from cluster.options import config_option, core_option
 from engine.api import Engine
 from engine.config import ConfigError, ProductConfig, load_products
-from engine.native import CORES, make_engine, resolve_core
+from engine.native import make_engine, resolve_core
 from engine.replay import created_at_of
 
-DEFAULT_CONFIG = "configs/products.toml"
-SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "products.toml"
 REPLAY_BATCH = 4096  # records per apply
-
-
-def default_config_path() -> Path:
-    """configs/products.toml under the working directory, else the one beside the package."""
-    local = Path(DEFAULT_CONFIG)
-    return local if local.is_file() else SHIPPED_CONFIG
 
 
 def replay_stream(
@@ -71,31 +64,17 @@ def _replay_batch(
 
 @click.command()
 @click.option("--product", required=True, help="Product id, e.g. BTC-USD.")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Products TOML (default: ./configs/products.toml, else the shipped one).",
-)
-@click.option(
-    "--core",
-    type=click.Choice(CORES),
-    default="auto",
-    show_default=True,
-    help="Matching core: native (C), python (engine/matching.py, the reference) or auto (native "
-    "when built). Both print the same bytes; native is several times faster.",
-)
+@config_option()
+@core_option
 @click.argument("source", type=click.File("rb"))
-def replay(product: str, config_path: Path | None, core: str, source) -> None:
+def replay(product: str, config: Path, core: str, source) -> None:
     """Replay order messages (JSON lines, FILE or -) and print the events they produce."""
-    path = config_path or default_config_path()
     try:
-        products = load_products(path)
+        products = load_products(config)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     if product not in products:
-        raise click.ClickException(f"product {product!r} is not in {path}")
+        raise click.ClickException(f"product {product!r} is not in {config}")
     try:
         core = resolve_core(core)
     except ValueError as exc:  # --core native without the C core built

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 import msgspec
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from cluster.kafka_io import message_topic, order_topic
-from cluster.workload import generate_orders
+from cluster.kafka_io import client_config, message_topic, order_topic
+from cluster.tools.workload import generate_orders
 
 if TYPE_CHECKING:
-    from cluster.bench_e2e import BenchNode
+    from cluster.bench.e2e import BenchNode
 
 LATENCY_START_ID = 50_000_000
 LATENCY_WARMUP_S = 2.0
@@ -56,13 +56,17 @@ class LatencyProbe:
     def consume(self, bootstrap: str, start_offsets: dict[str, int], passthrough: bool) -> None:
         """Consumer thread: the first output record per order id, stamped on arrival."""
         consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": "obc-bench-latency",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 10,
-                "fetch.queue.backoff.ms": 1,
-            }
+            client_config(
+                bootstrap,
+                {},
+                {
+                    "group.id": "obc-bench-latency",
+                    "enable.auto.commit": False,
+                    "fetch.wait.max.ms": 10,
+                    "fetch.queue.backoff.ms": 1,
+                },
+                "bench-latency",
+            )
         )
         topics = {message_topic(p): p for p in start_offsets}
         consumer.assign([TopicPartition(message_topic(p), 0, o) for p, o in start_offsets.items()])
@@ -92,14 +96,18 @@ class LatencyProbe:
         first fetches of every consumer on the way take about a second.
         """
         producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 1,
-                "compression.type": "lz4",
-                "allow.auto.create.topics": False,
-            }
+            client_config(
+                bootstrap,
+                {},
+                {
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "linger.ms": 1,
+                    "compression.type": "lz4",
+                    "allow.auto.create.topics": False,
+                },
+                "bench-latency",
+            )
         )
         producer.list_topics(timeout=10)
         total = min(len(s) for s in streams.values())
