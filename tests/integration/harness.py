@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.tools import verify
 from cluster.embedded import free_port
 from cluster.kafka_io import message_topic, read_topic
+from cluster.tools import verify
 from cluster.tools.verify import expected_events, read_records
 from engine.config import ProductConfig
 from engine.messages import record_time_ns
