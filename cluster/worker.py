@@ -39,8 +39,8 @@ from cluster.redis_state import ProductRedis, async_client
 from cluster.reporting import StatusReporter
 from cluster.settings import NodeSettings
 from cluster.state_check import DIVERGED_RESTART_S, StateCheck
-from engine.matching import SequenceExhausted
-from engine.native import NativeEngine, make_engine, restore_engine
+from engine.api import SequenceExhausted, apply_one
+from engine.native import make_engine, restore_engine
 from engine.snapshot import SnapshotError
 from supervisor import EXIT_DO_NOT_RESTART, EXIT_RESTART_AT_ONCE
 
@@ -96,7 +96,6 @@ class ProductWorker:
         self.restart_reason: str | None = None
         # A planned handover the leader should make at its next turn: a node, or '' for any.
         self.handover_wanted: str | None = None
-        self.record_path_logged = False
         # Monotonic time of the main loop's last turn: the renewer renews only while it is recent.
         self.loop_beat = time.monotonic()
         # The longest time the event loop was held up since the last status report, and ever (s).
@@ -194,9 +193,7 @@ class ProductWorker:
         else:
             engine = self.engine
             first_sequence = engine.sequence + 1
-            events, dead_letters = engine.submit_records(records)
-            if not self.record_path_logged:
-                self.log_record_path()
+            events, dead_letters = engine.apply(records)
             for index, letter in dead_letters:
                 self.metric.dead_letters.inc()
                 msg = records[index]
@@ -232,22 +229,6 @@ class ProductWorker:
             self.metric.order_time_unmeasurable.inc()
         else:
             self.metric.order_to_event.observe(max(0.0, age_s))
-
-    def log_record_path(self) -> None:
-        """Say once how the C core reads records: a confluent-kafka whose Message it did not
-        recognise costs ~65 ns per order (the methods), which an operator should be able to see."""
-        self.record_path_logged = True
-        fields = getattr(self.engine, "reads_record_fields", None)
-        if fields is None:
-            return  # the Python core reads every record through its methods
-        if fields:
-            log.info("core reads Message fields product=%s", self.product)
-        else:
-            log.warning(
-                "core reads records through Message.timestamp()/value() product=%s: this confluent-kafka's "
-                "Message layout was not recognised (correct, ~65 ns more per order)",
-                self.product,
-            )
 
     def maybe_take_snapshot(self) -> None:
         """Capture state at a batch boundary when due; it is written once its events are delivered."""
@@ -807,7 +788,7 @@ class ProductWorker:
             "pid": os.getpid(),
             "role": "leader" if leader else "standby",
             # the core this process runs (not the one asked for): what benchmarks and operators must see
-            "core": "native" if isinstance(self.engine, NativeEngine) else "python",
+            "core": self.engine.core,
             "epoch": leader.epoch if leader else 0,
             "offset": self.next_offset,
             "sequence": self.engine.sequence,
@@ -868,7 +849,7 @@ class ProductWorker:
             return
         order = {"id": CORRUPT_ORDER_ID, "product_id": self.product, "user_id": 0, "price": "1", "size": "1"}
         order |= {"type": "limit", "side": "buy", "time_in_force": "GTC"}
-        self.engine.submit_encoded(json.dumps(order).encode(), 0)
+        apply_one(self.engine, json.dumps(order).encode(), 0)
         log.warning("corrupted this standby's book for a drill product=%s", self.product)
 
     def request_stop(self) -> None:

@@ -49,6 +49,13 @@ class Level:
         self.live = 0
         self.size = 0
 
+    def front(self) -> RestingOrder:
+        """The oldest order still resting here (the level must be live), dropping cancelled ones."""
+        orders = self.orders
+        while not orders[0].remaining:
+            orders.popleft()
+        return orders[0]
+
 
 class BookSide:
     """One side of the book; `sign` maps a price to its heap key (asks +1, bids -1)."""
@@ -126,6 +133,28 @@ class OrderBook:
         level.live += 1
         level.size += order.remaining
         self.index[order.order_id] = order
+
+    def fill(self, level: Level, maker: RestingOrder, size: int) -> bool:
+        """Take `size` from `maker`, the front of `level`; True when that used the maker up (it left)."""
+        maker.remaining -= size
+        level.size -= size
+        if maker.remaining:
+            return False
+        self._remove_front(level, maker)
+        return True
+
+    def remove_front(self, level: Level, maker: RestingOrder) -> int:
+        """Take `maker`, the front of `level`, off the book whole; returns the size it had left."""
+        size = maker.remaining
+        maker.remaining = 0
+        level.size -= size
+        self._remove_front(level, maker)
+        return size
+
+    def _remove_front(self, level: Level, maker: RestingOrder) -> None:
+        level.orders.popleft()
+        level.live -= 1
+        del self.index[maker.order_id]
 
     def cancel(self, order_id: int) -> tuple[RestingOrder, int, str] | None:
         """Take a resting order off the book; returns it, its resting size and its price text."""

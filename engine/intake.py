@@ -37,24 +37,14 @@ import re
 
 import msgspec
 
-from engine.messages import MAX_NESTING, MAX_NUMBER_DIGITS, NOT_JSON, DeadLetter, OrderMessage
+from engine.messages import MAX_NESTING, MAX_NUMBER_DIGITS, NOT_JSON, ORDER_FIELDS, DeadLetter, OrderMessage
 
 MAX_ID = 2**63 - 1
 _INT64 = (-(2**63), 2**63 - 1)
 
-# field -> accepted JSON types (bool is never an int here); None means null is accepted.
+# field -> accepted JSON types, in wire order, from the field table; `id` and `status` are read first.
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "created_at": (int,),
-    "product_id": (str, type(None)),
-    "user_id": (int,),
-    "client_oid": (str,),
-    "price": (str, type(None)),
-    "size": (str, type(None)),
-    "funds": (str, type(None)),
-    "type": (str, type(None)),
-    "side": (str, type(None)),
-    "time_in_force": (str,),
-    "stp": (str, type(None)),
+    field.name: field.json_types() for field in ORDER_FIELDS if field.name not in ("id", "status")
 }
 
 

@@ -1,28 +1,32 @@
-"""The matching engine of one product: orders in, events out, deterministically.
+"""The matching rules of one product, written to be read: the specification both cores follow.
 
 One single-threaded state machine fed by the ordered input log (LMAX style). Given the same
-inputs with the same timestamps, it emits byte-identical events, before and after a
-snapshot/restore. It never reads a clock: every event's `time` is the `ts` passed in.
+records with the same times, it emits the same events, byte for byte, before and after a
+snapshot/restore. It never reads a clock: every event's `time` is its record's time.
+
+The methods below follow docs/contract.md in its order: reading a record (dead letters), the
+duplicate-id window (rule 9), validation (rule 10), time in force (rules 5-7), matching with
+price-time priority, fills and self-trade prevention (rules 1, 2, 11), resting (rule 3), market
+orders (rule 4) and cancels (rule 8). Each event kind is built in one place (`_open`, `_match`,
+`_done`). engine/_native.c is the same rules in C, for speed: it must give the same bytes for any
+input (tests/unit/test_native.py), so a rule changes here and there together.
 
 Guarantees:
-- `sequence` is +1 per event and `trade_seq` +1 per match, both carried by snapshots.
+- `sequence` is +1 per event and `trade_seq` +1 per match, both carried by snapshots; they
+  never pass 2^63-1: an input that could raises SequenceExhausted before it changes anything.
 - Business outcomes (rejects, cancels, unknown cancels, duplicates) are events or counters,
-  never exceptions; an input that cannot be read as an order becomes a DeadLetter.
+  never exceptions; a record that cannot be read as an order becomes a DeadLetter.
 - Cost per order: O(log levels) to rest at a new price, O(1) per fill and per cancel.
-- `sequence` and `trade_seq` never pass 2^63-1 (consumers keep them in int64): an input that
-  could take `sequence` past it (an order emits at most 2 events per resting order plus 1)
-  raises SequenceExhausted before it changes anything. trade_seq <= sequence, so it cannot
-  pass first. At 10^7 events/s that is 29,000 years away: only a crafted snapshot gets there,
-  and the product process stops with a configuration error (cluster/worker.py).
 """
 
 from __future__ import annotations
 
-from heapq import heappop, heappush
+from collections.abc import Sequence
 
 import msgspec
 
-from engine.book import BUY, SELL, Level, OrderBook, RestingOrder
+from engine.api import SEQUENCE_CHECK_FROM, Applied, Counters, Record, sequence_exhausted
+from engine.book import BUY, SELL, BookSide, Level, OrderBook, RestingOrder
 from engine.config import ProductConfig
 from engine.decimals import format_scaled
 from engine.id_window import DUPLICATE, FRESH, IdWindow
@@ -40,49 +44,50 @@ from engine.messages import (
     encode_events,
     record_time_ns,
 )
-from engine.snapshot import INT64_MAX, restore_into, take_snapshot
+from engine.snapshot import decode_snapshot, encode_snapshot
 from engine.validation import OrderValidator
 
-NO_LIMIT = 1 << 256
-_TEXT_CACHE_LIMIT = 1 << 16
-# Below this sequence no input can exhaust it (that would take 2^39 resting orders): the exact
-# test runs only above it. The C core uses the same two steps.
-SEQUENCE_CHECK_FROM = INT64_MAX - 2**40
+
+class SizeBudget:
+    """What a limit order or a market sell can still take: a size (base units)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def most_at(self, price: int) -> int:
+        """The most this taker can take from one maker at `price`."""
+        return self.left
+
+    def spend(self, size: int, price: int) -> None:
+        """Account for a fill of `size` at `price`."""
+        self.left -= size
 
 
-class SequenceExhausted(RuntimeError):
-    """The next input could take `sequence` past 2^63-1; nothing was changed (module docstring)."""
+class FundsBudget:
+    """What a market buy can still spend, in 10^-(base+quote) units so that it stays exact (rule 4)."""
 
+    __slots__ = ("left", "lot")
 
-def sequence_exhausted(product_id: str, sequence: int, resting: int) -> SequenceExhausted | None:
-    """The error to raise before applying an input in this state, or None."""
-    if sequence + 2 * resting + 1 <= INT64_MAX:
-        return None
-    return SequenceExhausted(
-        f"product={product_id} sequence={sequence} resting={resting}: "
-        "the next input could take sequence past 2^63-1"
-    )
+    def __init__(self, funds: int, funds_unit: int, lot: int) -> None:
+        self.left = funds * funds_unit
+        self.lot = lot
 
+    def most_at(self, price: int) -> int:
+        """The whole lots the funds left buy at `price` (0: the market buy stops)."""
+        size = self.left // price
+        return size - size % self.lot
 
-class Counters:
-    """Operational counts (not business state: not in snapshots, not replayed)."""
-
-    __slots__ = ("orders_in", "duplicates", "unknown_cancels", "rejected", "dead_letters")
-
-    def __init__(self) -> None:
-        self.orders_in = 0
-        self.duplicates = 0
-        self.unknown_cancels = 0
-        self.rejected = 0
-        self.dead_letters = 0
-
-    def as_dict(self) -> dict[str, int]:
-        """The counts by name."""
-        return {name: getattr(self, name) for name in self.__slots__}
+    def spend(self, size: int, price: int) -> None:
+        """Account for a fill of `size` at `price`."""
+        self.left -= size * price
 
 
 class MatchingEngine:
-    """Price-time priority matching for one product, per docs/contract.md."""
+    """Price-time priority matching for one product, per docs/contract.md (engine/api.Engine)."""
+
+    core = "python"
 
     def __init__(self, config: ProductConfig) -> None:
         self.config = config
@@ -91,15 +96,10 @@ class MatchingEngine:
         self.product_id = rules.product_id
         self.book = OrderBook()
         self.ids = IdWindow(rules.id_window)
-        self._validate = OrderValidator(rules).check
+        self.validate = OrderValidator(rules).check
         self.sequence = 0
         self.trade_seq = 0
         self.counters = Counters()
-        self._price_texts: dict[int, str] = {}
-        self._size_texts: dict[int, str] = {}
-        self._zero_price = format_scaled(0, rules.quote_scale)
-        self._zero_size = format_scaled(0, rules.base_scale)
-        self._funds_unit = 10**rules.base_scale
 
     # ---- queries -------------------------------------------------------------------------
 
@@ -121,491 +121,383 @@ class MatchingEngine:
         """How many orders rest on the book."""
         return len(self.book)
 
-    # ---- snapshots -----------------------------------------------------------------------
+    # ---- snapshots (contract choice 12) ----------------------------------------------------
 
     def snapshot(self) -> bytes:
         """The business state as versioned bytes (see engine/snapshot.py)."""
-        return take_snapshot(self)
+        return encode_snapshot(
+            self.fingerprint,
+            self.product_id,
+            self.sequence,
+            self.trade_seq,
+            self.ids.max_seen,
+            bytes(self.ids.bits),
+            [
+                (o.order_id, o.user_id, o.side, o.price, o.remaining, o.time_in_force)
+                for o in self.book.resting_in_priority()
+            ],
+        )
 
     @classmethod
     def restore(cls, config: ProductConfig, data: bytes) -> MatchingEngine:
-        """An engine in the state of `data`; raises SnapshotError on version or config mismatch."""
-        return restore_into(cls(config), data)
+        """An engine in the state of `data` (written by either core); raises SnapshotError."""
+        engine = cls(config)
+        snap = decode_snapshot(data, engine.rules, engine.fingerprint)
+        engine.ids = IdWindow(engine.rules.id_window, snap.id_window_max, snap.id_window_bits)
+        engine.sequence = snap.sequence
+        engine.trade_seq = snap.trade_seq
+        for order_id, user_id, side, price, remaining, tif in snap.orders:
+            resting = RestingOrder(order_id, user_id, side, price, remaining, tif)
+            engine.book.rest(resting, engine._price_text(price))
+        return engine
 
-    # ---- intake --------------------------------------------------------------------------
+    # ---- reading records: what comes out, dead letters --------------------------------------
 
-    def submit_raw(self, raw: bytes, ts: int) -> list[Event] | DeadLetter:
-        """Decode one input record and apply it; any bytes give events or a DeadLetter."""
+    def apply(self, records: Sequence[Record]) -> Applied:
+        """Apply the records in order (engine/api.Engine.apply): event bytes, [(index, DeadLetter)]."""
+        events: list[bytes] = []
+        dead: list[tuple[int, DeadLetter]] = []
+        for index, record in enumerate(records):
+            if type(record) is tuple:
+                value, time_ns = record
+            else:  # a consumed Kafka record
+                value, time_ns = record.value(), record_time_ns(record.timestamp()[1])
+            outcome = self.apply_record(value or b"", time_ns)
+            if type(outcome) is DeadLetter:
+                dead.append((index, outcome))
+            else:
+                events += encode_events(outcome)
+        return events, dead
+
+    def apply_record(self, raw: bytes, ts: int) -> list[Event] | DeadLetter:
+        """One input record: its events, or the DeadLetter of a record that is not an order.
+
+        The bounds come before any decoder reads the record (engine/intake.py); JSON that is not
+        an OrderMessage is salvaged, a wrong-typed field becoming a reject (invalid_<field>)."""
         if len(raw) > MAX_RECORD_BYTES:
             return self._unreadable(DeadLetter(reason="record_too_large"))
-        shape = shape_reason(raw)  # before any decoder: see engine/intake.py
+        shape = shape_reason(raw)
         if shape is not None:
             return self._unreadable(DeadLetter(reason=shape))
         try:
             order = decode_order(raw)
         except msgspec.ValidationError:
             salvaged = salvage_order(raw)
-            if isinstance(salvaged, DeadLetter):
+            if type(salvaged) is DeadLetter:
                 return self._unreadable(salvaged)
             order, bad_field = salvaged
-            return self.submit(order, ts, bad_field)
+            return self.apply_order(order, ts, bad_field)
         except NOT_JSON:
             return self._unreadable(DeadLetter(reason="not_json"))
         except RecursionError:  # not within MAX_NESTING; here so that it can never escape
             return self._unreadable(DeadLetter(reason="too_deep"))
-        return self.submit(order, ts)
+        return self.apply_order(order, ts)
 
     def _unreadable(self, letter: DeadLetter) -> DeadLetter:
-        """An input record that is not an order: counted as input and as a dead letter."""
+        """A record that is not an order: counted as input and as a dead letter."""
         self.counters.orders_in += 1
         self.counters.dead_letters += 1
         return letter
 
-    def submit_records(self, records) -> tuple[list[bytes], list[tuple[int, DeadLetter]]]:
-        """Apply a batch of input records in order: (all event bytes, [(index, DeadLetter)]).
+    def _dead_letter(self, reason: str) -> DeadLetter:
+        """A decoded order without a usable id, side or status: it goes to the DLQ (choice 6)."""
+        self.counters.dead_letters += 1
+        return DeadLetter(reason=reason)
 
-        `records` have `value()` (bytes or None) and `timestamp()` ((type, ms)), the shape of a
-        Kafka record; an event's `time` is record_time_ns of its record's timestamp. The events
-        of the batch are consecutive in `sequence`.
-        """
-        events: list[bytes] = []
-        dead: list[tuple[int, DeadLetter]] = []
-        last_ms = ts = None
-        for index, record in enumerate(records):
-            ms = record.timestamp()[1]
-            if ms != last_ms:
-                last_ms, ts = ms, record_time_ns(ms)
-            result = self.submit_encoded(record.value() or b"", ts)
-            if type(result) is DeadLetter:
-                dead.append((index, result))
-            else:
-                events.extend(result)
-        return events, dead
-
-    def submit_encoded(self, raw: bytes, ts: int) -> list[bytes] | DeadLetter:
-        """submit_raw with each event as its published bytes (the worker's call; see engine/native.py)."""
-        result = self.submit_raw(raw, ts)
-        return result if type(result) is DeadLetter else encode_events(result)
-
-    def submit(self, order: OrderMessage, ts: int, bad_field: str | None = None) -> list[Event] | DeadLetter:
-        """Apply one decoded order or cancel; `bad_field` forces a reject (wrong-typed field)."""
+    def apply_order(
+        self, order: OrderMessage, ts: int, bad_field: str | None = None
+    ) -> list[Event] | DeadLetter:
+        """Apply one decoded order or cancel; `bad_field` (a wrong-typed field) makes it a reject."""
         if self.sequence > SEQUENCE_CHECK_FROM:
-            exhausted = sequence_exhausted(self.product_id, self.sequence, len(self.book.index))
+            exhausted = sequence_exhausted(self.product_id, self.sequence, len(self.book))
             if exhausted is not None:
                 raise exhausted
-        counters = self.counters
-        counters.orders_in += 1
-        oid = order.id
-        if oid is None:
-            counters.dead_letters += 1
-            return DeadLetter(reason="missing_id")
-        if oid <= 0 or oid > MAX_ID:
-            counters.dead_letters += 1
-            return DeadLetter(reason="invalid_id")
-        side = order.side
-        status = order.status
-        if status == "new":
-            if side != BUY and side != SELL:
-                counters.dead_letters += 1
-                return DeadLetter(reason="missing_side" if side is None else "invalid_side")
-            verdict = self.ids.check_and_mark(oid)
-            if verdict != FRESH:
-                if verdict == DUPLICATE:
-                    counters.duplicates += 1
-                    return []
-                counters.dead_letters += 1
-                return DeadLetter(reason="order_id_outside_window")
-            if bad_field is not None:
-                return self._reject(order, f"invalid_{bad_field}", 0, 0, ts)
-            reason, price, size, funds = self._validate(order)
-            if reason is not None:
-                return self._reject(order, reason, price, size, ts)
-            if order.type == "limit":
-                return self._limit(order, side, price, size, ts)
-            if side == SELL:
-                return self._market_sell(order, size, ts)
-            return self._market_buy(order, funds, ts)
-        if status == "cancelling":
-            if side is not None and side != BUY and side != SELL:
-                counters.dead_letters += 1
-                return DeadLetter(reason="invalid_side")
+        self.counters.orders_in += 1
+        if order.id is None:
+            return self._dead_letter("missing_id")
+        if not 0 < order.id <= MAX_ID:
+            return self._dead_letter("invalid_id")
+        if order.status == "new":
+            if order.side != BUY and order.side != SELL:
+                return self._dead_letter("missing_side" if order.side is None else "invalid_side")
+            return self._new_order(order, ts, bad_field)
+        if order.status == "cancelling":
+            if order.side is not None and order.side != BUY and order.side != SELL:
+                return self._dead_letter("invalid_side")
             return self._cancel(order, ts)
-        counters.dead_letters += 1
-        return DeadLetter(reason="invalid_status")
+        return self._dead_letter("invalid_status")
 
-    # ---- outcomes ------------------------------------------------------------------------
+    # ---- rule 9 (duplicate ids), rule 10 (validation), then the order's kind ---------------
 
-    def _price_text(self, price: int) -> str:
-        cache = self._price_texts
-        text = cache.get(price)
-        if text is None:
-            if len(cache) > _TEXT_CACHE_LIMIT:
-                cache.clear()
-            text = cache[price] = format_scaled(price, self.rules.quote_scale)
-        return text
+    def _new_order(self, order: OrderMessage, ts: int, bad_field: str | None) -> list[Event] | DeadLetter:
+        """A new order: a fresh id (rule 9), valid (rule 10), then a limit or a market order."""
+        verdict = self.ids.check_and_mark(order.id)
+        if verdict == DUPLICATE:
+            self.counters.duplicates += 1
+            return []
+        if verdict != FRESH:
+            return self._dead_letter("order_id_outside_window")
+        if bad_field is not None:
+            return [self._reject(order, f"invalid_{bad_field}", 0, 0, ts)]
+        reason, price, size, funds = self.validate(order)
+        if reason is not None:
+            return [self._reject(order, reason, price, size, ts)]
+        if order.type == "limit":
+            return self._limit(order, price, size, ts)
+        return self._market(order, size, funds, ts)
 
-    def _size_text(self, size: int) -> str:
-        cache = self._size_texts
-        text = cache.get(size)
-        if text is None:
-            if len(cache) > _TEXT_CACHE_LIMIT:
-                cache.clear()
-            text = cache[size] = format_scaled(size, self.rules.base_scale)
-        return text
-
-    def _done(self, order: OrderMessage, remaining: str, price: str, reason: str, ts: int) -> Done:
-        self.sequence += 1
-        return Done(
-            sequence=self.sequence,
-            product_id=self.product_id,
-            time=ts,
-            order_id=order.id,
-            user_id=order.user_id,
-            remaining_size=remaining,
-            price=price,
-            reason=reason,
-            side=order.side,
-            time_in_force=order.time_in_force,
+    def _reject(self, order: OrderMessage, reason: str, price: int, size: int, ts: int) -> Done:
+        """Rule 10 and choice 4: price and size echo what was read (0 where unread or unused)."""
+        self.counters.rejected += 1
+        is_limit = order.type == "limit"
+        return self._done(
+            order.id,
+            order.user_id,
+            order.side,
+            order.time_in_force,
+            remaining=size if is_limit or order.side == SELL else 0,
+            price=self._price_text(price) if is_limit else self._price_text(0),
+            reason="rejected",
+            ts=ts,
+            reject_reason=reason,
         )
 
-    def _reject(self, order: OrderMessage, reason: str, price: int, size: int, ts: int) -> list[Event]:
-        self.counters.rejected += 1
-        self.sequence += 1
-        is_limit = order.type == "limit"
-        return [
-            Done(
-                sequence=self.sequence,
-                product_id=self.product_id,
-                time=ts,
-                order_id=order.id,
-                user_id=order.user_id,
-                remaining_size=self._size_text(size) if is_limit or order.side == SELL else self._zero_size,
-                price=self._price_text(price) if is_limit else self._zero_price,
-                reason="rejected",
-                side=order.side,
-                time_in_force=order.time_in_force,
-                reject_reason=reason,
+    # ---- rules 3, 5, 6, 7: limit orders and their time in force -----------------------------
+
+    def _limit(self, order: OrderMessage, price: int, size: int, ts: int) -> list[Event]:
+        """Match up to the limit price, then rest (GTC, GTX) or cancel (IOC, FOK, stopped by STP)."""
+        tif = order.time_in_force
+        opposite = self._opposite(order.side)
+        if tif == "GTX" and self._crosses_now(opposite, order.side, price):
+            return [self._taker_done(order, size, price, "cancelled", ts)]
+        if tif == "FOK" and self._size_crossing(opposite, order.side, price, size) < size:
+            return [self._taker_done(order, size, price, "cancelled", ts)]
+        events: list[Event] = []
+        budget = SizeBudget(size)
+        stopped = self._take(order, price, budget, ts, events)
+        if not budget.left:
+            events.append(self._taker_done(order, 0, price, "filled", ts))
+        elif stopped or tif == "IOC" or tif == "FOK":
+            events.append(self._taker_done(order, budget.left, price, "cancelled", ts))
+        else:
+            events.append(self._rest(order, price, budget.left, ts))
+        return events
+
+    def _crosses_now(self, opposite: BookSide, side: str, price: int) -> bool:
+        """Rule 7 (GTX): whether the best opposite price crosses `price`."""
+        best = opposite.best_level()
+        return best is not None and _crosses(side, price, best.price)
+
+    def _size_crossing(self, opposite: BookSide, side: str, price: int, enough: int) -> int:
+        """Rule 6 (FOK): the resting size at crossing prices, counted up to `enough`, book unchanged."""
+        limit_key = price * opposite.sign
+        available = 0
+        for level in opposite.crossing_levels(limit_key):
+            available += level.size
+            if available >= enough:
+                break
+        return available
+
+    def _taker_done(self, order: OrderMessage, remaining: int, price: int, reason: str, ts: int) -> Done:
+        """The `done` of a limit order that leaves: its remaining size and its limit price."""
+        return self._done(
+            order.id,
+            order.user_id,
+            order.side,
+            order.time_in_force,
+            remaining=remaining,
+            price=self._price_text(price),
+            reason=reason,
+            ts=ts,
+        )
+
+    def _rest(self, order: OrderMessage, price: int, remaining: int, ts: int) -> Open:
+        """Rule 3: the remainder rests at the back of its price level."""
+        resting = RestingOrder(order.id, order.user_id, order.side, price, remaining, order.time_in_force)
+        self.book.rest(resting, self._price_text(price))
+        return self._open(resting, ts)
+
+    # ---- rule 4: market orders --------------------------------------------------------------
+
+    def _market(self, order: OrderMessage, size: int, funds: int, ts: int) -> list[Event]:
+        """Trade a sell's size or a buy's funds at any price; never rest; done at price 0, remaining 0."""
+        if order.side == SELL:
+            budget: SizeBudget | FundsBudget = SizeBudget(size)
+        else:
+            budget = FundsBudget(funds, 10**self.rules.base_scale, self.rules.lot)
+        events: list[Event] = []
+        self._take(order, None, budget, ts, events)
+        reason = "cancelled" if budget.left else "filled"
+        events.append(
+            self._done(
+                order.id,
+                order.user_id,
+                order.side,
+                order.time_in_force,
+                remaining=0,
+                price=self._price_text(0),
+                reason=reason,
+                ts=ts,
             )
-        ]
+        )
+        return events
+
+    # ---- rules 1, 2, 11: matching, fills and self-trade prevention --------------------------
+
+    def _take(
+        self, order: OrderMessage, limit: int | None, budget: SizeBudget | FundsBudget, ts: int, events: list
+    ) -> bool:
+        """Trade against the opposite side, best price first and oldest first (rule 1), while the
+        price crosses `limit` (None: any price) and the budget buys at least one lot there.
+        Returns whether self-trade prevention ended the taker (rule 11)."""
+        opposite = self._opposite(order.side)
+        while budget.left:
+            level = opposite.best_level()
+            if level is None or (limit is not None and not _crosses(order.side, limit, level.price)):
+                return False
+            most = budget.most_at(level.price)
+            if not most:
+                return False
+            maker = level.front()
+            if order.stp is not None and maker.user_id == order.user_id:
+                if self._prevent_self_trade(order.stp, level, maker, ts, events):
+                    return True
+                continue
+            fill = min(most, maker.remaining)
+            budget.spend(fill, level.price)
+            self._fill(order, level, maker, fill, ts, events)
+        return False
+
+    def _fill(
+        self, order: OrderMessage, level: Level, maker: RestingOrder, size: int, ts: int, events: list
+    ) -> None:
+        """Rule 2: a match at the maker's price, and the maker's done when it is used up."""
+        self.trade_seq += 1
+        events.append(self._match(order, maker, level, size, ts))
+        if self.book.fill(level, maker, size):
+            events.append(self._maker_done(maker, level, 0, "filled", ts))
+
+    def _prevent_self_trade(self, stp: str, level: Level, maker: RestingOrder, ts: int, events: list) -> bool:
+        """Rule 11, the taker reached its own user's maker: co cancels the maker, cn ends the
+        taker, cb does both. Returns whether the taker ends."""
+        if stp != "cn":
+            resting = self.book.remove_front(level, maker)
+            events.append(self._maker_done(maker, level, resting, "cancelled", ts))
+        return stp != "co"
+
+    def _maker_done(self, maker: RestingOrder, level: Level, remaining: int, reason: str, ts: int) -> Done:
+        """The `done` of a maker that left the book while a taker traded: at its level's price."""
+        return self._done(
+            maker.order_id,
+            maker.user_id,
+            maker.side,
+            maker.time_in_force,
+            remaining=remaining,
+            price=level.price_text,
+            reason=reason,
+            ts=ts,
+        )
+
+    # ---- rule 8: cancels --------------------------------------------------------------------
 
     def _cancel(self, order: OrderMessage, ts: int) -> list[Event]:
-        if order.product_id is not None and order.product_id != self.product_id:
-            self.counters.unknown_cancels += 1
-            return []
-        taken = self.book.cancel(order.id)
+        """A resting order leaves with its resting size; an unknown one, or another product's, is
+        counted (choice 8)."""
+        taken = None
+        if order.product_id is None or order.product_id == self.product_id:
+            taken = self.book.cancel(order.id)
         if taken is None:
             self.counters.unknown_cancels += 1
             return []
         resting, size, price_text = taken
-        self.sequence += 1
         return [
-            Done(
-                sequence=self.sequence,
-                product_id=self.product_id,
-                time=ts,
-                order_id=resting.order_id,
-                user_id=resting.user_id,
-                remaining_size=self._size_text(size),
+            self._done(
+                resting.order_id,
+                resting.user_id,
+                resting.side,
+                resting.time_in_force,
+                remaining=size,
                 price=price_text,
                 reason="cancelled",
-                side=resting.side,
-                time_in_force=resting.time_in_force,
+                ts=ts,
             )
         ]
 
-    def _open(self, order: OrderMessage, side: str, price: int, remaining: int, ts: int) -> Open:
-        """Rest the remainder at the back of its level (BookSide.level_for/OrderBook.rest, inlined)."""
-        price_text = self._price_texts.get(price) or self._price_text(price)
-        tif = order.time_in_force
-        oid = order.id
-        book = self.book
-        if side == BUY:
-            own = book.bids
-            key = -price
-        else:
-            own = book.asks
-            key = price
-        level = own.levels.get(key)
-        if level is None:
-            level = own.levels[key] = Level(price, price_text)
-            heappush(own.heap, key)
-        level.orders.append(RestingOrder(oid, order.user_id, side, price, remaining, tif))
-        level.live += 1
-        level.size += remaining
-        book.index[oid] = level.orders[-1]
+    # ---- the events, each kind built here only ----------------------------------------------
+
+    def _open(self, resting: RestingOrder, ts: int) -> Open:
         self.sequence += 1
         return Open(
             sequence=self.sequence,
             product_id=self.product_id,
             time=ts,
-            order_id=oid,
-            user_id=order.user_id,
-            remaining_size=self._size_texts.get(remaining) or self._size_text(remaining),
-            price=price_text,
-            side=side,
-            time_in_force=tif,
+            order_id=resting.order_id,
+            user_id=resting.user_id,
+            remaining_size=self._size_text(resting.remaining),
+            price=self._price_text(resting.price),
+            side=resting.side,
+            time_in_force=resting.time_in_force,
         )
 
-    # ---- order kinds ---------------------------------------------------------------------
-
-    def _limit(self, order: OrderMessage, side: str, price: int, size: int, ts: int) -> list[Event]:
-        if side == BUY:
-            opposite = self.book.asks
-            limit_key = price
-        else:
-            opposite = self.book.bids
-            limit_key = -price
-        tif = order.time_in_force
-        if tif == "GTX" or tif == "FOK":
-            if tif == "GTX":
-                best = opposite.best_level()
-                refuse = best is not None and best.price * opposite.sign <= limit_key
-            else:
-                available = 0
-                for level in opposite.crossing_levels(limit_key):
-                    available += level.size
-                    if available >= size:
-                        break
-                refuse = available < size
-            if refuse:
-                return [self._done(order, self._size_text(size), self._price_text(price), "cancelled", ts)]
-        events: list[Event] = []
-        heap = opposite.heap
-        if heap and heap[0] <= limit_key:
-            remaining, stopped = self._take(order, opposite, limit_key, size, ts, events)
-        else:
-            remaining, stopped = size, False
-        if not remaining:
-            events.append(self._done(order, self._zero_size, self._price_text(price), "filled", ts))
-        elif stopped or tif == "IOC" or tif == "FOK":
-            events.append(
-                self._done(order, self._size_text(remaining), self._price_text(price), "cancelled", ts)
-            )
-        else:
-            events.append(self._open(order, side, price, remaining, ts))
-        return events
-
-    def _market_sell(self, order: OrderMessage, size: int, ts: int) -> list[Event]:
-        events: list[Event] = []
-        remaining, _ = self._take(order, self.book.bids, NO_LIMIT, size, ts, events)
-        reason = "cancelled" if remaining else "filled"
-        events.append(self._done(order, self._zero_size, self._zero_price, reason, ts))
-        return events
-
-    def _take(self, order: OrderMessage, opposite, limit_key: int, remaining: int, ts: int, events: list):
-        """Fill `remaining` against `opposite` up to limit_key; returns (unfilled, stopped by STP)."""
-        seq = self.sequence
-        trade = self.trade_seq
-        product_id = self.product_id
-        index = self.book.index
-        size_texts = self._size_texts
-        size_text = self._size_text
-        zero_size = self._zero_size
-        heap = opposite.heap
-        levels = opposite.levels
-        maker_side = opposite.side
-        append = events.append
-        taker_id = order.id
-        taker_user = order.user_id
-        taker_tif = order.time_in_force
-        stp = order.stp
-        stopped = False
-        while remaining:
-            while heap:
-                key = heap[0]
-                level = levels[key]
-                if level.live:
-                    break
-                heappop(heap)
-                del levels[key]
-            else:
-                break
-            if key > limit_key:
-                break
-            queue = level.orders
-            price_text = level.price_text
-            while queue:
-                maker = queue[0]
-                resting = maker.remaining
-                if not resting:
-                    queue.popleft()
-                    continue
-                if stp is not None and maker.user_id == taker_user:
-                    if stp != "cn":
-                        seq += 1
-                        append(self._stp_cancel(maker, level, seq, ts))
-                    if stp != "co":
-                        stopped = True
-                        break
-                    continue
-                fill = resting if resting < remaining else remaining
-                fill_text = size_texts.get(fill) or size_text(fill)
-                seq += 1
-                trade += 1
-                append(
-                    Match(
-                        sequence=seq,
-                        product_id=product_id,
-                        time=ts,
-                        trade_seq=trade,
-                        taker_order_id=taker_id,
-                        maker_order_id=maker.order_id,
-                        taker_user_id=taker_user,
-                        maker_user_id=maker.user_id,
-                        side=maker_side,
-                        price=price_text,
-                        size=fill_text,
-                        taker_time_in_force=taker_tif,
-                        maker_time_in_force=maker.time_in_force,
-                    )
-                )
-                remaining -= fill
-                level.size -= fill
-                if fill == resting:
-                    maker.remaining = 0
-                    queue.popleft()
-                    del index[maker.order_id]
-                    level.live -= 1
-                    seq += 1
-                    append(
-                        Done(
-                            sequence=seq,
-                            product_id=product_id,
-                            time=ts,
-                            order_id=maker.order_id,
-                            user_id=maker.user_id,
-                            remaining_size=zero_size,
-                            price=price_text,
-                            reason="filled",
-                            side=maker_side,
-                            time_in_force=maker.time_in_force,
-                        )
-                    )
-                else:
-                    maker.remaining = resting - fill
-                if not remaining:
-                    break
-            if not level.live:
-                queue.clear()
-                heappop(heap)
-                del levels[key]
-            if stopped:
-                break
-        self.sequence = seq
-        self.trade_seq = trade
-        return remaining, stopped
-
-    def _market_buy(self, order: OrderMessage, funds: int, ts: int) -> list[Event]:
-        """Spend `funds` on asks best-first; funds_left is in 10^-(base+quote) so it stays exact."""
-        events: list[Event] = []
-        asks = self.book.asks
-        lot = self.rules.lot
-        funds_left = funds * self._funds_unit
-        stp = order.stp
-        stopped = False
-        while funds_left and not stopped:
-            level = asks.best_level()
-            if level is None:
-                break
-            price = level.price
-            queue = level.orders
-            affordable = 0
-            while queue:
-                maker = queue[0]
-                resting = maker.remaining
-                if not resting:
-                    queue.popleft()
-                    continue
-                affordable = funds_left // price
-                affordable -= affordable % lot
-                if not affordable:
-                    break
-                if stp is not None and maker.user_id == order.user_id:
-                    if stp != "cn":
-                        self.sequence += 1
-                        events.append(self._stp_cancel(maker, level, self.sequence, ts))
-                    if stp != "co":
-                        stopped = True
-                        break
-                    continue
-                fill = resting if resting < affordable else affordable
-                funds_left -= fill * price
-                self._fill(order, maker, level, fill, ts, events)
-                if not funds_left:
-                    break
-            if not level.live:
-                queue.clear()
-                heappop(asks.heap)
-                del asks.levels[price]
-            elif not affordable:
-                break
-        reason = "cancelled" if funds_left else "filled"
-        events.append(self._done(order, self._zero_size, self._zero_price, reason, ts))
-        return events
-
-    def _fill(
-        self, order: OrderMessage, maker: RestingOrder, level, fill: int, ts: int, events: list
-    ) -> None:
-        """One match (and the maker's done if used up); the slow path shared by market buys."""
+    def _match(self, taker: OrderMessage, maker: RestingOrder, level: Level, size: int, ts: int) -> Match:
         self.sequence += 1
-        self.trade_seq += 1
-        maker_side = maker.side
-        events.append(
-            Match(
-                sequence=self.sequence,
-                product_id=self.product_id,
-                time=ts,
-                trade_seq=self.trade_seq,
-                taker_order_id=order.id,
-                maker_order_id=maker.order_id,
-                taker_user_id=order.user_id,
-                maker_user_id=maker.user_id,
-                side=maker_side,
-                price=level.price_text,
-                size=self._size_text(fill),
-                taker_time_in_force=order.time_in_force,
-                maker_time_in_force=maker.time_in_force,
-            )
-        )
-        level.size -= fill
-        maker.remaining -= fill
-        if not maker.remaining:
-            level.orders.popleft()
-            del self.book.index[maker.order_id]
-            level.live -= 1
-            self.sequence += 1
-            events.append(
-                Done(
-                    sequence=self.sequence,
-                    product_id=self.product_id,
-                    time=ts,
-                    order_id=maker.order_id,
-                    user_id=maker.user_id,
-                    remaining_size=self._zero_size,
-                    price=level.price_text,
-                    reason="filled",
-                    side=maker_side,
-                    time_in_force=maker.time_in_force,
-                )
-            )
-
-    def _stp_cancel(self, maker: RestingOrder, level, sequence: int, ts: int) -> Done:
-        """Take the front maker off the book for self-trade prevention; its done event."""
-        resting = maker.remaining
-        maker.remaining = 0
-        level.orders.popleft()
-        level.live -= 1
-        level.size -= resting
-        del self.book.index[maker.order_id]
-        return Done(
-            sequence=sequence,
+        return Match(
+            sequence=self.sequence,
             product_id=self.product_id,
             time=ts,
-            order_id=maker.order_id,
-            user_id=maker.user_id,
-            remaining_size=self._size_text(resting),
-            price=level.price_text,
-            reason="cancelled",
+            trade_seq=self.trade_seq,
+            taker_order_id=taker.id,
+            maker_order_id=maker.order_id,
+            taker_user_id=taker.user_id,
+            maker_user_id=maker.user_id,
             side=maker.side,
-            time_in_force=maker.time_in_force,
+            price=level.price_text,
+            size=self._size_text(size),
+            taker_time_in_force=taker.time_in_force,
+            maker_time_in_force=maker.time_in_force,
         )
+
+    def _done(
+        self,
+        order_id: int,
+        user_id: int,
+        side: str,
+        time_in_force: str,
+        *,
+        remaining: int,
+        price: str,
+        reason: str,
+        ts: int,
+        reject_reason: str | None = None,
+    ) -> Done:
+        self.sequence += 1
+        return Done(
+            sequence=self.sequence,
+            product_id=self.product_id,
+            time=ts,
+            order_id=order_id,
+            user_id=user_id,
+            remaining_size=self._size_text(remaining),
+            price=price,
+            reason=reason,
+            side=side,
+            time_in_force=time_in_force,
+            reject_reason=reject_reason,
+        )
+
+    # ---- small helpers ----------------------------------------------------------------------
+
+    def _opposite(self, side: str) -> BookSide:
+        """The side a taker of `side` trades against."""
+        return self.book.asks if side == BUY else self.book.bids
+
+    def _price_text(self, price: int) -> str:
+        return format_scaled(price, self.rules.quote_scale)
+
+    def _size_text(self, size: int) -> str:
+        return format_scaled(size, self.rules.base_scale)
+
+
+def _crosses(side: str, limit: int, maker_price: int) -> bool:
+    """Rule 1: a buy crosses an ask at or below its limit; a sell crosses a bid at or above it."""
+    return maker_price <= limit if side == BUY else maker_price >= limit

@@ -11,11 +11,20 @@ Events are immutable values and never change after creation.
 
 from __future__ import annotations
 
+import typing
+from typing import NamedTuple
+
 import msgspec
 
 
 class OrderMessage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """An order (`status` "new") or a cancel (`status` "cancelling") as read from the input topic."""
+    """An order (`status` "new") or a cancel (`status` "cancelling") as read from the input topic.
+
+    This declaration is the order's field table (ORDER_FIELDS below): the typed decoder, the
+    salvage of wrong-typed fields (engine/intake.py) and the C core's own reader all take the
+    fields, their JSON kinds, whether null is accepted and their defaults from here. A new field
+    is one line here (with a default: old producers do not send it), plus the rule that reads it.
+    """
 
     id: int | None = None
     created_at: int = 0
@@ -30,6 +39,35 @@ class OrderMessage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     time_in_force: str = "GTC"
     status: str = "new"
     stp: str | None = None
+
+
+class OrderField(NamedTuple):
+    """One row of the field table: a JSON int or string field, whether it accepts null, its default."""
+
+    name: str
+    is_int: bool
+    nullable: bool
+    default: object
+
+    def json_types(self) -> tuple[type, ...]:
+        """The Python types of the JSON values this field accepts (bool is never an int here)."""
+        return ((int,) if self.is_int else (str,)) + ((type(None),) if self.nullable else ())
+
+
+def _field_table(struct: type[msgspec.Struct]) -> tuple[OrderField, ...]:
+    """The rows of `struct`'s fields, in declaration order (each is an int or a str, maybe None)."""
+    rows = []
+    for field in msgspec.structs.fields(struct):
+        kinds = set(typing.get_args(field.type)) or {field.type}
+        nullable = type(None) in kinds
+        kinds.discard(type(None))
+        if kinds != {int} and kinds != {str}:
+            raise TypeError(f"{struct.__name__}.{field.name}: an order field is an int or a str")
+        rows.append(OrderField(field.name, kinds == {int}, nullable, field.default))
+    return tuple(rows)
+
+
+ORDER_FIELDS = _field_table(OrderMessage)
 
 
 class EventBase(msgspec.Struct, frozen=True, gc=False, tag_field="type"):
@@ -125,7 +163,7 @@ NS_PER_MS = 1_000_000
 def record_time_ns(timestamp_ms: int) -> int:
     """An event's `time` for its input record's Kafka timestamp (ms; 0 or less when it has none).
 
-    The one definition: both cores apply it in submit_records (the C core natively, for speed),
+    The one definition: both cores apply it in `apply` to a Kafka record (the C core natively, for speed),
     and replay-based checks and drills must agree with it byte for byte.
     """
     return timestamp_ms * NS_PER_MS if timestamp_ms > 0 else 0

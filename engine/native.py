@@ -13,20 +13,22 @@ operator who asked for it never silently gets the slower core.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import msgspec
 
+from engine.api import Applied, Counters, Engine, Record, SequenceExhausted
 from engine.config import ProductConfig
 from engine.intake import salvage_order
-from engine.matching import Counters, MatchingEngine, SequenceExhausted
+from engine.matching import MatchingEngine
 from engine.messages import (
     MAX_NESTING,
     MAX_NUMBER_DIGITS,
     MAX_RECORD_BYTES,
     NOT_JSON,
+    ORDER_FIELDS,
     DeadLetter,
-    Event,
     OrderMessage,
-    decode_event,
     decode_order,
     record_time_ns,
 )
@@ -53,17 +55,10 @@ def native_import_error() -> str:
     return _native_error
 
 
-def _slow_path(core, raw: bytes, ts: int):
-    """JSON that is not an OrderMessage: sorted out exactly as MatchingEngine.submit_raw does."""
-    salvaged = salvage_order(raw)
-    if type(salvaged) is DeadLetter:
-        return core.count_dead_letter(salvaged.reason)
-    order, bad_field = salvaged
-    return core.submit(order, ts, bad_field)
-
-
 class NativeEngine:
-    """One product's matching engine on the C core, with the interface of MatchingEngine the cluster uses."""
+    """One product's matching engine on the C core (engine/api.Engine)."""
+
+    core = "native"
 
     def __init__(self, config: ProductConfig) -> None:
         if _native is None:
@@ -85,7 +80,7 @@ class NativeEngine:
             decode=decode_order,
             validation_error=msgspec.ValidationError,
             not_json=NOT_JSON,
-            slow=_slow_path,
+            salvage=salvage_order,
             dead_letter=DeadLetter,
             encode_str=msgspec.json.encode,
             time_ns=record_time_ns,
@@ -93,10 +88,13 @@ class NativeEngine:
             max_nesting=MAX_NESTING,
             max_number_digits=MAX_NUMBER_DIGITS,
             sequence_exhausted=SequenceExhausted,
+            fields=ORDER_FIELDS,
         )
-        self.submit_encoded = core.submit_raw
-        self.submit_records = core.submit_records  # as MatchingEngine.submit_records
-        self.submit = core.submit
+        self._apply = core.apply
+
+    def apply(self, records: Sequence[Record]) -> Applied:
+        """Apply the records in order (engine/api.Engine.apply): the C core reads and matches them."""
+        return self._apply(records)
 
     @property
     def counters(self) -> Counters:
@@ -115,18 +113,6 @@ class NativeEngine:
     def trade_seq(self) -> int:
         """The last match's trade_seq."""
         return self._core.trade_seq
-
-    @property
-    def reads_record_fields(self) -> bool:
-        """Whether the core reads consumed Messages' timestamp and value from their fields (found by
-        probing, see _native.c) rather than through the methods: ~65 ns per order. False until the
-        first Message."""
-        return self._core.record_layout_ts > 0
-
-    def submit_raw(self, raw: bytes, ts: int) -> list[Event] | DeadLetter:
-        """Like MatchingEngine.submit_raw (events read back from their bytes; for tools and tests)."""
-        result = self.submit_encoded(raw, ts)
-        return result if type(result) is DeadLetter else [decode_event(b) for b in result]
 
     def best_bid(self) -> int | None:
         """Highest resting bid price in quote units, or None."""
@@ -181,12 +167,12 @@ def resolve_core(wanted: str) -> str:
     return wanted
 
 
-def make_engine(config: ProductConfig, core: str = "auto") -> MatchingEngine | NativeEngine:
+def make_engine(config: ProductConfig, core: str = "auto") -> Engine:
     """A fresh engine on the chosen core."""
     return NativeEngine(config) if resolve_core(core) == "native" else MatchingEngine(config)
 
 
-def restore_engine(config: ProductConfig, data: bytes, core: str = "auto") -> MatchingEngine | NativeEngine:
+def restore_engine(config: ProductConfig, data: bytes, core: str = "auto") -> Engine:
     """An engine on the chosen core in the state of `data` (written by either core); raises SnapshotError."""
     if resolve_core(core) == "native":
         return NativeEngine.restore(config, data)

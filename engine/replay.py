@@ -10,10 +10,11 @@ from collections.abc import Iterable, Iterator
 
 import msgspec
 
+from engine.api import Engine, apply_one
 from engine.config import ProductConfig
 from engine.intake import shape_reason
 from engine.matching import MatchingEngine
-from engine.messages import NOT_JSON, DeadLetter, encode_events
+from engine.messages import NOT_JSON, DeadLetter
 
 
 class _Stamp(msgspec.Struct):
@@ -36,13 +37,11 @@ def created_at_of(raw: bytes) -> int:
 
 
 def replay_outcomes(
-    engine: MatchingEngine, records: Iterable[tuple[bytes, int]]
+    engine: Engine, records: Iterable[tuple[bytes, int]]
 ) -> Iterator[list[bytes] | DeadLetter]:
     """Per record, in order: the published bytes of its events, or its DeadLetter."""
-    submit_raw = engine.submit_raw
     for raw, ts in records:
-        outcome = submit_raw(raw, ts)
-        yield outcome if isinstance(outcome, DeadLetter) else encode_events(outcome)
+        yield apply_one(engine, raw, ts)
 
 
 def replay_lines(config: ProductConfig, records: Iterable[tuple[bytes, int]]) -> Iterator[bytes | DeadLetter]:

@@ -27,16 +27,10 @@ another product), or `corrupt` (unreadable or impossible), with the field and or
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import msgspec
 
-from engine.book import BUY, SELL, RestingOrder
+from engine.book import BUY, SELL
 from engine.config import ProductRules
-from engine.id_window import IdWindow
-
-if TYPE_CHECKING:
-    from engine.matching import MatchingEngine
 
 SNAPSHOT_VERSION = 1
 INT64_MAX = 2**63 - 1
@@ -72,22 +66,6 @@ class EngineSnapshot(msgspec.Struct, frozen=True, kw_only=True):
 _encoder = msgspec.msgpack.Encoder()
 _header_decoder = msgspec.msgpack.Decoder(_Header)
 _snapshot_decoder = msgspec.msgpack.Decoder(EngineSnapshot)
-
-
-def take_snapshot(engine: MatchingEngine) -> bytes:
-    """The engine's business state as bytes."""
-    return encode_snapshot(
-        engine.fingerprint,
-        engine.product_id,
-        engine.sequence,
-        engine.trade_seq,
-        engine.ids.max_seen,
-        bytes(engine.ids.bits),
-        [
-            (o.order_id, o.user_id, o.side, o.price, o.remaining, o.time_in_force)
-            for o in engine.book.resting_in_priority()
-        ],
-    )
 
 
 def encode_snapshot(
@@ -234,18 +212,3 @@ def _bits_clear(bits: bytes, lo: int, hi: int) -> bool:
             return False
         hi -= 1
     return lo > hi or not bits[lo >> 3 : (hi >> 3) + 1].strip(b"\0")
-
-
-def restore_into(engine: MatchingEngine, data: bytes) -> MatchingEngine:
-    """Put a fresh engine into the snapshot's state; raises SnapshotError if it does not fit."""
-    if engine.sequence or len(engine.book):
-        raise ValueError("restore_into needs a fresh engine")
-    snap = decode_snapshot(data, engine.rules, engine.fingerprint)
-    engine.ids = IdWindow(engine.rules.id_window, snap.id_window_max, snap.id_window_bits)
-    engine.sequence = snap.sequence
-    engine.trade_seq = snap.trade_seq
-    book = engine.book
-    price_text = engine._price_text
-    for order_id, user_id, side, price, remaining, tif in snap.orders:
-        book.rest(RestingOrder(order_id, user_id, side, price, remaining, tif), price_text(price))
-    return engine

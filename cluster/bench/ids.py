@@ -72,15 +72,14 @@ ID_SETS = {
 
 def _time_once(config, core: str, rests: list[bytes], cancels: list[bytes]) -> tuple[float, float]:
     engine = make_engine(config, core)
-    submit = engine.submit_encoded
+    rest_records = [(raw, 0) for raw in rests]
+    cancel_records = [(raw, 0) for raw in cancels]
     start = time.perf_counter()
-    for raw in rests:
-        submit(raw, 0)
+    engine.apply(rest_records)
     rested = time.perf_counter()
     if engine.resting_orders() != len(rests):
         raise RuntimeError(f"only {engine.resting_orders()} of {len(rests)} orders rested")
-    for raw in cancels:
-        submit(raw, 0)
+    engine.apply(cancel_records)
     done = time.perf_counter()
     if engine.resting_orders():
         raise RuntimeError(f"{engine.resting_orders()} orders left after cancelling all")

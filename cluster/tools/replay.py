@@ -14,7 +14,7 @@ against (tests/unit/test_replay_cores.py compares the two through this command).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,52 +22,44 @@ import click
 import msgspec
 
 from cluster.options import config_option, core_option
+from engine.api import Engine
 from engine.config import ConfigError, ProductConfig, load_products
-from engine.messages import DeadLetter, encode_events
-from engine.native import NativeEngine, make_engine, resolve_core
+from engine.native import make_engine, resolve_core
 from engine.replay import created_at_of
 
-WRITE_CHUNK_EVENTS = 4096
-
-
-def encoded_submit(config: ProductConfig, core: str) -> Callable[[bytes, int], list[bytes] | DeadLetter]:
-    """(raw, record time) -> the published bytes of its events, or its DeadLetter, on the chosen core."""
-    engine = make_engine(config, core)
-    if isinstance(engine, NativeEngine):
-        return engine.submit_encoded  # the C core writes each event's bytes itself
-    submit_raw = engine.submit_raw
-
-    def submit(raw: bytes, ts: int) -> list[bytes] | DeadLetter:
-        outcome = submit_raw(raw, ts)
-        return outcome if type(outcome) is DeadLetter else encode_events(outcome)
-
-    return submit
+REPLAY_BATCH = 4096  # records per apply
 
 
 def replay_stream(
     config: ProductConfig, core: str, source: Iterable[bytes], out: BinaryIO, err: BinaryIO
 ) -> int:
     """Replay JSON lines from `source`: events to `out`, dead letters to `err`; returns the records read."""
-    submit = encoded_submit(config, core)
-    encode = msgspec.json.encode
+    engine = make_engine(config, core)
     records = 0
-    events: list[bytes] = []  # written in chunks: a write per order cost more than the C core's matching
+    batch: list[tuple[bytes, int]] = []  # applied and written in batches: a call and a write per
+    lines: list[int] = []  # record cost more than the C core's matching
     for n, line in enumerate(source, start=1):
         raw = line.rstrip(b"\r\n")
         if not raw.strip():
             continue
-        records += 1
-        outcome = submit(raw, created_at_of(raw))
-        if type(outcome) is DeadLetter:
-            err.write(encode({"line": n, "reason": outcome.reason}) + b"\n")
-        else:
-            events += outcome
-            if len(events) >= WRITE_CHUNK_EVENTS:
-                out.write(b"\n".join(events) + b"\n")
-                events.clear()
+        batch.append((raw, created_at_of(raw)))
+        lines.append(n)
+        if len(batch) >= REPLAY_BATCH:
+            records += _replay_batch(engine, batch, lines, out, err)
+            batch, lines = [], []
+    return records + _replay_batch(engine, batch, lines, out, err)
+
+
+def _replay_batch(
+    engine: Engine, batch: list[tuple[bytes, int]], lines: list[int], out: BinaryIO, err: BinaryIO
+) -> int:
+    """Apply one batch of (line, record time): its events to `out`, its dead letters by line to `err`."""
+    events, dead = engine.apply(batch)
     if events:
         out.write(b"\n".join(events) + b"\n")
-    return records
+    for index, letter in dead:
+        err.write(msgspec.json.encode({"line": lines[index], "reason": letter.reason}) + b"\n")
+    return len(batch)
 
 
 @click.command()

@@ -9,6 +9,7 @@ import pytest
 
 from cluster import snapshots
 from cluster.tools.workload import generate_orders
+from engine.api import apply_one
 from engine.config import ProductConfig
 from engine.native import make_engine
 
@@ -20,13 +21,13 @@ def test_a_forked_capture_is_the_state_at_the_fork(core):
     engine = make_engine(CONFIG, core)
     orders = [msgspec.json.encode(o) for o in generate_orders("BTC-USD", 4000, seed=7)]
     for i, raw in enumerate(orders[:3000]):
-        engine.submit_encoded(raw, i)
+        apply_one(engine, raw, i)
     assert engine.resting_orders() > 0
     expected = engine.snapshot()
     with concurrent.futures.ThreadPoolExecutor(1) as reader:
         captured = snapshots.capture(engine, 1, reader)
         for i, raw in enumerate(orders[3000:]):  # the loop goes on matching while the child writes
-            engine.submit_encoded(raw, 3000 + i)
+            apply_one(engine, raw, 3000 + i)
         assert engine.snapshot() != expected
         assert captured.result(timeout=60) == (expected, snapshots.state_hash(expected))
         in_place = snapshots.capture(engine, engine.resting_orders() + 1, reader)

@@ -6,9 +6,10 @@ from decimal import Decimal
 
 import msgspec
 
+from engine.api import Engine, apply_one
 from engine.config import ProductConfig
 from engine.matching import MatchingEngine
-from engine.messages import DeadLetter, encode_event
+from engine.messages import DeadLetter, Event, decode_event, encode_event
 from engine.native import NativeEngine
 
 PRODUCT = "BTC-USD"
@@ -25,6 +26,12 @@ def as_plain(event) -> dict:
         if name in obj:
             obj[name] = Decimal(obj[name])
     return obj
+
+
+def events_of(engine: Engine, raw: bytes, ts: int) -> list[Event] | DeadLetter:
+    """One record through engine.apply, its events read back from their bytes as Event values."""
+    out = apply_one(engine, raw, ts)
+    return out if isinstance(out, DeadLetter) else [decode_event(b) for b in out]
 
 
 def order(oid: int, side: str, price: str | None = "10.00", size: str | None = "1", **kw) -> dict:
@@ -63,7 +70,7 @@ class Harness:
     def send(self, msg: dict | bytes, ts: int | None = None):
         self.ts += 1_000_000
         raw = msg if isinstance(msg, bytes) else msgspec.json.encode(msg)
-        out = self.engine.submit_raw(raw, self.ts if ts is None else ts)
+        out = events_of(self.engine, raw, self.ts if ts is None else ts)
         if isinstance(out, DeadLetter):
             return out
         return [as_plain(e) for e in out]

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cluster.bench.ids import SLOT_BITS, old_hash, old_hash_colliding_ids
+from engine.api import apply_one
 from engine.config import ProductConfig
 from engine.matching import MatchingEngine
 from engine.native import NativeEngine, native_available
@@ -52,8 +53,8 @@ def _both(window: int = 1_000_000) -> tuple[MatchingEngine, NativeEngine]:
 
 def _feed(py, nat, raws) -> None:
     for i, raw in enumerate(raws):
-        want = py.submit_encoded(raw, i)
-        assert nat.submit_encoded(raw, i) == want, f"input {i}: {raw!r}"
+        want = apply_one(py, raw, i)
+        assert apply_one(nat, raw, i) == want, f"input {i}: {raw!r}"
 
 
 def test_the_old_hash_ids_collide_under_it():

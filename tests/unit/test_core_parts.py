@@ -14,7 +14,7 @@ from engine.decimals import DecimalFormatError, format_scaled, parse_scaled
 from engine.id_window import DUPLICATE, FRESH, OUTSIDE_WINDOW, IdWindow
 from engine.matching import MatchingEngine
 from engine.snapshot import SnapshotError
-from tests.unit.helpers import Harness, order
+from tests.unit.helpers import Harness, events_of, order
 
 BTC = ProductConfig(product_id="BTC-USD", base_scale=6, quote_scale=2)
 
@@ -145,13 +145,14 @@ def test_snapshot_keeps_fifo_sequence_and_ids(each_core):
         h.send(order(oid, "sell", "10.00", "1", user_id=oid))
     restored = MatchingEngine.restore(h.engine.config, h.engine.snapshot())
     assert restored.sequence == 3 and restored.depth(1) == ([], [(1000, 3_000_000)])
-    events = restored.submit_raw(
+    events = events_of(
+        restored,
         b'{"id": 2, "side": "buy", "product_id": "BTC-USD", "type": "limit", "price": "10.00", "size": "3"}',
         9,
     )
     assert events == []  # id 2 already seen
     raw = msgspec.json.encode(order(4, "buy", "10.00", "3"))
-    events = restored.submit_raw(raw, 9)
+    events = events_of(restored, raw, 9)
     assert [e.maker_order_id for e in events if e.__class__.__name__ == "Match"] == [1, 2, 3]
     assert events[0].sequence == 4 and events[0].trade_seq == 1
 

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from cluster.tools.replay import replay
 from cluster.tools.send import record_timestamp_ms
+from engine.api import apply_one
 from engine.config import ProductConfig
 from engine.intake import shape_reason
 from engine.matching import MatchingEngine
@@ -48,7 +49,7 @@ def _event(data: bytes) -> dict:
 
 
 def _outcome(result) -> str:
-    """A corpus expectation for one submit_encoded result."""
+    """A corpus expectation for one record's outcome (apply_one)."""
     if isinstance(result, DeadLetter):
         return f"dlq:{result.reason}"
     (event,) = map(_event, result)
@@ -65,8 +66,8 @@ def test_each_hostile_record_is_the_same_outcome_on_both_cores_and_trading_goes_
     py, nat = MatchingEngine(CONFIG), NativeEngine(CONFIG)
     outcomes = []
     for step, raw in enumerate([_limit(MAKER, "sell", "10.00"), hostile.raw, _limit(TAKER, "buy", "10.00")]):
-        want = py.submit_encoded(raw, step)
-        got = nat.submit_encoded(raw, step)
+        want = apply_one(py, raw, step)
+        got = apply_one(nat, raw, step)
         assert got == want, f"{hostile.name}: step {step}"
         outcomes.append(want)
     assert _outcome(outcomes[1]) == hostile.expect, hostile.name
@@ -90,7 +91,7 @@ def _stream() -> list[bytes]:
 
 
 def test_the_corpus_as_one_batch_on_both_cores_equals_replay():
-    """submit_records (the worker's call) on either core = replay_lines, dead letters in place."""
+    """apply (the worker's call) on either core = replay_lines, dead letters in place."""
     raws = _stream()
     records = _kafka_records(raws)
     want_events, want_dead = [], []
@@ -102,7 +103,7 @@ def test_the_corpus_as_one_batch_on_both_cores_equals_replay():
     assert want_dead == [h.expect[4:] for h in CORPUS if h.expect.startswith("dlq:")]
     engines = MatchingEngine(CONFIG), NativeEngine(CONFIG)
     for engine in engines:
-        events, dead = engine.submit_records(records)
+        events, dead = engine.apply(records)
         assert events == want_events, type(engine).__name__
         assert [(raws[i], letter.reason) for i, letter in dead] == [
             (h.raw, h.expect[4:]) for h in CORPUS if h.expect.startswith("dlq:")
@@ -142,11 +143,11 @@ def test_recursion_in_a_decoder_is_too_deep_even_without_the_bounds(monkeypatch)
     py, nat = MatchingEngine(CONFIG), NativeEngine(CONFIG)
     lifted = _limit(1, "buy", "5.00")[:-1] + b',"x":' + b"[" * 40 + b"]" * 40 + b"}"
     for core in (py, nat):  # 40 levels: no bound now
-        assert _event(core.submit_encoded(lifted, 0)[0])["type"] == "open"
+        assert _event(apply_one(core, lifted, 0)[0])["type"] == "open"
     raws = [b'{"a":' * 5000, b"[" * 5000, b'{"id":1,"price":[' + b"[" * 5000, _limit(MAKER, "sell", "10.00")]
     for i, raw in enumerate([*raws, _limit(TAKER, "buy", "10.00")]):
-        want = py.submit_encoded(raw, i)
-        assert nat.submit_encoded(raw, i) == want
+        want = apply_one(py, raw, i)
+        assert apply_one(nat, raw, i) == want
         if i < 3:
             assert want == DeadLetter(reason="too_deep"), raw[:20]
     assert _event(want[0])["type"] == "match"
@@ -181,7 +182,7 @@ def test_long_runs_of_digits_cost_linear_time():
                 engine = engine_cls(CONFIG)
                 start = time.perf_counter()
                 for oid in range(1, 21):
-                    engine.submit_encoded(make(oid), 0)
+                    apply_one(engine, make(oid), 0)
                 best = min(best, time.perf_counter() - start)
         return best
 
@@ -269,12 +270,12 @@ def test_both_cores_agree_on_hostile_bytes(raws):
     py, nat = MatchingEngine(CONFIG), NativeEngine(CONFIG)
     for i, raw in enumerate([*raws, _limit(MAKER, "sell", "10.00"), _limit(TAKER, "buy", "10.00")]):
         assert shape_reason(raw) == _reference_shape(raw), raw
-        want = py.submit_encoded(raw, i)
-        assert nat.submit_encoded(raw, i) == want, f"input {i}: {raw!r}"
+        want = apply_one(py, raw, i)
+        assert apply_one(nat, raw, i) == want, f"input {i}: {raw!r}"
     _same_state(py, nat)
     records = _kafka_records(raws)
-    batch = MatchingEngine(CONFIG).submit_records(records)
-    assert NativeEngine(CONFIG).submit_records(records) == batch
+    batch = MatchingEngine(CONFIG).apply(records)
+    assert NativeEngine(CONFIG).apply(records) == batch
 
 
 @settings(max_examples=200, deadline=None)

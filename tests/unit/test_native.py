@@ -18,12 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cluster.tools.workload import generate_orders
+from engine.api import apply_one
 from engine.config import ProductConfig
 from engine.matching import MatchingEngine
 from engine.messages import DeadLetter
 from engine.native import NativeEngine, make_engine, native_available, resolve_core
 from engine.snapshot import SnapshotError
-from tests.unit.test_properties import CONFIG, streams, wire_stream
+from tests.unit.strategies import CONFIG, streams, wire_stream
 
 pytestmark = pytest.mark.skipif(
     not native_available() and os.environ.get("OBC_REQUIRE_NATIVE") != "1",
@@ -159,8 +160,8 @@ def _check_same(config: dict, raws: list[bytes], first_ts: int = 0) -> None:
 def _feed_both(py, nat, raws, first_ts: int = 0) -> None:
     for i, raw in enumerate(raws):
         ts = first_ts + i * 1_000_000
-        want = py.submit_encoded(raw, ts)
-        got = nat.submit_encoded(raw, ts)
+        want = apply_one(py, raw, ts)
+        got = apply_one(nat, raw, ts)
         assert got == want, f"input {i}: {raw!r}"
 
 
@@ -193,13 +194,13 @@ def test_snapshots_cross_between_cores(data):
     cut = data.draw(st.integers(0, len(raws)))
     cfg = ProductConfig(**config)
     uncut = MatchingEngine(cfg)
-    whole = [uncut.submit_encoded(raw, i) for i, raw in enumerate(raws)]
+    whole = [apply_one(uncut, raw, i) for i, raw in enumerate(raws)]
     writer = data.draw(st.sampled_from([MatchingEngine, NativeEngine]))(cfg)
-    head = [writer.submit_encoded(raw, i) for i, raw in enumerate(raws[:cut])]
+    head = [apply_one(writer, raw, i) for i, raw in enumerate(raws[:cut])]
     reader_cls = data.draw(st.sampled_from([MatchingEngine, NativeEngine]))
     reader = reader_cls.restore(cfg, writer.snapshot())
     assert reader.snapshot() == writer.snapshot()
-    tail = [reader.submit_encoded(raw, i + cut) for i, raw in enumerate(raws[cut:])]
+    tail = [apply_one(reader, raw, i + cut) for i, raw in enumerate(raws[cut:])]
     assert head + tail == whole
     assert reader.snapshot() == uncut.snapshot()
 
@@ -399,20 +400,21 @@ def test_core_misuse_raises_instead_of_crashing():
 
     bare = _native.Core.__new__(_native.Core)
     with pytest.raises(RuntimeError):
-        bare.submit_raw(b"{}", 0)
+        bare.apply([(b"{}", 0)])
     with pytest.raises(RuntimeError):
         bare.export()
     nat = NativeEngine(ProductConfig(**CONFIG))
     with pytest.raises(TypeError):
-        nat.submit({"id": 1}, 0)
+        nat.apply([(b'{"id":1}', 0, 0)])  # a record pair of three
     with pytest.raises(TypeError):
-        nat.submit_encoded(b'{"id":1,"side":"buy"}', "not a time")
+        nat.apply(5)
+    with pytest.raises(TypeError):
+        apply_one(nat, b'{"id":1,"side":"buy"}', "not a time")
 
 
-def test_the_c_core_reads_kafka_messages_through_their_fields():
-    """The C core finds where a Message keeps its timestamp and value and reads them there (the
-    tuple timestamp() builds was 14% of its time); what it reads equals what the methods answer,
-    for every kind of timestamp a record can have (none: type 0 and -1)."""
+def test_the_c_core_reads_kafka_messages_through_their_methods():
+    """The C core reads a consumed Message through its public value() and timestamp(), for every
+    kind of timestamp a record can have (none: type 0 and -1), as the Python core does."""
     if not native_available():
         pytest.skip("the C core is not built")
     from engine.config import load_products
@@ -428,18 +430,17 @@ def test_the_c_core_reads_kafka_messages_through_their_fields():
     native, oracle = NativeEngine(cfg), MatchingEngine(cfg)
     want = ([], [])
     for i, record in enumerate(records):
-        got = oracle.submit_encoded(record.value() or b"", _time_ns(record.timestamp()[1]))
+        got = apply_one(oracle, record.value() or b"", _time_ns(record.timestamp()[1]))
         if isinstance(got, DeadLetter):
             want[1].append((i, got))
         else:
             want[0].extend(got)
-    assert native.submit_records(records) == want
-    assert native._core.record_layout_ts > 0  # the fields were read, not the methods
+    assert native.apply(records) == want
     assert native.snapshot() == oracle.snapshot()
 
 
 class _Record:
-    """The shape of a consumed Kafka record that submit_records reads."""
+    """The shape of a consumed Kafka record that apply reads."""
 
     def __init__(self, value: bytes | None, ms: int) -> None:
         self._value, self._ms = value, ms
@@ -459,7 +460,7 @@ def _time_ns(ms: int) -> int:
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_batches_equal_record_by_record(data):
-    """submit_records (the worker's call) = submit_encoded per record, on both cores."""
+    """apply on a batch (the worker's call) = apply record by record, on both cores."""
     config, objs = _draw_orders(data, 1, 40)
     raws = [msgspec.json.encode(o) for o in objs]
     raws = [None if data.draw(st.integers(0, 20)) == 0 else raw for raw in raws]  # a record without a value
@@ -468,7 +469,7 @@ def test_batches_equal_record_by_record(data):
         [2**63 // 10**6 - 1, 2**63 // 10**6, 2**63 // 10**6 + 1, 2**63 - 1, -(2**63), 2**70]
     )
     stamps = data.draw(st.lists(st.integers(-1, 3) | edge, min_size=len(raws), max_size=len(raws)))
-    # confluent_kafka's own Message objects (whose fields the C core reads directly) mixed with a
+    # confluent_kafka's own Message objects (read through their C methods) mixed with a
     # duck-typed record (read through its methods); a Message holds int64 timestamps only
     kinds = data.draw(st.lists(st.booleans(), min_size=len(raws), max_size=len(raws)))
     records = [
@@ -479,13 +480,13 @@ def test_batches_equal_record_by_record(data):
     one_by_one = MatchingEngine(cfg)
     want_events, want_dead = [], []
     for i, record in enumerate(records):
-        got = one_by_one.submit_encoded(record.value() or b"", _time_ns(record.timestamp()[1]))
+        got = apply_one(one_by_one, record.value() or b"", _time_ns(record.timestamp()[1]))
         if isinstance(got, DeadLetter):
             want_dead.append((i, got))
         else:
             want_events.extend(got)
     for engine in (MatchingEngine(cfg), NativeEngine(cfg)):
-        assert engine.submit_records(records) == (want_events, want_dead), type(engine).__name__
+        assert engine.apply(records) == (want_events, want_dead), type(engine).__name__
         assert engine.snapshot() == one_by_one.snapshot()
 
 
@@ -513,7 +514,7 @@ def test_the_c_core_writes_the_snapshot_bytes_msgspec_writes(resting):
                 "time_in_force": "GTX" if i % 3 else "GTC",
             }
         )
-        assert nat.submit_encoded(raw, i) == py.submit_encoded(raw, i), f"order id={i + 1}"
+        assert apply_one(nat, raw, i) == apply_one(py, raw, i), f"order id={i + 1}"
     assert nat.resting_orders() == py.resting_orders() == resting
     written = nat.snapshot()
     assert written == py.snapshot()

@@ -17,65 +17,9 @@ from hypothesis import strategies as st
 from engine.config import ProductConfig
 from engine.matching import MatchingEngine
 from engine.messages import DeadLetter, encode_events
-from tests.unit.helpers import as_plain
+from tests.unit.helpers import as_plain, events_of
 from tests.unit.reference_book import ReferenceBook
-
-CONFIG = dict(product_id="BTC-USD", base_scale=3, quote_scale=2, tick_size="0.05", lot_size="0.010")
-PRICES = ["9.80", "9.85", "9.90", "9.95", "10.00", "10.05", "10.10", "10.15", "10.20"]
-
-# sizes are in thousandths: mostly whole lots (0.010), sometimes off-lot or zero
-new_order = st.tuples(
-    st.just("new"),
-    st.sampled_from(["buy", "sell"]),
-    st.sampled_from(["limit"] * 6 + ["market"] * 2),
-    st.sampled_from(PRICES * 4 + ["10.01", "0", "10.001"]),
-    st.sampled_from([10 * lots for lots in range(1, 31)] + [0, 5, 123]),
-    st.sampled_from(["0.01", "0.10", "1.00", "9.99", "25.00", "100.00", "0"]),  # funds
-    st.sampled_from(["GTC"] * 5 + ["IOC", "FOK", "GTX"]),
-    st.integers(min_value=1, max_value=3),
-    st.sampled_from([None] * 6 + ["co", "cn", "cb"]),
-)
-step = st.one_of(
-    new_order,
-    new_order,
-    new_order,
-    st.tuples(st.just("cancel"), st.integers(min_value=0, max_value=60)),
-    st.tuples(st.just("dup"), st.integers(min_value=0, max_value=60)),
-)
-streams = st.lists(step, min_size=20, max_size=80)
-
-
-def wire_stream(steps) -> list[dict]:
-    """Wire dicts with fresh increasing ids; cancels/dups refer back to earlier ids."""
-    out, next_id = [], 1
-    for s in steps:
-        if s[0] == "new":
-            _, side, kind, price, size, funds, tif, user, stp = s
-            msg = {
-                "id": next_id,
-                "created_at": next_id * 1_000_000,
-                "product_id": "BTC-USD",
-                "user_id": user,
-                "client_oid": "",
-                "price": price,
-                "size": f"{size / 1000:.3f}",
-                "funds": funds,
-                "type": kind,
-                "side": side,
-                "time_in_force": tif,
-                "status": "new",
-            }
-            if stp:
-                msg["stp"] = stp
-            out.append(msg)
-            next_id += 1
-        elif s[0] == "cancel":
-            out.append({"id": max(1, next_id - s[1]), "status": "cancelling"})
-        elif out:
-            prior = dict(out[min(s[1], len(out) - 1)], status="new")
-            if "side" in prior:
-                out.append(prior)
-    return out
+from tests.unit.strategies import CONFIG, streams, wire_stream
 
 
 def _engine() -> MatchingEngine:
@@ -91,7 +35,7 @@ def test_engine_matches_reference_step_by_step(steps):
     resting_expected = Decimal(0)
     for n, msg in enumerate(wire_stream(steps)):
         ts = n * 1_000_000
-        got = engine.submit_raw(msgspec.json.encode(msg), ts)
+        got = events_of(engine, msgspec.json.encode(msg), ts)
         want = ref.apply(msg, ts)
         if isinstance(got, DeadLetter):
             assert want == ("dlq", got.reason), f"step {n} order {msg}"
@@ -132,7 +76,7 @@ def test_snapshot_restore_is_invisible(steps, cut):
 
 
 def _out(engine: MatchingEngine, raw: bytes, i: int):
-    got = engine.submit_raw(raw, i * 1_000_000)
+    got = events_of(engine, raw, i * 1_000_000)
     return got if isinstance(got, DeadLetter) else encode_events(got)
 
 
@@ -140,7 +84,7 @@ def _out(engine: MatchingEngine, raw: bytes, i: int):
 @given(st.binary(max_size=200))
 def test_no_exception_for_any_bytes(raw):
     engine = _engine()
-    out = engine.submit_raw(raw, 0)
+    out = events_of(engine, raw, 0)
     assert isinstance(out, DeadLetter | list)
 
 
@@ -172,7 +116,7 @@ FIELDS = [
 )
 def test_no_exception_for_any_object(obj):
     engine = _engine()
-    out = engine.submit_raw(msgspec.json.encode(obj), 0)
+    out = events_of(engine, msgspec.json.encode(obj), 0)
     if not isinstance(out, DeadLetter):
         for e in encode_events(out):
             msgspec.json.decode(e)

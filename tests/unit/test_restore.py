@@ -15,9 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.api import SequenceExhausted, apply_one
 from engine.config import ProductConfig
 from engine.decimals import format_scaled
-from engine.matching import MatchingEngine, SequenceExhausted
+from engine.matching import MatchingEngine
 from engine.native import NativeEngine, native_available
 from engine.snapshot import INT64_MAX, SnapshotError
 from tests.unit.test_native import PRODUCTS, orderish
@@ -55,7 +56,7 @@ def _apply(engine, raws: list[bytes]) -> list:
     out = []
     for i, raw in enumerate(raws):
         try:
-            out.append(engine.submit_encoded(raw, i))
+            out.append(apply_one(engine, raw, i))
         except SequenceExhausted as exc:
             out.append(("exhausted", str(exc)))
     return out
@@ -88,10 +89,10 @@ def _valid_snapshot(data, cfg: ProductConfig, product: dict) -> dict:
             "size": format_scaled(max(lots * rules.lot, rules.min_size), rules.base_scale),
             "time_in_force": tif,
         }
-        engine.submit_encoded(msgspec.json.encode(order), i)
+        apply_one(engine, msgspec.json.encode(order), i)
     noise = data.draw(st.lists(orderish(product["product_id"]), max_size=10))
     for i, obj in enumerate(noise):
-        engine.submit_encoded(msgspec.json.encode(obj), i)
+        apply_one(engine, msgspec.json.encode(obj), i)
     return msgspec.msgpack.decode(engine.snapshot())
 
 
@@ -217,7 +218,7 @@ def test_every_snapshot_of_a_stream_restores():
         for u in (1, 2)
     ]
     for i, obj in enumerate(wire_stream(steps)):
-        engine.submit_encoded(msgspec.json.encode(obj), i)
+        apply_one(engine, msgspec.json.encode(obj), i)
         snap = engine.snapshot()
         for cls in (MatchingEngine, NativeEngine):
             assert cls.restore(cfg, snap).snapshot() == snap, (cls.__name__, i)
@@ -229,7 +230,7 @@ def _near_the_end(resting: int, sequence: int) -> tuple[ProductConfig, bytes]:
     cfg = ProductConfig(product_id="BTC-USD", base_scale=2, quote_scale=2)
     engine = MatchingEngine(cfg)
     for oid in range(1, resting + 1):
-        engine.submit_encoded(_limit(oid, "buy"), 0)
+        apply_one(engine, _limit(oid, "buy"), 0)
     snap = msgspec.msgpack.decode(engine.snapshot())
     snap["sequence"] = sequence
     return cfg, msgspec.msgpack.encode(snap)
@@ -247,14 +248,14 @@ def test_the_sequence_stops_at_int64_max_without_wrapping(engine_cls):
     3 events is refused before it changes anything, and so is every input after it."""
     cfg, snap = _near_the_end(0, INT64_MAX - 1)
     engine = engine_cls.restore(cfg, snap)
-    events = engine.submit_encoded(_limit(1, "buy"), 5)
+    events = apply_one(engine, _limit(1, "buy"), 5)
     assert [msgspec.json.decode(e)["sequence"] for e in events] == [INT64_MAX]
     state, counters = engine.snapshot(), engine.counters.as_dict()
     for raw in (_limit(2, "sell"), msgspec.json.encode({"id": 1, "status": "cancelling"}), b"{}"):
         with pytest.raises(
             SequenceExhausted, match=r"product=BTC-USD sequence=9223372036854775807 resting=1"
         ):
-            engine.submit_encoded(raw, 6)
+            apply_one(engine, raw, 6)
     assert engine.snapshot() == state and engine.counters.as_dict() == counters
     assert engine.sequence == INT64_MAX and engine.trade_seq == 0
 

@@ -12,7 +12,7 @@ from cluster.tools.workload import generate_orders, orders_jsonl
 from engine.config import ProductConfig
 from engine.matching import MatchingEngine
 from engine.messages import DeadLetter
-from tests.unit.helpers import as_plain
+from tests.unit.helpers import as_plain, events_of
 from tests.unit.reference_book import ReferenceBook
 
 
@@ -33,7 +33,7 @@ def test_mix_and_book_shape():
     kinds = {"cancel": 0, "market": 0, "limit": 0}
     for o in generate_orders("BTC-USD", 30_000, seed=1):
         kinds["cancel" if o["status"] == "cancelling" else o["type"]] += 1
-        out = engine.submit_raw(msgspec.json.encode(o), o["created_at"])
+        out = events_of(engine, msgspec.json.encode(o), o["created_at"])
         assert not isinstance(out, DeadLetter)
     assert 0.2 < kinds["cancel"] / 30_000 < 0.4 and 0.02 < kinds["market"] / 30_000 < 0.1
     bids, asks = engine.depth(10_000)
@@ -45,7 +45,7 @@ def test_engine_matches_reference_on_realistic_stream():
     engine = MatchingEngine(ProductConfig(product_id="BTC-USD", base_scale=6, quote_scale=2))
     ref = ReferenceBook("BTC-USD", 6, 2, tick="0.01", lot="0.000001")
     for n, o in enumerate(generate_orders("BTC-USD", 1500, seed=3)):
-        got = [as_plain(e) for e in engine.submit_raw(msgspec.json.encode(o), o["created_at"])]
+        got = [as_plain(e) for e in events_of(engine, msgspec.json.encode(o), o["created_at"])]
         assert got == ref.apply(o, o["created_at"]), f"message {n} id {o['id']}"
 
 
