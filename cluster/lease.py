@@ -75,7 +75,7 @@ class Leadership:
     dlq_from_offset: int
     valid_until: float
     delivered_seq: int
-    # Last sequence handed to the producer (passthrough: records copied); delivered_seq trails it.
+    # Last sequence handed to the producer; delivered_seq trails it.
     produced_seq: int = 0
     headers: list = field(default_factory=list)
     dlq_produced: int = 0

@@ -103,38 +103,6 @@ class Publisher:
             except BufferError:
                 self._produce_when_room(topic, value, None)
 
-    def copy_through(self, records: list) -> None:
-        """The benchmark's passthrough limit: the same loop with matching replaced by a copy."""
-        if self.settings.passthrough_copies_per_mille != 1000:
-            self.copy_at_volume(records, self.settings.passthrough_copies_per_mille)
-            return
-        produce = self.producer.produce
-        topic = self.message_topic
-        for msg in records:
-            raw = msg.value() or b""
-            try:
-                produce(topic, raw)
-            except BufferError:
-                self._produce_when_room(topic, raw, None)
-        self.leadership.produced_seq += len(records)
-
-    def copy_at_volume(self, records: list, per_mille: int) -> None:
-        """The passthrough at another output volume: the record at offset o is copied
-        floor((o + 1) * k / 1000) - floor(o * k / 1000) times, so offsets 0..n-1 give n * k // 1000."""
-        produce = self.producer.produce
-        topic = self.message_topic
-        copied = 0
-        for msg in records:
-            raw = msg.value() or b""
-            offset = msg.offset()
-            for _ in range((offset + 1) * per_mille // 1000 - offset * per_mille // 1000):
-                copied += 1
-                try:
-                    produce(topic, raw)
-                except BufferError:
-                    self._produce_when_room(topic, raw, None)
-        self.leadership.produced_seq += copied
-
     def dead_letter(self, offset: int, raw: bytes, reason: str) -> None:
         """The record at `offset` to the DLQ topic, with its reason in headers."""
         self.dead_letter_log.warn(

@@ -39,8 +39,10 @@ from cluster.redis_state import ProductRedis, async_client
 from cluster.reporting import StatusReporter
 from cluster.settings import NodeSettings
 from cluster.state_check import DIVERGED_RESTART_S, StateCheck
-from engine.api import SequenceExhausted, apply_one
+from engine.api import Engine, SequenceExhausted, apply_one
+from engine.config import ProductConfig
 from engine.native import make_engine, restore_engine
+from engine.passthrough import PassthroughEngine
 from engine.snapshot import SnapshotError
 from supervisor import EXIT_DO_NOT_RESTART, EXIT_RESTART_AT_ONCE
 
@@ -69,6 +71,19 @@ LOOP_WATCH_IDLE_PERIOD_S = 1.0
 LOOP_WATCH_BUSY_S = 1.0
 
 
+def new_engine(settings: NodeSettings, config: ProductConfig, snapshot: bytes | None = None) -> Engine:
+    """The product's core as the node is set: the chosen matching core, or the benchmark's
+    passthrough; fresh, or in the state of `snapshot` (raises SnapshotError)."""
+    if settings.passthrough:
+        copies = settings.passthrough_copies_per_mille
+        if snapshot is None:
+            return PassthroughEngine(config, copies)
+        return PassthroughEngine.restore(config, snapshot, copies)
+    if snapshot is None:
+        return make_engine(config, settings.core)
+    return restore_engine(config, snapshot, settings.core)
+
+
 class ConfigMismatch(Exception):
     """State in Redis was made under other product settings: refuse to lead from it."""
 
@@ -85,7 +100,7 @@ class ProductWorker:
         self.config = settings.product_config(product)
         self.fingerprint = self.config.fingerprint()
         self.metric = m.bind(product, settings.node_id)
-        self.engine = make_engine(self.config, settings.core)
+        self.engine = new_engine(settings, self.config)
         self.next_offset = 0
         self.pending: collections.deque = collections.deque()
         self.progress_seen = (0, 0)  # (sequence, offset) of the leader, as last read
@@ -127,7 +142,7 @@ class ProductWorker:
                     f"snapshot of {self.product} was made with other product settings "
                     f"({snapshot.fingerprint} != {self.fingerprint})"
                 )
-            self.engine = restore_engine(self.config, snapshot.engine, self.settings.core)
+            self.engine = new_engine(self.settings, self.config, snapshot.engine)
             self.next_offset = snapshot.next_offset
         seq, offset, fingerprint = await self.redis.read_progress()
         if fingerprint is not None and fingerprint != self.fingerprint:
@@ -187,33 +202,29 @@ class ProductWorker:
         """Feed records to the core in offset order; publish what a leader must publish."""
         leader = self.leader
         publisher = self.publisher
-        if self.settings.passthrough:
-            if leader is not None:
-                publisher.copy_through(records)
-        else:
-            engine = self.engine
-            first_sequence = engine.sequence + 1
-            events, dead_letters = engine.apply(records)
-            for index, letter in dead_letters:
-                self.metric.dead_letters.inc()
-                msg = records[index]
-                offset = msg.offset()
-                if leader is not None and offset >= leader.dlq_from_offset:
-                    publisher.dead_letter(offset, msg.value() or b"", letter.reason)
-            if leader is not None and events:
-                # Events up to suppress_upto were published by an earlier leader (right after a
-                # takeover only); the batch's events are consecutive from first_sequence.
-                published = leader.suppress_upto - first_sequence + 1
-                if published > 0:
-                    events = events[published:]
-                publisher.publish(events, leader.headers)
+        engine = self.engine
+        first_sequence = engine.sequence + 1
+        events, dead_letters = engine.apply(records)
+        for index, letter in dead_letters:
+            self.metric.dead_letters.inc()
+            msg = records[index]
+            offset = msg.offset()
+            if leader is not None and offset >= leader.dlq_from_offset:
+                publisher.dead_letter(offset, msg.value() or b"", letter.reason)
+        if leader is not None and events:
+            # Events up to suppress_upto were published by an earlier leader (right after a
+            # takeover only); the batch's events are consecutive from first_sequence.
+            published = leader.suppress_upto - first_sequence + 1
+            if published > 0:
+                events = events[published:]
+            publisher.publish(events, leader.headers)
         count = len(records)
         self.next_offset = records[-1].offset() + 1
         self.snapshots.orders_since += count
         self.metric.orders_in.inc(count)
         self.metric.batch_size.observe(count)
         if leader is not None:
-            if not self.settings.passthrough and self.engine.sequence > leader.produced_seq:
+            if self.engine.sequence > leader.produced_seq:
                 leader.produced_seq = self.engine.sequence
             leader.batch_marks.append((self.next_offset, leader.produced_seq, leader.dlq_produced))
             self.observe_order_to_event(records[-1].timestamp()[1])
@@ -604,7 +615,7 @@ class ProductWorker:
         if self.publisher.fatal:
             return  # a failed delivery: the loop ends the process; record nothing past it
         snap = self.snapshots.pending
-        announce = snap is not None and not snap.announced and not self.settings.passthrough
+        announce = snap is not None and not snap.announced
         if leader.progress != leader.written_progress or announce:
             seq, offset = leader.progress
             rc = await self.redis.write_progress(
