@@ -275,6 +275,7 @@ class LeaseKeeper:
         self.lease_free_since: float | None = None
         self.started_at = time.monotonic()
         self.preferred_seen: str | None = None  # the other node placement preferred at the last look
+        self.progress_looked: tuple[int, int] | None = None  # the leader's progress at the last look
         self.stopped = False
 
     def hold(self, leader: Leadership) -> None:
@@ -308,9 +309,9 @@ class LeaseKeeper:
                 await asyncio.sleep(t.status_every_ms / 1000)
                 continue
             try:
-                await self.standby_step(handed)
+                wait_s = await self.standby_step(handed)
                 # Wait for the next look, or less if a leader hands the product to this node.
-                handed = await self.redis.wait_for_handover(self.node_id, t.standby_poll_ms / 1000)
+                handed = await self.redis.wait_for_handover(self.node_id, wait_s)
             except Exception as exc:  # noqa: BLE001 - keep following when Redis comes back
                 if cancelling():
                     raise
@@ -349,26 +350,39 @@ class LeaseKeeper:
             return wanted if wanted in standbys else None
         return preferred_node(self.product, standbys, self.products)
 
-    async def standby_step(self, handed: bool = False) -> None:
+    async def standby_step(self, handed: bool = False) -> float:
         """Read the leader's progress; acquire the lease when it is free and placement allows
-        (at once when the leader handed it to this node)."""
+        (at once when the leader handed it to this node). Returns the wait before the next look (s)."""
         seq, offset, checkpoint, leader_snapshot = await self.redis.read_follow()
         self.follower.follow((seq, offset), checkpoint, leader_snapshot)
-        if await self.redis.holder() is not None:
+        holder, ttl_ms = await self.redis.holder_ttl()
+        if holder is not None:
             self.lease_free_since = None
-            return
+            return self.next_look_s((seq, offset), ttl_ms)
         now = time.monotonic()
         if self.lease_free_since is None:
             self.lease_free_since = now
-        if not handed and not await self.placement_allows(now):
-            return
-        sent = time.monotonic()
-        acquired = await self.redis.try_acquire(self.token, self.timing.lease_ttl_ms)
-        if acquired is not None:
-            try:
-                await self.follower.promote(acquired, self.renewer.valid_until(sent))
-            except Demoted as exc:
-                self.follower.restart(str(exc))  # its exit releases the lease it just took
+        if handed or await self.placement_allows(now):
+            sent = time.monotonic()
+            acquired = await self.redis.try_acquire(self.token, self.timing.lease_ttl_ms)
+            if acquired is not None:
+                try:
+                    await self.follower.promote(acquired, self.renewer.valid_until(sent))
+                except Demoted as exc:
+                    self.follower.restart(str(exc))  # its exit releases the lease it just took
+        return self.timing.standby_poll_ms / 1000
+
+    def next_look_s(self, progress: tuple[int, int], ttl_ms: int) -> float:
+        """When a standby looks again while the lease is held: at the lease's expiry if the leader
+        does not renew it (so a dead leader is noticed at the expiry itself, not up to a poll later),
+        and no later than `standby_poll_ms` while the leader makes progress or this standby is
+        catching up (it follows closely). While the product is quiet, only at that expiry (capped by
+        `status_every_ms`): an idle product's standby looks about twice a second, not 20 times."""
+        moved, self.progress_looked = progress != self.progress_looked, progress
+        expiry_s = (max(ttl_ms, 0) + 1) / 1000
+        if moved or not self.follower.caught_up():
+            return min(self.timing.standby_poll_ms / 1000, expiry_s)
+        return min(self.timing.status_every_ms / 1000, expiry_s)
 
     async def placement_allows(self, now: float) -> bool:
         """Whether this standby may try for the free lease now (see the module docstring)."""

@@ -239,6 +239,15 @@ class ProductRedis:
         value = await self.client.getdel(handover_request_key(self.product))
         return None if value is None else value.decode()
 
+    async def holder_ttl(self) -> tuple[str | None, int]:
+        """The current lease value (or None) and its remaining time in ms (negative when none), in
+        one round trip."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.get(self.keys[0])
+        pipe.pttl(self.keys[0])
+        value, ttl_ms = await pipe.execute()
+        return (value.decode() if value else None), int(ttl_ms)
+
     async def holder(self) -> str | None:
         """The current lease value `<epoch>|<token>`, or None."""
         value = await self.client.get(self.keys[0])

@@ -94,3 +94,25 @@ def test_idle_products_share_memory_keep_their_leases_and_match_after_idleness(s
         30,
         "the forkserver and product processes to exit after the node was killed",
     )
+
+
+def _lease_looks(client: redis.Redis) -> int:
+    """BLPOP calls so far: a standby's look ends in one (cluster/lease.py LeaseKeeper.run)."""
+    return int(client.info("commandstats").get("cmdstat_blpop", {}).get("calls", 0))
+
+
+def test_an_idle_standby_looks_at_the_lease_at_its_expiry_not_every_poll(services, cluster_factory, product):
+    from tests.integration.test_failover import leader_and_hot_standby
+
+    cluster = cluster_factory([product])
+    leader, _, standby = leader_and_hot_standby(cluster, product)
+    client = redis.Redis.from_url(services.redis_url)
+    window_s = 3.0
+    before = _lease_looks(client)
+    time.sleep(window_s)  # the measurement window: an idle product, nothing to wait for
+    looks = _lease_looks(client) - before
+    # Polling every standby_poll_ms (50 ms) would be ~60 looks; at the lease's expiry (renewed to
+    # 500 ms every 100 ms), capped by status_every_ms, about 2-3 a second.
+    assert 0 < looks <= 4 * window_s, f"{looks} looks in {window_s} s by the idle standby of {product}"
+    os.killpg(leader.process.pid, signal.SIGKILL)
+    wait_until(lambda: standby.product_pid(product, role="leader"), 10, "the standby to take over")
