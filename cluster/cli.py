@@ -31,8 +31,9 @@ from cluster.bench.replay import replay as bench_replay
 from cluster.connection import DEFAULT_STATE_DIR, Connection, check_redis, connection_options, kafka_topics
 from cluster.options import config_option, core_option, json_option, seed_option
 from cluster.settings import NodeSettings, SettingsError, parse_timing, redact_url
-from cluster.tools.drill import FAULTS
+from cluster.tools.drill import ROUND_FAULTS, round_faults_help
 from cluster.tools.replay import replay
+from cluster.tools.rolling import ROLLING_HELP, ROLLING_RESTART
 
 
 def setup_logging(level: str) -> None:
@@ -326,12 +327,9 @@ def handover(conn, product, to_node, timeout_s) -> None:
 )
 @click.option(
     "--fault",
-    type=click.Choice([*FAULTS, "rolling-restart"]),
+    type=click.Choice([*ROUND_FAULTS, ROLLING_RESTART]),
     required=True,
-    help="kill: SIGKILL the leader's product process; pause: SIGSTOP it beyond the lease; stall: block "
-    "its matching loop past the stall limit (its lease renewer runs on); node-kill: the leader's whole "
-    "node; redis-restart: the embedded Redis; rolling-restart: restart every node in turn and report "
-    "each product's largest output pause.",
+    help=f"At the product's leader: {round_faults_help()}; {ROLLING_RESTART}: {ROLLING_HELP}.",
 )
 @click.option("--rounds", type=int, default=5, show_default=True, help="Faults injected, one per round.")
 @click.option("--rate", type=float, default=500.0, show_default=True, help="Offered orders per second.")
@@ -359,10 +357,10 @@ def drill(conn, config, product, fault, rounds, rate, pause_s, admin_token, as_j
     missing = [p for p in names if p not in configs]
     if missing:
         raise click.UsageError(f"{config} has no settings for {', '.join(missing)}")
-    if len(names) != 1 and fault != "rolling-restart":
+    if len(names) != 1 and fault != ROLLING_RESTART:
         raise click.UsageError(f"--fault {fault} drills one product")
     log = (lambda _line: None) if as_json else (lambda line: click.echo(line, err=True))
-    if fault == "rolling-restart":
+    if fault == ROLLING_RESTART:
         from cluster.tools.rolling import format_rolling, run_rolling_restart
 
         try:

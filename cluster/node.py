@@ -7,10 +7,10 @@ endpoints and the Prometheus exposition of all product processes.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
-import signal
 import sys
 import threading
 import time
@@ -18,11 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import engine
-from cluster import http_api
+from cluster import faults, http_api
 from cluster.embedded import EmbeddedServices
 from cluster.redis_state import NODE_ADDRESSES_KEY, NODES_KEY, durability_problems, release_sync, sync_client
 from cluster.settings import NodeSettings
-from cluster.worker import CORRUPT_SIGNAL, STALL_SIGNAL, run_product
+from cluster.worker import run_product
 from engine.native import native_import_error, resolve_core
 from supervisor import ChildSpec, Supervisor
 
@@ -136,79 +136,6 @@ class Node:
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
 
-    def inject_fault(self, request: dict) -> tuple[int, dict]:
-        """Drills: a fault on this node, asked for over the authenticated admin endpoint."""
-        fault = request.get("fault")
-        product = request.get("product")
-        child = self.supervisor.children.get(product) if isinstance(product, str) else None
-        at_ms = int(time.time() * 1000)
-        if fault in ("kill", "pause", "stall", "corrupt"):
-            if child is None or child.process is None or not child.process.is_alive():
-                return 409, {
-                    "error": f"no running process for product {product!r} on {self.settings.node_id}"
-                }
-            pid = child.process.pid
-            if fault == "kill":
-                os.kill(pid, signal.SIGKILL)
-            elif fault == "stall":
-                os.kill(pid, STALL_SIGNAL)  # the product process blocks its matching loop (worker.py)
-            elif fault == "corrupt":
-                os.kill(pid, CORRUPT_SIGNAL)  # a standby changes its own book (worker.py)
-            else:
-                pause_s = float(request.get("pause_s") or 2 * self.settings.timing.lease_ttl_ms / 1000)
-                os.kill(pid, signal.SIGSTOP)
-                resume = threading.Timer(min(pause_s, 60.0), _continue, (pid,))
-                resume.daemon = True  # a node stopping meanwhile continues its children itself
-                resume.start()
-            log.warning("fault injected fault=%s product=%s pid=%d", fault, product, pid)
-            return 200, {
-                "ok": True,
-                "fault": fault,
-                "pid": pid,
-                "node": self.settings.node_id,
-                "at_ms": at_ms,
-                "stall_s": self.settings.timing.drill_stall_s() if fault == "stall" else 0.0,
-            }
-        if fault == "restart":
-            if self.embedded is not None:
-                return 409, {
-                    "error": "this node runs the embedded broker and Redis; restarting it restarts the cluster"
-                }
-            log.warning("fault injected fault=restart node=%s", self.settings.node_id)
-            self.restart_requested = True
-            # As SIGTERM does: every leader hands its product over, then the node starts afresh.
-            threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM)).start()
-            return 200, {"ok": True, "fault": fault, "node": self.settings.node_id, "at_ms": at_ms}
-        if fault == "node-kill":
-            if self.embedded is not None:
-                return 409, {
-                    "error": "this node runs the embedded broker and Redis; killing it kills the cluster"
-                }
-            log.warning("fault injected fault=node-kill node=%s", self.settings.node_id)
-            threading.Timer(0.05, self._kill_node).start()
-            return 200, {"ok": True, "fault": fault, "node": self.settings.node_id, "at_ms": at_ms}
-        if fault == "redis-restart":
-            if self.embedded is None:
-                return 409, {"error": f"{self.settings.node_id} does not run the embedded Redis"}
-            server = self.embedded.redis
-            self.on_main_thread(lambda: _restart_redis(server))  # answered when it is back, for drills
-            back_ms = int(time.time() * 1000)
-            return 200, {
-                "ok": True,
-                "fault": fault,
-                "node": self.settings.node_id,
-                "at_ms": at_ms,
-                "back_ms": back_ms,
-            }
-        return 400, {"error": f"unknown fault {fault!r}"}
-
-    def _kill_node(self) -> None:
-        """The whole node dies at once: no drain, no lease release (the TTL decides)."""
-        for child in self.supervisor.children.values():
-            if child.process is not None and child.process.is_alive():
-                os.kill(child.process.pid, signal.SIGKILL)
-        os._exit(137)
-
     def run(self) -> int:
         """Serve HTTP, supervise until stopped; the return is the process's exit code."""
         for problem in durability_problems(self.redis):
@@ -218,7 +145,7 @@ class Node:
             self.ready,
             self.status,
             self.metrics,
-            self.inject_fault,
+            functools.partial(faults.inject, self),
             self.settings.admin_token,
         )
         self.http = http_api.serve_http(self.settings.http_host, self.settings.http_port, source)
@@ -275,18 +202,3 @@ def prepare_metrics_dir(run_dir: Path) -> Path:
     path.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
     return path
-
-
-def _continue(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGCONT)
-    except ProcessLookupError:
-        pass
-
-
-def _restart_redis(server) -> None:
-    """SIGKILL the local redis-server and start it again on the same port (its fsync-always AOF
-    keeps epochs, progress and snapshots)."""
-    server.kill()
-    server.start()
-    log.warning("fault: server restarted name=%s port=%d", server.name, server.port)

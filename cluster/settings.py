@@ -91,10 +91,6 @@ class Timing:
         if self.snapshot_min_interval_s > self.snapshot_every_s:
             raise SettingsError("snapshot_min_interval_s must be at most snapshot_every_s")
 
-    def drill_stall_s(self) -> float:
-        """How long the `stall` drill holds a matching loop: past the stall limit and a lease TTL."""
-        return (2 * self.loop_stall_limit_ms + self.lease_ttl_ms) / 1000
-
     def snapshot_due(self, orders_since: int, seconds_since: float) -> bool:
         """Whether a snapshot is due, `orders_since` orders and `seconds_since` s after the last."""
         if not orders_since:

@@ -33,6 +33,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from cluster import input_log, kafka_io, snapshots
 from cluster import metrics as m
 from cluster.aio import cancelling
+from cluster.faults import CORRUPT_SIGNAL, STALL_SIGNAL, stall_s
 from cluster.lease import Demoted, Leadership, LeaseKeeper
 from cluster.publisher import Publisher
 from cluster.redis_state import ProductRedis, async_client
@@ -55,12 +56,6 @@ EXIT_CONFIG = EXIT_DO_NOT_RESTART
 
 STANDBY_READ_AHEAD = 200_000  # records a standby holds ahead of the leader's recorded progress
 READ_AHEAD_FULL_WAIT_S = 0.02  # then it waits this long before looking again
-# Drills (`fault stall`): on this signal the matching loop blocks, as a hung loop would, while the
-# lease renewer thread runs on; it must stop renewing after Timing.loop_stall_limit_ms.
-STALL_SIGNAL = signal.SIGUSR1
-# Drills (`fault corrupt`): on this signal a standby changes its own book behind the input's back,
-# as memory corruption would; the live state check must catch it at the next checkpoint.
-CORRUPT_SIGNAL = signal.SIGUSR2
 # Records stamped further than this from the node's clock are not timed (see observe_order_to_event).
 LATENCY_MEASURABLE_S = 3600.0
 CORRUPT_ORDER_ID = 2**62
@@ -851,7 +846,7 @@ class ProductWorker:
     def stall_for_drill(self) -> None:
         """Fault injection: hold the loop past the stall limit and a lease TTL, then go on."""
         log.warning("stalling the matching loop for a drill product=%s", self.product)
-        time.sleep(self.timing.drill_stall_s())
+        time.sleep(stall_s(self.timing))
 
     def corrupt_for_drill(self) -> None:
         """Fault injection on a standby: rest an order no input carried (its events go nowhere)."""

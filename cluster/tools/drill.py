@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 import msgspec
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from cluster import faults
 from cluster.kafka_io import client_config, message_topic, order_topic, quiet_librdkafka
 from cluster.redis_state import NODE_ADDRESSES_KEY, lease_holder, sync_client
 from cluster.tools.send import record_timestamp_ms
@@ -32,9 +33,14 @@ from cluster.tools.workload import generate_orders
 from engine.config import ProductConfig
 from engine.messages import record_time_ns
 
-FAULTS = ("kill", "pause", "stall", "node-kill", "redis-restart")
-LEADER_CHANGING = ("kill", "pause", "stall", "node-kill")
+# The faults a drill injects once per round, at the leader (`rolling-restart` is rolling.py's).
+ROUND_FAULTS = tuple(name for name, fault in faults.FAULTS.items() if fault.drill is faults.Drill.ROUND)
 _sequence_of = msgspec.json.Decoder(dict)
+
+
+def round_faults_help() -> str:
+    """`name: what it does` of each round fault, for the drill's --fault help."""
+    return "; ".join(f"{name}: {faults.FAULTS[name].help}" for name in ROUND_FAULTS)
 
 
 class DrillError(RuntimeError):
@@ -276,8 +282,8 @@ def run_drill(
     log=print,
 ) -> DrillReport:
     """Run the drill; never raises for a failed round (it is reported), only for a drill that can't run."""
-    if fault not in FAULTS:
-        raise DrillError(f"unknown fault {fault!r}; one of {', '.join(FAULTS)}")
+    if fault not in ROUND_FAULTS:
+        raise DrillError(f"unknown fault {fault!r}; one of {', '.join(ROUND_FAULTS)}")
     extra = kafka_extra or {}
     redis_client = sync_client(redis_url)
     if current_lease(redis_client, product) is None and not _wait(
@@ -325,7 +331,7 @@ def one_round(number, fault, product, redis_client, watcher, admin_token, pause_
     except (DrillError, OSError) as exc:
         result.error = str(exc)
         return result
-    if fault in LEADER_CHANGING:
+    if faults.FAULTS[fault].moves_lease:
         seen = _wait(lambda: watcher.first_epoch_above(epoch), 60)
         if seen is None:
             result.error = "no new leader published within 60 s"
@@ -353,7 +359,9 @@ def one_round(number, fault, product, redis_client, watcher, admin_token, pause_
         f"in {result.takeover_ms} ms (seen by the drill's consumer at +{result.seen_ms} ms)"
     )
     # Let a paused ex-leader wake and demote, and the restarted process rejoin, before the next round.
-    paused_for = (pause_s or 2.0) if fault == "pause" else float(answer.get("stall_s") or 0.0)
+    paused_for = (
+        (pause_s or 2.0) if faults.FAULTS[fault].uses_pause_s else float(answer.get("stall_s") or 0.0)
+    )
     time.sleep(settle_s + paused_for)
     return result
 

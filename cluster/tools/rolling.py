@@ -15,6 +15,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
+from cluster import faults
 from cluster.redis_state import NODE_ADDRESSES_KEY, NODES_KEY, sync_client
 from cluster.tools.drill import (
     DrillError,
@@ -26,6 +27,10 @@ from cluster.tools.drill import (
     post_fault,
 )
 
+ROLLING_RESTART = "rolling-restart"  # the drill's --fault choice
+ROLLING_HELP = "restart every node in turn and report each product's largest output pause"
+# The fault asked of each node in turn (the registry's rolling one: `restart`).
+ROLLED_FAULT = next(name for name, fault in faults.FAULTS.items() if fault.drill is faults.Drill.ROLLING)
 BASELINE_S = 3.0
 
 
@@ -49,7 +54,7 @@ class RollingReport:
     def as_dict(self) -> dict:
         """JSON for --json."""
         return {
-            "fault": "rolling-restart",
+            "fault": ROLLING_RESTART,
             "products": self.products,
             "nodes": self.nodes,
             "restarted": self.restarted,
@@ -124,7 +129,7 @@ def run_rolling_restart(
             log(f"restarting {node} ({address})")
             report.restart_ms[node] = int(time.time() * 1000)
             try:
-                post_fault(address, admin_token, "restart", products[0], None)
+                post_fault(address, admin_token, ROLLED_FAULT, products[0], None)
             except (DrillError, OSError) as exc:
                 report.error = f"{node}: {exc}"
                 break
