@@ -139,8 +139,9 @@ def _restart_node(site: FaultSite, request: dict, pid: int | None) -> dict:
 
 
 def _kill_node(site: FaultSite, request: dict, pid: int | None) -> dict:
+    acts_at_ms = int(time.time() * 1000 + NODE_FAULT_DELAY_S * 1000)
     threading.Timer(NODE_FAULT_DELAY_S, _node_dies, (site,)).start()
-    return {}
+    return {"acts_at_ms": acts_at_ms}  # the drill times the takeover from the death, not the request
 
 
 def _node_dies(site: FaultSite) -> None:

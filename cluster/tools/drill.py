@@ -3,7 +3,8 @@
 Run it against a drill product (its whole input and output are read from offset 0 to check that
 the output equals `replay` of the input). Faults reach the leader's node through its
 authenticated admin endpoint (address and node found in Redis), so drills work across hosts.
-Takeover is measured from just before the fault request (this host's clock) to the producer
+Takeover is measured from just before the fault request (this host's clock; for a node-kill, from
+the moment the node said it would die, a fixed delay after its answer) to the producer
 timestamp of the first event published under a new epoch (the `epoch` header of the event
 record), or, for server restarts that need not move the lease, of the first event produced after
 the restarted server was back (so it includes the restart itself: ~5 s for the test broker's clean
@@ -338,8 +339,10 @@ def one_round(number, fault, product, redis_client, watcher, admin_token, pause_
             return result
         result.new_epoch, arrival, result.new_node = seen
         stamp = watcher.first_stamp.get(result.new_epoch)
+        # A node fault acts a moment after its answer (faults.NODE_FAULT_DELAY_S): from then on.
+        fault_ms = max(began_wall_ms, int(answer.get("acts_at_ms") or 0))
         if stamp:
-            result.takeover_ms = float(max(0, stamp - began_wall_ms))
+            result.takeover_ms = float(max(0, stamp - fault_ms))
     else:
         back_ms = int(answer.get("back_ms") or began_wall_ms)  # events before it are the old server's
         seen = _wait(lambda: watcher.first_produced_after(back_ms), 60)
