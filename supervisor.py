@@ -95,7 +95,7 @@ def _child_entry(
     # The parent is the forkserver, which exits when the supervisor does; a supervisor that died
     # before this ran is caught by the check after.
     die_with_parent(signal.SIGTERM, os.getppid())
-    if not _alive(supervisor_pid):
+    if not pid_alive(supervisor_pid):
         os.kill(os.getpid(), signal.SIGTERM)
     logging.basicConfig(
         level=log_level, format="%(asctime)s %(levelname)s %(name)s pid=%(process)d %(message)s"
@@ -105,7 +105,10 @@ def _child_entry(
     os._exit(int(code or 0))
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: object) -> bool:
+    """Whether `pid` names a running process (another user's process counts too); False for no pid."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import json
 import logging
 import threading
@@ -36,11 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import redis
-from redis.exceptions import NoScriptError
-
 from cluster.aio import cancelling
-from cluster.redis_state import NODES_KEY, RENEW, leader_key, status_key
+from cluster.redis_state import NODES_KEY, LeaseRenewal, status_key
 
 log = logging.getLogger(__name__)
 
@@ -89,47 +85,6 @@ class Leadership:
     since: float = field(default_factory=time.monotonic)
 
 
-class RenewalConnection:
-    """The renewer's own Redis connection, sending one prepared EVALSHA of the RENEW script.
-
-    A leader renews ten times a second whether it trades or not, so with many products on a node
-    the renewals are much of an idle node's work. This skips what a client call costs on every
-    renewal (pool checkout, script lookup, argument encoding): the command is packed once per
-    lease value, and the script compares the whole value `<epoch>|<token>`, exactly as before.
-    """
-
-    def __init__(self, redis_url: str, product: str, timeout_s: float) -> None:
-        self.pool = redis.ConnectionPool.from_url(
-            redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-        )
-        self.key = leader_key(product)
-        self.sha = hashlib.sha1(RENEW.encode()).hexdigest()
-        self.connection = None
-        self.packed_for: tuple[str, int] | None = None
-        self.packed: list = []
-
-    def __call__(self, lease_value: str, ttl_ms: int) -> bool:
-        """Extend the lease; False if it is no longer ours (expired or taken)."""
-        if self.connection is None:
-            self.connection = self.pool.get_connection("EVALSHA")
-        if self.packed_for != (lease_value, ttl_ms):
-            self.packed = self.connection.pack_command("EVALSHA", self.sha, 1, self.key, lease_value, ttl_ms)
-            self.packed_for = (lease_value, ttl_ms)
-        try:
-            return self.send()
-        except NoScriptError:  # a restarted or flushed Redis: load the script, once
-            self.connection.send_command("SCRIPT", "LOAD", RENEW)
-            self.connection.read_response()
-            return self.send()
-        except Exception:
-            self.connection.disconnect()  # a fresh connection next time, not a half-read reply
-            raise
-
-    def send(self) -> bool:
-        self.connection.send_packed_command(self.packed, check_health=False)
-        return bool(self.connection.read_response())
-
-
 class LeaseRenewer:
     """Renews the leader's lease on its own thread and connection, apart from the matching loop.
 
@@ -146,7 +101,7 @@ class LeaseRenewer:
         self.loop_beat = loop_beat
         # A renewal that takes longer than the lease can be trusted is worth nothing: time out then.
         timeout_s = (timing.lease_ttl_ms - timing.lease_safety_ms) / 1000
-        self.renew = RenewalConnection(redis_url, product, timeout_s)
+        self.renew = LeaseRenewal(redis_url, product, timeout_s)
         self.leader: Leadership | None = None
         self.wake = threading.Event()
         self.stopped = False

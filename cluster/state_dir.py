@@ -27,6 +27,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from supervisor import pid_alive
+
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "start.lock"
@@ -184,18 +186,6 @@ def _is_our_server(pid: int, port: str) -> bool:
     )
 
 
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @contextlib.contextmanager
 def run_directory(state_dir: Path) -> Iterator[Path]:
     """This run's own directory (metrics, embedded servers' files), locked while the run lives.
@@ -253,6 +243,6 @@ def _dead_legacy_metrics(state_dir: Path) -> list[Path]:
             pids = [int(f.stem.rsplit("_", 1)[-1]) for f in path.glob("*.db") if f.stem[-1].isdigit()]
         except (OSError, ValueError):
             continue
-        if not any(_alive(pid) for pid in pids):
+        if not any(pid_alive(pid) for pid in pids):
             dead.append(path)
     return dead

@@ -145,10 +145,7 @@ def first_orders(bootstrap: str, node: BenchNode, status: dict, gap_s: float, se
             time.sleep(gap_s)
         if producer.flush(30):
             raise BenchError("idle orders not acknowledged by the broker")
-        deadline = time.monotonic() + 30
-        while probe.unanswered() and time.monotonic() < deadline:
-            node.check_alive()
-            time.sleep(0.05)
+        probe.wait_answered(node, 30)
     finally:
         probe.stop.set()
         consumer.join(10)

@@ -137,6 +137,14 @@ class LatencyProbe:
         """Measured orders whose first event has not been consumed yet."""
         return sum(1 for k in self.sent if k not in self.first_seen)
 
+    def wait_answered(self, node, timeout_s: float) -> None:
+        """Until every measured order has its first event, or timeout_s; fails at once if the node
+        exits. What stays unanswered is the caller's to report."""
+        deadline = time.monotonic() + timeout_s
+        while self.unanswered() and time.monotonic() < deadline:
+            node.check_alive()
+            time.sleep(0.05)
+
     def percentiles(self) -> dict:
         """p50/p99/p99.9 in ms over every order whose first event arrived."""
         samples = sorted((self.first_seen[k] - t) / 1e6 for k, t in self.sent.items() if k in self.first_seen)
@@ -171,10 +179,7 @@ def latency_phase(
     consumer.start()
     try:
         achieved = probe.offer(bootstrap, streams, rate, LATENCY_WARMUP_S)
-        deadline = time.monotonic() + 15
-        while probe.unanswered() and time.monotonic() < deadline:
-            node.check_alive()
-            time.sleep(0.1)
+        probe.wait_answered(node, 15)
     finally:
         probe.stop.set()
         consumer.join(10)

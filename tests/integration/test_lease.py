@@ -27,7 +27,7 @@ def test_epochs_grow_and_stale_leaders_are_refused(services, product):
     async def scenario() -> None:
         client = async_client(services.redis_url)
         store = ProductRedis(client, product)
-        renew = LeaseRenewal(sync_client(services.redis_url), product)  # the renewer thread's call
+        renew = LeaseRenewal(services.redis_url, product, 2.0)  # the renewer thread's call
         first = await store.try_acquire("node-a:p:1", 10_000)
         assert first is not None and first.epoch == 1
         assert await store.try_acquire("node-b:p:2", 10_000) is None, "one holder at a time"
@@ -51,7 +51,7 @@ def test_epochs_grow_and_stale_leaders_are_refused(services, product):
         assert not await store.release("node-a:p:1"), "a stale owner cannot release the new lease"
         assert await store.read_progress() == (10, 5, "f")
         assert (await store.read_snapshot()).sequence == 10
-        assert await store.holder() == second.lease_value
+        assert (await store.holder_ttl())[0] == second.lease_value
         await client.aclose()
 
     asyncio.run(scenario())
@@ -64,7 +64,7 @@ def test_the_lease_expires_by_itself(services, product):
         held = await store.try_acquire("node-a:p:1", 200)
         assert held is not None
         deadline = asyncio.get_running_loop().time() + 5
-        while await store.holder() is not None:
+        while (await store.holder_ttl())[0] is not None:
             assert asyncio.get_running_loop().time() < deadline, "the lease did not expire"
             await asyncio.sleep(0.05)
         taken = await store.try_acquire("node-b:p:2", 200)
@@ -76,7 +76,7 @@ def test_the_lease_expires_by_itself(services, product):
 
 def test_redis_durability_is_checked(services, start_local, tmp_path):
     from cluster.embedded import redis_server
-    from cluster.redis_state import durability_problems, sync_client
+    from cluster.redis_state import durability_problems
 
     assert durability_problems(sync_client(services.redis_url)) == []
     loose = start_local(redis_server(tmp_path / "loose"))
