@@ -334,7 +334,10 @@ def handover(conn, product, to_node, timeout_s) -> None:
 @click.option("--rounds", type=int, default=5, show_default=True, help="Faults injected, one per round.")
 @click.option("--rate", type=float, default=500.0, show_default=True, help="Offered orders per second.")
 @click.option(
-    "--pause-s", type=float, default=None, help="How long `pause` stops the leader (default 2x lease TTL)."
+    "--pause-s",
+    type=float,
+    default=None,
+    help="How long `pause` stops the leader (default: past the stall limit and a lease TTL).",
 )
 @click.option(
     "--admin-token", default=None, help="The nodes' admin token (embedded default: found by itself)."

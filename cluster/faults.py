@@ -92,7 +92,6 @@ class Fault:
     moves_lease: bool
     embedded: Embedded = Embedded.ANY
     refusal: str = ""  # the 409 error when `embedded` is not met ({node} is this node's id)
-    uses_pause_s: bool = False  # the request's pause_s (the drill's --pause-s) sets how long it holds
 
 
 def stall_s(timing: Timing) -> float:
@@ -106,12 +105,14 @@ def _kill(site: FaultSite, request: dict, pid: int | None) -> dict:
 
 
 def _pause(site: FaultSite, request: dict, pid: int | None) -> dict:
-    pause_s = float(request.get("pause_s") or 2 * site.settings.timing.lease_ttl_ms / 1000)
+    # The node renews the lease while the process's loop turned within the stall limit
+    # (cluster/lease_board.py): a stopped process is a hung loop, so the default outlasts that limit.
+    held_s = min(float(request.get("pause_s") or stall_s(site.settings.timing)), PAUSE_LIMIT_S)
     os.kill(pid, signal.SIGSTOP)
-    resume = threading.Timer(min(pause_s, PAUSE_LIMIT_S), _continue, (pid,))
+    resume = threading.Timer(held_s, _continue, (pid,))
     resume.daemon = True  # a node stopping meanwhile continues its children itself
     resume.start()
-    return {}
+    return {"stall_s": held_s}
 
 
 def _continue(pid: int) -> None:
@@ -175,16 +176,15 @@ FAULTS: dict[str, Fault] = {
         Fault("kill", "SIGKILL the product's process", Target.PRODUCT, _kill, Drill.ROUND, moves_lease=True),
         Fault(
             "pause",
-            "SIGSTOP it beyond the lease",
+            "SIGSTOP it past the stall limit and a lease TTL",
             Target.PRODUCT,
             _pause,
             Drill.ROUND,
             moves_lease=True,
-            uses_pause_s=True,
         ),
         Fault(
             "stall",
-            "block its matching loop past the stall limit (its lease renewer runs on)",
+            "block its matching loop past the stall limit (the node's lease renewer runs on)",
             Target.PRODUCT,
             _stall,
             Drill.ROUND,

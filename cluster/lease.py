@@ -5,10 +5,11 @@ Guarantees (with cluster/redis_state.py's scripts):
 - A leader trusts its lease only until the send time of its last successful renewal plus
   TTL minus a safety margin, on its own monotonic clock; past that it must stop publishing and
   step down to standby (Demoted).
-- Renewal runs on its own thread and Redis connection (LeaseRenewer), so a long batch, a
-  snapshot or a GC pause on the matching loop does not cost the lease. It renews only while the
-  loop has shown progress within `Timing.loop_stall_limit_ms`: a loop that truly hangs (or a
-  process that is stopped) lets the lease lapse, and a standby takes over.
+- Renewal is the node's, not the matching loop's (cluster/lease_board.py: one renewer thread
+  per node renews all its leaders' leases), so a long batch, a snapshot or a GC pause on the
+  matching loop does not cost the lease. It renews only while the loop has shown progress
+  within `Timing.loop_stall_limit_ms`: a loop that truly hangs (or a process that is stopped)
+  lets the lease lapse, and a standby takes over.
 - A standby takes the lease only when the key is gone. Placement decides who goes first:
   a caught-up standby on the product's preferred node at once, other caught-up standbys after
   `placement_defer_ms`, standbys still catching up after three times that, and a stepped-down
@@ -28,15 +29,16 @@ import asyncio
 import collections
 import json
 import logging
-import threading
 import time
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cluster.aio import cancelling
-from cluster.redis_state import NODES_KEY, LeaseRenewal, status_key
+from cluster.redis_state import NODES_KEY, status_key
+
+if TYPE_CHECKING:
+    from cluster.lease_board import LeaseSlot
 
 log = logging.getLogger(__name__)
 
@@ -80,110 +82,9 @@ class Leadership:
     batch_marks: collections.deque = field(default_factory=collections.deque)
     progress: tuple[int, int] = (0, 0)
     written_progress: tuple[int, int] = (-1, -1)
-    # Set by the renewer thread when Redis says the lease is not ours any more.
+    # Set when the node's renewer found the lease not ours any more (LeaseKeeper.sync).
     lost: str | None = None
     since: float = field(default_factory=time.monotonic)
-
-
-class LeaseRenewer:
-    """Renews the leader's lease on its own thread and connection, apart from the matching loop.
-
-    The loop proves it is alive by `loop_beat()` (the monotonic time of its last turn); past
-    `loop_stall_limit_ms` without a turn the renewer stops renewing, so a hung loop loses the
-    lease within a TTL of the limit while a merely slow one (a large snapshot, a GC pause, a busy
-    core) keeps it. The only state shared with the loop is the Leadership it is handed: the
-    renewer writes its `valid_until` (a float) and `lost`; the loop reads them.
-    """
-
-    def __init__(self, redis_url: str, product: str, timing, loop_beat: Callable[[], float]) -> None:
-        self.product = product
-        self.timing = timing
-        self.loop_beat = loop_beat
-        # A renewal that takes longer than the lease can be trusted is worth nothing: time out then.
-        timeout_s = (timing.lease_ttl_ms - timing.lease_safety_ms) / 1000
-        self.renew = LeaseRenewal(redis_url, product, timeout_s)
-        self.leader: Leadership | None = None
-        self.wake = threading.Event()
-        self.stopped = False
-        self.stalled_logged = False
-        self.late_logged = False
-        self.thread = threading.Thread(target=self.run, name=f"lease-{product}", daemon=True)
-
-    def start(self) -> None:
-        """Start the renewal thread (idle until `hold`)."""
-        self.thread.start()
-
-    def hold(self, leader: Leadership) -> None:
-        """Renew this leadership from now on."""
-        self.leader = leader
-        self.stalled_logged = self.late_logged = False
-        self.wake.set()
-
-    def drop(self) -> None:
-        """Stop renewing (stepped down or stopping); the lease expires or was released."""
-        self.leader = None
-
-    def stop(self) -> None:
-        """End the thread."""
-        self.stopped = True
-        self.leader = None
-        self.wake.set()
-
-    def valid_until(self, sent: float) -> float:
-        """How long a renewal sent at `sent` (monotonic) lets the leader publish."""
-        return sent + (self.timing.lease_ttl_ms - self.timing.lease_safety_ms) / 1000
-
-    def run(self) -> None:
-        """Thread: renew every lease_renew_ms while holding a lease and the loop is alive."""
-        t = self.timing
-        while not self.stopped:
-            leader = self.leader
-            if leader is None:
-                self.wake.wait()
-                self.wake.clear()
-                continue
-            sent = time.monotonic()
-            if sent > leader.valid_until and not self.late_logged:
-                self.late_logged = True  # once until a renewal succeeds again
-                log.warning(
-                    "lease renewer late product=%s late_ms=%d",
-                    self.product,
-                    (sent - leader.valid_until) * 1000,
-                )
-            stalled_ms = (sent - self.loop_beat()) * 1000
-            if stalled_ms > t.loop_stall_limit_ms:
-                if not self.stalled_logged:
-                    self.stalled_logged = True
-                    log.error(
-                        "matching loop stalled product=%s epoch=%d stalled_ms=%d limit_ms=%d: "
-                        "no longer renewing the lease",
-                        self.product,
-                        leader.epoch,
-                        stalled_ms,
-                        t.loop_stall_limit_ms,
-                    )
-            else:
-                self.renew_once(leader, sent)
-            self.wake.wait(t.lease_renew_ms / 1000)
-            self.wake.clear()
-
-    def renew_once(self, leader: Leadership, sent: float) -> None:
-        """One renewal; on success the leader may publish until valid_until(sent)."""
-        try:
-            still_ours = self.renew(leader.lease_value, self.timing.lease_ttl_ms)
-        except Exception as exc:  # noqa: BLE001 - Redis unreachable or slow: the clock decides
-            log.warning("lease renew failed product=%s error=%s", self.product, exc)
-            return
-        took_ms = (time.monotonic() - sent) * 1000
-        if took_ms > self.timing.lease_ttl_ms / 4:
-            log.warning("lease renew slow product=%s took_ms=%d", self.product, took_ms)
-        if self.leader is not leader:
-            return  # stepped down meanwhile: this answer is about an old leadership
-        if still_ours:
-            leader.valid_until = self.valid_until(sent)
-            self.late_logged = False
-        else:
-            leader.lost = "lease lost"
 
 
 class Follower(Protocol):
@@ -217,7 +118,7 @@ class LeaseKeeper:
     placement and handover requests as leader."""
 
     def __init__(
-        self, redis, redis_url: str, settings, product: str, token: str, follower: Follower, loop_beat
+        self, redis, settings, product: str, token: str, follower: Follower, slot: LeaseSlot
     ) -> None:
         self.redis = redis
         self.timing = settings.timing
@@ -226,7 +127,7 @@ class LeaseKeeper:
         self.node_id = settings.node_id
         self.products = settings.products
         self.follower = follower
-        self.renewer = LeaseRenewer(redis_url, product, self.timing, loop_beat)
+        self.slot = slot
         self.lease_free_since: float | None = None
         self.started_at = time.monotonic()
         self.preferred_seen: str | None = None  # the other node placement preferred at the last look
@@ -234,23 +135,38 @@ class LeaseKeeper:
         self.stopped = False
 
     def hold(self, leader: Leadership) -> None:
-        """Renew this leadership from now on."""
-        self.renewer.hold(leader)
+        """Have the node renew this leadership from now on."""
+        self.slot.hold(leader.epoch, leader.lease_value)
 
     def drop(self) -> None:
         """Stop renewing (stepped down, handed over, or stopping)."""
-        self.renewer.drop()
+        self.slot.drop()
 
     def stop(self) -> None:
-        """The process stops: take no lease any more, end the renewal thread."""
+        """The process stops: take no lease any more, renew none."""
         self.stopped = True
-        self.renewer.stop()
+        self.slot.drop()
+
+    def beat(self) -> None:
+        """The matching loop turned: the node may go on renewing."""
+        self.slot.beat()
+
+    def sync(self, leader: Leadership) -> None:
+        """Take the node's last word on this leadership: a later valid_until, or that it is lost."""
+        renewed = self.slot.valid_until(leader.epoch)
+        if renewed is not None and renewed > leader.valid_until:
+            leader.valid_until = renewed
+        if self.slot.lost(leader.epoch) and leader.lost is None:
+            leader.lost = "lease lost"
+
+    def valid_until(self, sent: float) -> float:
+        """How long an acquisition or renewal sent at `sent` (monotonic s) lets the leader publish."""
+        return sent + (self.timing.lease_ttl_ms - self.timing.lease_safety_ms) / 1000
 
     async def run(self) -> None:
         """As standby, follow progress and take the lease when it is free or handed to us; as
-        leader, look for handover requests and a better-placed node (the renewer renews)."""
+        leader, look for handover requests and a better-placed node (the node renews)."""
         t, follower = self.timing, self.follower
-        self.renewer.start()
         handed = False
         while not self.stopped:  # also cancelled when the process stops
             if follower.leadership() is not None:
@@ -322,7 +238,7 @@ class LeaseKeeper:
             acquired = await self.redis.try_acquire(self.token, self.timing.lease_ttl_ms)
             if acquired is not None:
                 try:
-                    await self.follower.promote(acquired, self.renewer.valid_until(sent))
+                    await self.follower.promote(acquired, self.valid_until(sent))
                 except Demoted as exc:
                     self.follower.restart(str(exc))  # its exit releases the lease it just took
         return self.timing.standby_poll_ms / 1000

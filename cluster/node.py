@@ -20,6 +20,7 @@ from pathlib import Path
 import engine
 from cluster import faults, http_api
 from cluster.embedded import EmbeddedServices
+from cluster.lease_board import LeaseBoard, NodeRenewer
 from cluster.redis_state import NODE_ADDRESSES_KEY, NODES_KEY, durability_problems, release_sync, sync_client
 from cluster.settings import NodeSettings
 from cluster.worker import run_product
@@ -44,7 +45,11 @@ class Node:
         self.advertised = ""
         self.redis = sync_client(settings.redis_url, timeout_s=0.5)
         self.last_heartbeat = 0.0
-        specs = [ChildSpec(p, run_product, (settings, p)) for p in settings.products]
+        # One thread renews every lease this node's leaders hold (cluster/lease_board.py).
+        self.lease_board = LeaseBoard.create(len(settings.products))
+        self.renewer = NodeRenewer(self.lease_board, settings.products, settings.redis_url, settings.timing)
+        board_path = str(self.lease_board.path)
+        specs = [ChildSpec(p, run_product, (settings, p, board_path)) for p in settings.products]
         self.supervisor = Supervisor(
             specs, settings.node_id, on_exit=self.child_exited, on_tick=self.tick, preload=PRODUCT_PRELOAD
         )
@@ -55,7 +60,9 @@ class Node:
         self.main_thread_work: queue.Queue[tuple[Callable[[], None], threading.Event, list]] = queue.Queue()
 
     def child_exited(self, product: str, token: str, code: int | None) -> None:
-        """A child that did not stop cleanly may still hold its lease: release it now, by token."""
+        """A child that did not stop cleanly may still hold its lease: stop renewing it, then
+        release it now, by token."""
+        self.lease_board.clear(self.settings.products.index(product))
         if code == 0:
             return
         if release_sync(self.redis, product, token):
@@ -159,9 +166,12 @@ class Node:
             ",".join(self.settings.products),
         )
         log_core(self.settings.core)
+        self.renewer.start()
         try:
             code = self.supervisor.run()
         finally:
+            self.renewer.stop()
+            self.lease_board.remove()
             self.http.shutdown()
             try:
                 self.redis.zrem(NODES_KEY, self.settings.node_id)

@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import time
+from pathlib import Path
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
@@ -35,6 +36,7 @@ from cluster import metrics as m
 from cluster.aio import cancelling
 from cluster.faults import CORRUPT_SIGNAL, STALL_SIGNAL, stall_s
 from cluster.lease import Demoted, Leadership, LeaseKeeper
+from cluster.lease_board import LeaseBoard, LeaseSlot
 from cluster.publisher import Publisher
 from cluster.redis_state import ProductRedis, async_client
 from cluster.reporting import StatusReporter
@@ -86,12 +88,15 @@ class ConfigMismatch(Exception):
 class ProductWorker:
     """The loop of one product process; `run()` returns the process's exit code."""
 
-    def __init__(self, settings: NodeSettings, product: str, token: str, status_conn=None) -> None:
+    def __init__(
+        self, settings: NodeSettings, product: str, lease_slot: LeaseSlot, token: str, status_conn=None
+    ) -> None:
         self.settings = settings
         self.timing = settings.timing
         self.product = product
         self.token = token
         self.status_conn = status_conn
+        self.lease_slot = lease_slot
         self.config = settings.product_config(product)
         self.fingerprint = self.config.fingerprint()
         self.metric = m.bind(product, settings.node_id)
@@ -106,8 +111,6 @@ class ProductWorker:
         self.restart_reason: str | None = None
         # A planned handover the leader should make at its next turn: a node, or '' for any.
         self.handover_wanted: str | None = None
-        # Monotonic time of the main loop's last turn: the renewer renews only while it is recent.
-        self.loop_beat = time.monotonic()
         # The longest time the event loop was held up since the last status report, and ever (s).
         self.loop_stall_max = 0.0
         self.loop_stall_window = 0.0
@@ -365,8 +368,9 @@ class ProductWorker:
     async def main_loop(self) -> None:
         """Fetch, apply, publish, until asked to stop or something fatal happens."""
         max_outstanding = self.timing.producer_max_outstanding
+        beat = self.lease.beat  # the node renews the lease only while the loop turns
         while not self.stopping:
-            self.loop_beat = time.monotonic()
+            beat()
             if self.publisher.fatal:
                 raise RuntimeError(self.publisher.fatal)
             if self.restart_reason:
@@ -430,6 +434,7 @@ class ProductWorker:
         leader = self.leader
         if leader is None:
             return
+        self.lease.sync(leader)
         if leader.lost:
             self.step_down(leader.lost)
         elif self.demotion:
@@ -503,6 +508,7 @@ class ProductWorker:
         remaining = await loop.run_in_executor(
             None, self.publisher.producer.flush, self.timing.lease_ttl_ms / 1000
         )
+        self.lease.sync(leader)
         if remaining or self.leader is not leader or time.monotonic() > leader.valid_until:
             return False
         # The successor snapshots soon; writing one now would lengthen the pause.
@@ -659,9 +665,7 @@ class ProductWorker:
         self.open_kafka()
         await loop.run_in_executor(self.executor, self.publisher.warm)
         s = self.settings
-        self.lease = lease = LeaseKeeper(
-            self.redis, s.redis_url, s, self.product, self.token, self, lambda: self.loop_beat
-        )
+        self.lease = lease = LeaseKeeper(self.redis, s, self.product, self.token, self, self.lease_slot)
         reporter = StatusReporter(
             self,
             self.metric,
@@ -737,6 +741,7 @@ class ProductWorker:
         if self.leader is None:
             return
         try:
+            self.lease.sync(self.leader)
             if remaining == 0 and time.monotonic() < self.leader.valid_until:
                 taken = self.snapshots.take(self.engine, self.leader.epoch, self.next_offset)  # newer
                 await asyncio.wrap_future(taken.engine)
@@ -871,10 +876,13 @@ class ProductWorker:
 GC_THRESHOLDS = (50_000, 20, 20)
 
 
-def run_product(settings: NodeSettings, product: str, token: str, status_conn=None) -> int:
-    """Entry point of a product process (spawned by the supervisor)."""
+def run_product(settings: NodeSettings, product: str, lease_board: str, token: str, status_conn=None) -> int:
+    """Entry point of a product process (spawned by the supervisor); `lease_board` is the path of
+    the node's lease board (cluster/lease_board.py), where this product has the slot of its
+    position in the node's products."""
     import uvloop
 
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-    return uvloop.run(ProductWorker(settings, product, token, status_conn).run())
+    slot = LeaseBoard(Path(lease_board), len(settings.products)).slot(settings.products.index(product))
+    return uvloop.run(ProductWorker(settings, product, slot, token, status_conn).run())

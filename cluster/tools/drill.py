@@ -362,10 +362,7 @@ def one_round(number, fault, product, redis_client, watcher, admin_token, pause_
         f"in {result.takeover_ms} ms (seen by the drill's consumer at +{result.seen_ms} ms)"
     )
     # Let a paused ex-leader wake and demote, and the restarted process rejoin, before the next round.
-    paused_for = (
-        (pause_s or 2.0) if faults.FAULTS[fault].uses_pause_s else float(answer.get("stall_s") or 0.0)
-    )
-    time.sleep(settle_s + paused_for)
+    time.sleep(settle_s + float(answer.get("stall_s") or 0.0))
     return result
 
 

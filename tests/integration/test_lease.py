@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from cluster.redis_state import LeaseRenewal, ProductRedis, SnapshotEnvelope, async_client, sync_client
+from cluster.redis_state import LeaseRenewals, ProductRedis, SnapshotEnvelope, async_client, sync_client
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,12 @@ def test_epochs_grow_and_stale_leaders_are_refused(services, product):
     async def scenario() -> None:
         client = async_client(services.redis_url)
         store = ProductRedis(client, product)
-        renew = LeaseRenewal(services.redis_url, product, 2.0)  # the renewer thread's call
+        renewals = LeaseRenewals(services.redis_url, 2.0)  # the node's renewer thread's call
+
+        def renew(value: str, ttl_ms: int) -> bool:
+            (held,) = renewals([(product, value)], ttl_ms)
+            return held
+
         first = await store.try_acquire("node-a:p:1", 10_000)
         assert first is not None and first.epoch == 1
         assert await store.try_acquire("node-b:p:2", 10_000) is None, "one holder at a time"
@@ -52,6 +57,7 @@ def test_epochs_grow_and_stale_leaders_are_refused(services, product):
         assert await store.read_progress() == (10, 5, "f")
         assert (await store.read_snapshot()).sequence == 10
         assert (await store.holder_ttl())[0] == second.lease_value
+        renewals.close()
         await client.aclose()
 
     asyncio.run(scenario())

@@ -1,0 +1,248 @@
+"""One lease renewer per node: the product processes' leases renewed by a thread of the node.
+
+A leader's lease must be renewed whether the product trades or not, and apart from its matching
+loop (a long batch, a snapshot or a GC pause must not cost it). A renewer thread in every product
+process did that, but it cost each idle leader ten wake-ups and ten fsynced Redis writes a second,
+and on a busy node it fought the matching loop for its process's GIL. Here the node (supervisor
+process) renews the leases of all its leaders with one Redis round trip per `lease_renew_ms`.
+
+The node and its product processes share a small file mapped into memory, the lease board: one
+slot per product (in the node's product order). The product process writes what it holds and
+when its loop last turned; the node's renewer writes back until when the lease may be trusted,
+or that it is lost. Nothing else is shared: a product's process decides alone when to publish.
+
+Guarantees, as with a renewer in the product process (cluster/lease.py has the rest):
+- A lease is renewed only while its process's matching loop turned within
+  `Timing.loop_stall_limit_ms`: a hung loop, or a stopped (SIGSTOP) process, loses it.
+- A renewal sent at monotonic time t lets the leader publish until t + TTL - safety, on the same
+  host-wide monotonic clock (CLOCK_MONOTONIC) in both processes.
+- A dead product process's slot is cleared by the node before its lease is released
+  (cluster/node.py), so the renewer never keeps a dead leader's lease alive.
+
+Slot layout (little-endian, SLOT_BYTES each); each field has one writer:
+  0  epoch           u64  product  the leadership to renew, 0 for none; written after the value
+  8  beat_ns         u64  product  monotonic ns of the matching loop's last turn
+  16 renewed_epoch   u64  node     the epoch the last successful renewal was for; written after:
+  24 valid_until_ns  u64  node     until when that renewal lets the leader publish
+  32 lost_epoch      u64  node     an epoch Redis said is not ours any more
+  40 value_len       u16  product  the lease value `<epoch>|<token>`, in UTF-8:
+  42 value           VALUE_MAX bytes
+A torn read can only pair an epoch with an older renewal time (a smaller valid_until) or another
+epoch (ignored): never with a later one.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import struct
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from cluster.log_limit import RateLimitedWarning
+from cluster.redis_state import LeaseRenewals
+
+log = logging.getLogger(__name__)
+
+SLOT_BYTES = 512
+VALUE_MAX = SLOT_BYTES - 42
+_U64 = struct.Struct("<Q")
+_U16 = struct.Struct("<H")
+EPOCH, BEAT, RENEWED_EPOCH, VALID_UNTIL, LOST_EPOCH, VALUE_LEN, VALUE = 0, 8, 16, 24, 32, 40, 42
+
+
+def board_dir() -> str:
+    """Memory-backed when the host has /dev/shm (the file is never meant to reach a disk)."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+
+
+class LeaseBoard:
+    """The mapped file: created by the node, opened by each product process."""
+
+    def __init__(self, path: Path, slots: int) -> None:
+        self.path = path
+        self.slots = slots
+        with open(path, "r+b") as file:
+            self.memory = mmap.mmap(file.fileno(), slots * SLOT_BYTES)
+
+    @classmethod
+    def create(cls, slots: int) -> LeaseBoard:
+        """A zeroed board for `slots` products (the node); remove() deletes its file."""
+        fd, name = tempfile.mkstemp(prefix="obc-leases-", dir=board_dir())
+        with os.fdopen(fd, "wb") as file:
+            file.truncate(slots * SLOT_BYTES)
+        return cls(Path(name), slots)
+
+    def slot(self, index: int) -> LeaseSlot:
+        """The product process's side of slot `index`."""
+        if not 0 <= index < self.slots:
+            raise IndexError(f"lease board has {self.slots} slots, not {index + 1}")
+        return LeaseSlot(self.memory, index * SLOT_BYTES)
+
+    def remove(self) -> None:
+        """The node stops: the file goes (its product processes have stopped)."""
+        self.path.unlink(missing_ok=True)
+
+    # ---- the node's side ------------------------------------------------------------------
+    def read(self, index: int) -> tuple[int, str, int] | None:
+        """(epoch, lease value, loop beat ns) of a slot that holds a lease, or None. The epoch is
+        read before and after the value: a slot changing meanwhile is skipped this round."""
+        at, memory = index * SLOT_BYTES, self.memory
+        epoch = _U64.unpack_from(memory, at + EPOCH)[0]
+        if not epoch:
+            return None
+        size = min(_U16.unpack_from(memory, at + VALUE_LEN)[0], VALUE_MAX)
+        value = bytes(memory[at + VALUE : at + VALUE + size]).decode(errors="replace")
+        if _U64.unpack_from(memory, at + EPOCH)[0] != epoch or not value.startswith(f"{epoch}|"):
+            return None
+        return epoch, value, _U64.unpack_from(memory, at + BEAT)[0]
+
+    def renewed(self, index: int, epoch: int, valid_until_ns: int) -> None:
+        """A renewal of `epoch` succeeded: its leader may publish until valid_until_ns."""
+        at = index * SLOT_BYTES
+        _U64.pack_into(self.memory, at + VALID_UNTIL, valid_until_ns)
+        _U64.pack_into(self.memory, at + RENEWED_EPOCH, epoch)
+
+    def lost(self, index: int, epoch: int) -> None:
+        """Redis says the lease of `epoch` is not this leader's any more."""
+        _U64.pack_into(self.memory, index * SLOT_BYTES + LOST_EPOCH, epoch)
+
+    def clear(self, index: int) -> None:
+        """The slot's process died: renew nothing for it from now on."""
+        _U64.pack_into(self.memory, index * SLOT_BYTES + EPOCH, 0)
+
+
+class LeaseSlot:
+    """A product process's slot: what it holds, that its loop is alive, and what the node says."""
+
+    def __init__(self, memory: mmap.mmap, at: int) -> None:
+        self.memory = memory
+        self.at = at
+
+    def hold(self, epoch: int, lease_value: str) -> None:
+        """Have the node renew this lease from now on."""
+        value = lease_value.encode()
+        if len(value) > VALUE_MAX:
+            raise ValueError(f"lease value of {len(value)} bytes; the board holds {VALUE_MAX}")
+        memory, at = self.memory, self.at
+        _U64.pack_into(memory, at + EPOCH, 0)
+        memory[at + VALUE : at + VALUE + len(value)] = value
+        _U16.pack_into(memory, at + VALUE_LEN, len(value))
+        self.beat()
+        _U64.pack_into(memory, at + EPOCH, epoch)
+
+    def drop(self) -> None:
+        """Stop renewing (stepped down, handed over, stopping)."""
+        _U64.pack_into(self.memory, self.at + EPOCH, 0)
+
+    def beat(self) -> None:
+        """The matching loop turned: it is alive."""
+        _U64.pack_into(self.memory, self.at + BEAT, time.monotonic_ns())
+
+    def valid_until(self, epoch: int) -> float | None:
+        """Until when (monotonic s) the node's last renewal of `epoch` lets it publish; None if
+        there was none yet."""
+        memory, at = self.memory, self.at
+        if _U64.unpack_from(memory, at + RENEWED_EPOCH)[0] != epoch:
+            return None
+        return _U64.unpack_from(memory, at + VALID_UNTIL)[0] / 1e9
+
+    def lost(self, epoch: int) -> bool:
+        """Whether the node found the lease of `epoch` gone or taken."""
+        return _U64.unpack_from(self.memory, self.at + LOST_EPOCH)[0] == epoch
+
+
+class NodeRenewer:
+    """The node's renewer thread: every `lease_renew_ms`, one Redis round trip renews every lease
+    on the board whose loop is alive (see the module docstring)."""
+
+    def __init__(self, board: LeaseBoard, products: tuple[str, ...], redis_url: str, timing) -> None:
+        self.board = board
+        self.products = products
+        self.timing = timing
+        # A renewal that takes longer than the lease can be trusted is worth nothing: time out then.
+        self.trusted_ns = (timing.lease_ttl_ms - timing.lease_safety_ms) * 1_000_000
+        self.renew = LeaseRenewals(redis_url, self.trusted_ns / 1e9)
+        self.warn = RateLimitedWarning(log, interval_s=5.0)
+        self.stalled: set[tuple[int, int]] = set()  # (slot, epoch) whose stall was logged
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="lease-renewer", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(2.0)
+        self.renew.close()
+
+    def run(self) -> None:
+        """Thread: a round every lease_renew_ms until stopped; nothing it meets may end it."""
+        prefer_this_thread()
+        period_s = self.timing.lease_renew_ms / 1000
+        while not self.stopped.is_set():
+            try:
+                self.round()
+            except Exception as exc:  # noqa: BLE001 - a dead renewer would lose every lease
+                self.warn.warn("round", "lease renewer round failed error=%r", exc)
+            self.stopped.wait(period_s)
+
+    def round(self) -> None:
+        """Renew the leases of the slots whose loops are alive; write back what Redis said."""
+        sent = time.monotonic_ns()
+        held = []
+        for index in range(self.board.slots):
+            slot = self.board.read(index)
+            if slot is None:
+                continue
+            epoch, value, beat_ns = slot
+            if self.alive(index, epoch, sent - beat_ns):
+                held.append((index, epoch, value))
+        if not held:
+            return
+        try:
+            answers = self.renew(
+                [(self.products[i], value) for i, _, value in held], self.timing.lease_ttl_ms
+            )
+        except Exception as exc:  # noqa: BLE001 - Redis unreachable or slow: the clock decides
+            self.warn.warn("renew", "lease renew failed leaders=%d error=%s", len(held), exc)
+            return
+        took_ms = (time.monotonic_ns() - sent) / 1e6
+        if took_ms > self.timing.lease_ttl_ms / 4:
+            self.warn.warn("slow", "lease renew slow leaders=%d took_ms=%d", len(held), took_ms)
+        for (index, epoch, _), still_ours in zip(held, answers, strict=True):
+            if still_ours:
+                self.board.renewed(index, epoch, sent + self.trusted_ns)
+            else:
+                self.board.lost(index, epoch)
+
+    def alive(self, index: int, epoch: int, stalled_ns: int) -> bool:
+        """Whether the slot's loop turned within the stall limit (logged once per stall)."""
+        key = (index, epoch)
+        if stalled_ns <= self.timing.loop_stall_limit_ms * 1_000_000:
+            self.stalled.discard(key)
+            return True
+        if key not in self.stalled:
+            self.stalled.add(key)
+            log.error(
+                "matching loop stalled product=%s epoch=%d stalled_ms=%d limit_ms=%d: "
+                "no longer renewing the lease",
+                self.products[index],
+                epoch,
+                stalled_ns / 1e6,
+                self.timing.loop_stall_limit_ms,
+            )
+        return False
+
+
+def prefer_this_thread() -> None:
+    """Run the renewer ahead of the node's matching loops when the cores are saturated: a lower
+    nice value for this thread alone (Linux: a thread id is a process id to setpriority). Needs
+    CAP_SYS_NICE; without it the thread keeps the process's priority."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -10)
+    except (OSError, AttributeError) as exc:
+        log.debug("lease renewer keeps its priority: %s", exc)

@@ -1,0 +1,108 @@
+"""The node's lease renewer (cluster/lease_board.py) against the real redis-server: it renews the
+leases its product processes hold, only while their loops turn, and tells them when one is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+
+from cluster.lease_board import LeaseBoard, NodeRenewer
+from cluster.redis_state import LeaseRenewals, ProductRedis, async_client, leader_key, sync_client
+from cluster.settings import Timing
+from tests.integration.harness import wait_until
+
+pytestmark = pytest.mark.integration
+
+# Short enough that a lease left alone expires within the test, with the renewal rules kept.
+TIMING = Timing(
+    lease_ttl_ms=600, lease_renew_ms=100, lease_safety_ms=100, consume_timeout_ms=200, loop_stall_limit_ms=800
+)
+
+
+def acquire(redis_url: str, product: str, token: str, ttl_ms: int):
+    async def go():
+        client = async_client(redis_url)
+        try:
+            return await ProductRedis(client, product).try_acquire(token, ttl_ms)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def board():
+    made = LeaseBoard.create(3)
+    yield made
+    made.remove()
+    assert not made.path.exists()
+
+
+def test_one_round_trip_renews_the_owned_leases_and_refuses_the_others(services):
+    products = [f"T{uuid.uuid4().hex[:10].upper()}-USD" for _ in range(3)]
+    held = [acquire(services.redis_url, p, f"node-a:{p}:1", 1000) for p in products]
+    renewals = LeaseRenewals(services.redis_url, 2.0)
+    client = sync_client(services.redis_url)
+    try:
+        leases = [(p, h.lease_value) for p, h in zip(products, held, strict=True)]
+        leases[1] = (products[1], f"{held[1].epoch}|someone-else")
+        assert renewals(leases, 60_000) == [True, False, True]
+        ttls = [client.pttl(leader_key(p)) for p in products]
+        assert ttls[0] > 1000 and ttls[2] > 1000, "the owned leases were extended"
+        assert ttls[1] <= 1000, "a lease that is not ours is left as it was"
+    finally:
+        renewals.close()
+        client.close()
+
+
+def test_the_node_renews_a_live_loop_and_lets_a_stalled_one_lapse(services, board):
+    products = tuple(f"T{uuid.uuid4().hex[:10].upper()}-USD" for _ in range(3))
+    held = acquire(services.redis_url, products[1], "node-a:p:1", TIMING.lease_ttl_ms)
+    slot = board.slot(1)
+    renewer = NodeRenewer(board, products, services.redis_url, TIMING)
+    client = sync_client(services.redis_url)
+    renewer.start()
+    try:
+        slot.hold(held.epoch, held.lease_value)
+        first = wait_until(lambda: slot.valid_until(held.epoch), 5, "the first renewal")
+        # Beating the loop keeps the lease well past its TTL, each renewal moving valid_until on.
+        keep_until = time.monotonic() + 3 * TIMING.lease_ttl_ms / 1000
+        while time.monotonic() < keep_until:
+            slot.beat()
+            time.sleep(TIMING.lease_renew_ms / 1000)
+        assert client.get(leader_key(products[1])) == held.lease_value.encode()
+        assert slot.valid_until(held.epoch) > first
+        assert slot.valid_until(held.epoch + 1) is None, "a renewal is for its epoch only"
+        assert not slot.lost(held.epoch)
+        # The loop stops turning: past the stall limit nothing renews it, and it expires.
+        wait_until(lambda: client.get(leader_key(products[1])) is None, 5, "the stalled lease to lapse")
+    finally:
+        renewer.stop()
+        client.close()
+
+
+def test_a_lease_taken_by_another_is_reported_lost_and_a_cleared_slot_is_not_renewed(services, board):
+    products = tuple(f"T{uuid.uuid4().hex[:10].upper()}-USD" for _ in range(3))
+    held = acquire(services.redis_url, products[0], "node-a:p:1", TIMING.lease_ttl_ms)
+    slot = board.slot(0)
+    renewer = NodeRenewer(board, products, services.redis_url, TIMING)
+    client = sync_client(services.redis_url)
+    renewer.start()
+    try:
+        slot.hold(held.epoch, held.lease_value)
+        wait_until(lambda: slot.valid_until(held.epoch), 5, "the first renewal")
+        client.set(leader_key(products[0]), f"{held.epoch + 1}|node-b:p:2", px=60_000)  # taken
+        wait_until(lambda: slot.lost(held.epoch), 5, "the loss to be reported")
+
+        mine = acquire(services.redis_url, products[2], "node-a:p:3", TIMING.lease_ttl_ms)
+        other = board.slot(2)
+        other.hold(mine.epoch, mine.lease_value)
+        wait_until(lambda: other.valid_until(mine.epoch), 5, "the renewal of the third slot")
+        board.clear(2)  # its process died: the node renews it no more
+        wait_until(lambda: client.get(leader_key(products[2])) is None, 5, "the dead slot's lease to lapse")
+    finally:
+        renewer.stop()
+        client.close()
