@@ -20,6 +20,8 @@ progress offset: a healthy log holds both, since both were read from it.
 
 What it cannot see: if the log regrows past the position between two checks, the records there
 are new ones at old offsets, which no offset arithmetic can tell apart; a check runs every second.
+(A quiet product's tail is read once per (watermark, position): a log that regrew to the very same
+watermark is that case too.)
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ class InputLogWatch:
         self.worker = worker
         self.topic = kafka_io.order_topic(worker.product)
         self.probe = None  # a second consumer, made the first time the watermark is below the position
+        # (watermark, position) whose tail was last read and found to reach the position: a quiet
+        # product's next checks see the same pair and need not read it again every second.
+        self.verified: tuple[int, int] | None = None
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"input-{worker.product}")
 
     async def run(self) -> None:
@@ -78,12 +83,16 @@ class InputLogWatch:
         except KafkaException as exc:
             log.warning("input log end unknown product=%s error=%s", self.worker.product, exc)
             return None
-        if high >= position:
+        if high >= position or (high, position) == self.verified:
             return None
         if high <= 0:
             return 0  # an empty log (Tansu too: one record makes its watermark 1)
         end = self.read_tail(high - 1, position)
-        return end if end is not None and end < position else None
+        if end is not None and end < position:
+            return end
+        if end is not None:
+            self.verified = (high, position)
+        return None
 
     def read_tail(self, start: int, position: int) -> int | None:
         """One past the last offset readable from `start` on, or None if nothing came in time.
