@@ -44,6 +44,7 @@ from pathlib import Path
 
 from cluster.log_limit import RateLimitedWarning
 from cluster.redis_state import LeaseRenewals
+from supervisor import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,17 @@ VALUE_MAX = SLOT_BYTES - 42
 _U64 = struct.Struct("<Q")
 _U16 = struct.Struct("<H")
 EPOCH, BEAT, RENEWED_EPOCH, VALID_UNTIL, LOST_EPOCH, VALUE_LEN, VALUE = 0, 8, 16, 24, 32, 40, 42
+
+
+BOARD_PREFIX = "obc-leases-"
+
+
+def remove_orphans() -> None:
+    """Delete the boards of nodes that are gone (named by their pid)."""
+    for path in Path(board_dir()).glob(f"{BOARD_PREFIX}*"):
+        pid = path.name[len(BOARD_PREFIX) :].partition("-")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            path.unlink(missing_ok=True)
 
 
 def board_dir() -> str:
@@ -70,8 +82,10 @@ class LeaseBoard:
 
     @classmethod
     def create(cls, slots: int) -> LeaseBoard:
-        """A zeroed board for `slots` products (the node); remove() deletes its file."""
-        fd, name = tempfile.mkstemp(prefix="obc-leases-", dir=board_dir())
+        """A zeroed board for `slots` products (the node); remove() deletes its file, and a node
+        that was killed leaves one that the next node on the host deletes."""
+        remove_orphans()
+        fd, name = tempfile.mkstemp(prefix=f"{BOARD_PREFIX}{os.getpid()}-", dir=board_dir())
         with os.fdopen(fd, "wb") as file:
             file.truncate(slots * SLOT_BYTES)
         return cls(Path(name), slots)

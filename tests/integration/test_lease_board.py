@@ -4,8 +4,10 @@ leases its product processes hold, only while their loops turn, and tells them w
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +108,22 @@ def test_a_lease_taken_by_another_is_reported_lost_and_a_cleared_slot_is_not_ren
     finally:
         renewer.stop()
         client.close()
+
+
+def test_a_killed_nodes_board_is_removed_by_the_next_node():
+    import subprocess
+    import sys
+
+    from cluster.lease_board import BOARD_PREFIX, board_dir
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    orphan = Path(board_dir()) / f"{BOARD_PREFIX}{int(gone.stdout)}-test"
+    orphan.write_bytes(b"\0" * 512)
+    mine = LeaseBoard.create(1)
+    try:
+        assert not orphan.exists(), "the dead node's board was left behind"
+        assert mine.path.exists() and mine.path.name.startswith(f"{BOARD_PREFIX}{os.getpid()}-")
+    finally:
+        mine.remove()
