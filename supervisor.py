@@ -5,6 +5,12 @@ It knows nothing of matching: a child is a picklable target called as
 token (its identity, e.g. as a lease owner) and a pipe for status reports. A hook hears of every
 exit, so the node can release what a killed child held without waiting for a TTL.
 
+The loop sleeps until something happens: a child exits (its process sentinel), a child reports
+(its status pipe), a restart or the `on_tick` hook is due (at most `tick_s` apart), a signal
+arrives or another thread calls `wake()` (the supervisor's own wake-up pipe). It turns when
+there is something to do and then looks only at the children concerned, instead of going over
+every child 20 times a second; and a child's exit is handled at once, not at the next turn.
+
 Children are forked by multiprocessing's forkserver: a clean single-threaded process, started
 once, that imports the `preload` modules and forks a child per request. The children share the
 code and import-time objects of those modules copy-on-write (a spawned child imported its own
@@ -19,6 +25,7 @@ import ctypes
 import gc
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import secrets
 import signal
@@ -127,22 +134,36 @@ class Supervisor:
         node_id: str,
         on_exit: Callable[[str, str, int | None], None] | None = None,
         on_tick: Callable[[Supervisor], None] | None = None,
-        tick_s: float = 0.05,
+        tick_s: float = 0.25,
         preload: tuple[str, ...] = (),
     ) -> None:
         self.children = {spec.name: Child(spec) for spec in specs}
         self.node_id = node_id
         self.on_exit = on_exit
         self.on_tick = on_tick
-        self.tick_s = tick_s
+        self.tick_s = tick_s  # the longest wait: on_tick runs at least this often, and alive() holds
         self.context = multiprocessing.get_context("forkserver")
         self.context.set_forkserver_preload(list(preload))
         self.stop_requested: int | None = None
         self.last_loop_at = time.monotonic()
+        # Written to end the loop's wait early (wake(), a signal). Made here, not in run(), so that
+        # threads started before run() can wake it; it lives as long as the process.
+        self.wake_fd, self.wake_write_fd = os.pipe()
+        os.set_blocking(self.wake_fd, False)
+        os.set_blocking(self.wake_write_fd, False)
 
     def request_stop(self, signum: int, _frame: object = None) -> None:
-        """Signal handler: only record; the loop acts."""
+        """Signal handler: only record; the loop acts (woken at once)."""
         self.stop_requested = signum
+        self.wake()
+
+    def wake(self) -> None:
+        """End the loop's current wait: it turns (and calls on_tick) at once. Safe from any thread
+        and from a signal handler."""
+        try:
+            os.write(self.wake_write_fd, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups the loop has not read yet: it wakes anyway
 
     def start_child(self, child: Child) -> None:
         """Spawn a new incarnation with a fresh token."""
@@ -205,35 +226,64 @@ class Supervisor:
         log.info("child restart scheduled name=%s in_s=%.2f", child.spec.name, delay)
 
     def read_status(self, child: Child) -> None:
-        """Take the newest status report from the child's pipe."""
+        """Take the newest status report from the child's pipe. A pipe at its end (the child is
+        exiting) is closed at once, so that waiting on it does not return at once until the reap."""
         conn = child.conn
         try:
             while conn is not None and conn.poll():
                 child.status = conn.recv()
         except (EOFError, OSError):
-            pass
+            conn.close()
+            child.conn = None
 
     def run(self) -> int:
         """Supervise until a stop signal, then drain; returns 0 when every child stopped cleanly."""
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
-        for child in self.children.values():
-            self.start_child(child)
-        while self.stop_requested is None:
-            self.last_loop_at = time.monotonic()
+        # A signal that another thread receives (an HTTP handler's) must still end the wait.
+        previous_wakeup_fd = signal.set_wakeup_fd(self.wake_write_fd, warn_on_full_buffer=False)
+        try:
             for child in self.children.values():
-                self.reap(child)
-                self.read_status(child)
-                if (
-                    child.process is None
-                    and child.restart_at is not None
-                    and time.monotonic() >= child.restart_at
-                ):
-                    self.start_child(child)
-            if self.on_tick is not None:
-                self.on_tick(self)
-            time.sleep(self.tick_s)
+                self.start_child(child)
+            while self.stop_requested is None:
+                self.last_loop_at = now = time.monotonic()
+                for child in self.children.values():
+                    if child.process is None and child.restart_at is not None and now >= child.restart_at:
+                        self.start_child(child)
+                if self.on_tick is not None:
+                    self.on_tick(self)
+                if self.stop_requested is None:
+                    self.wait_and_handle()
+        finally:
+            signal.set_wakeup_fd(previous_wakeup_fd)
         return self.drain()
+
+    def wait_and_handle(self) -> None:
+        """Sleep until a child exits or reports, a wake-up, or the next due restart or tick; then
+        read the reports that came in and reap the children that exited, and only those."""
+        reporting = {child.conn: child for child in self.children.values() if child.conn is not None}
+        exiting = {c.process.sentinel: c for c in self.children.values() if c.process is not None}
+        ready = multiprocessing.connection.wait(
+            [self.wake_fd, *reporting, *exiting], timeout=self.next_wait_s()
+        )
+        if self.wake_fd in ready:
+            try:
+                while os.read(self.wake_fd, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+        for conn in ready:
+            if conn in reporting:
+                self.read_status(reporting[conn])
+        for sentinel in ready:
+            if sentinel in exiting:
+                self.reap(exiting[sentinel])
+
+    def next_wait_s(self) -> float:
+        """Until the next scheduled restart, and no longer than tick_s."""
+        now = time.monotonic()
+        restarts = (c.restart_at - now for c in self.children.values() if c.restart_at is not None)
+        return max(0.0, min([self.tick_s, *restarts]))
 
     def drain(self) -> int:
         """Forward SIGTERM, wait up to DRAIN_TIMEOUT_S, then SIGKILL whatever is left."""

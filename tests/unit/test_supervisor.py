@@ -1,10 +1,12 @@
 """The supervisor's own logic, with trivial children: restart with backoff, no restart of a
-configuration failure, SIGTERM stopping every child, the drain deadline, stopping a stopped child."""
+configuration failure, SIGTERM stopping every child, the drain deadline, stopping a stopped child,
+and a loop that waits for events (an exit, a wake-up, a signal) rather than for its next tick."""
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -158,3 +160,63 @@ def test_drain_kills_a_child_that_ignores_sigterm_before_the_deadline(tmp_path, 
         if process.is_alive():
             process.kill()
             process.join(5)
+
+
+# Far longer than the tests below wait: what they see happen came from an event, not from a tick.
+LONG_TICK_S = 60.0
+
+
+def test_a_child_exit_is_handled_at_once_not_at_the_next_tick(tmp_path, own_signal_handlers):
+    starts = tmp_path / "starts"
+    exits: list[int | None] = []
+    spec = supervisor.ChildSpec("crashy", _exit_with, (str(starts), supervisor.EXIT_DO_NOT_RESTART))
+    sup = supervisor.Supervisor(
+        [spec], "n1", on_exit=lambda name, token, code: exits.append(code), tick_s=LONG_TICK_S
+    )
+    assert run_until(sup, lambda s: bool(exits), timeout_s=20.0) == 0
+    assert exits == [supervisor.EXIT_DO_NOT_RESTART]
+
+
+def test_a_restart_comes_when_its_backoff_ends_not_at_the_next_tick(tmp_path, own_signal_handlers):
+    starts = tmp_path / "starts"
+    sup = supervisor.Supervisor(
+        [supervisor.ChildSpec("crashy", _exit_with, (str(starts), 1))], "n1", tick_s=LONG_TICK_S
+    )
+    assert run_until(sup, lambda s: s.children["crashy"].restarts >= 2, timeout_s=20.0) == 0
+    assert len(starts.read_text().split()) >= 2
+
+
+def test_wake_from_another_thread_ends_the_wait(own_signal_handlers):
+    ticks: list[float] = []
+
+    def woken_once(s: supervisor.Supervisor) -> bool:
+        ticks.append(time.monotonic())
+        if len(ticks) == 1:
+            threading.Thread(target=s.wake).start()
+        return len(ticks) >= 2
+
+    sup = supervisor.Supervisor([], "n1", tick_s=LONG_TICK_S)
+    assert run_until(sup, woken_once, timeout_s=20.0) == 0
+
+
+def _main_thread_waits_in_poll() -> bool:
+    wchan = Path(f"/proc/self/task/{threading.main_thread().native_id}/wchan")
+    return "poll" in wchan.read_text()
+
+
+def test_a_signal_another_thread_receives_while_the_loop_waits_stops_it_at_once(own_signal_handlers):
+    """As when an HTTP handler thread takes the node's SIGTERM: the main thread, blocked in its
+    wait, runs no Python signal handler until something wakes it."""
+    sup = supervisor.Supervisor([], "n1", tick_s=LONG_TICK_S)
+    began = time.monotonic()
+
+    def sigterm_once_the_loop_waits() -> None:
+        deadline = time.monotonic() + 20
+        while not _main_thread_waits_in_poll() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+    threading.Thread(target=sigterm_once_the_loop_waits).start()
+    assert sup.run() == 0
+    assert sup.stop_requested == signal.SIGTERM
+    assert time.monotonic() - began < LONG_TICK_S / 2, "the signal waited for the next tick"
