@@ -2,7 +2,9 @@
 and Prometheus. Best effort and off the hot path: nothing here may stop matching.
 
 The Redis hash `matching_status_P` (node -> JSON) feeds `orderbook-cluster status` and placement
-(cluster/lease.py); entries carry `reported_ms`, and readers ignore stale ones.
+(cluster/lease.py); entries carry `reported_ms`, and readers ignore stale ones
+(Timing.status_fresh_ms). Reports come every status_every_ms while input comes in, every
+status_idle_every_ms when the product is idle, and at once on a role change (wake()).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Protocol
 
 from cluster.aio import cancelling
 from cluster.redis_state import status_key
+from cluster.settings import Timing
 
 
 class StatusSource(Protocol):
@@ -28,6 +31,9 @@ class StatusSource(Protocol):
     def supervisor_gone(self) -> None:
         """The pipe to the supervisor broke: the process should stop as on SIGTERM."""
 
+    def quiet_for_s(self) -> float:
+        """Seconds since input last came in: an idle product reports less often."""
+
 
 class StatusReporter:
     """The status task of a product process, and the bulk move of counts into Prometheus."""
@@ -40,7 +46,7 @@ class StatusReporter:
         status_conn,
         node_id: str,
         product: str,
-        every_s: float,
+        timing: Timing,
     ) -> None:
         self.source = source
         self.metric = metric
@@ -48,14 +54,20 @@ class StatusReporter:
         self.status_conn = status_conn
         self.node_id = node_id
         self.product = product
-        self.every_s = every_s
+        self.timing = timing
         self.counted = (0, 0, 0, 0)
+        self.woken = asyncio.Event()
+
+    def wake(self) -> None:
+        """Report now, not at the next turn of the cadence: the role changed."""
+        self.woken.set()
 
     async def run(self) -> None:
         """Tell the supervisor (pipe) and the cluster (Redis hash) how this process is doing; the
         task is cancelled when the process stops."""
         last_events, last_t = 0, time.monotonic()
         while True:
+            self.woken.clear()
             now = time.monotonic()
             counts = self.source.counts()
             rate = (counts[0] - last_events) / max(now - last_t, 1e-6)
@@ -80,7 +92,11 @@ class StatusReporter:
                 # The client swallowed the cancellation (redis-py's asyncio connection can): a task
                 # that went on would keep the process from ever finishing its stop.
                 raise asyncio.CancelledError
-            await asyncio.sleep(self.every_s)
+            try:
+                async with asyncio.timeout(self.timing.status_cadence_s(self.source.quiet_for_s())):
+                    await self.woken.wait()
+            except TimeoutError:
+                pass
 
     def sync_counters(self, now: tuple[int, int, int, int]) -> None:
         """Move the core's and the delivery counts into Prometheus in bulk, off the hot path."""

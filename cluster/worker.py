@@ -491,6 +491,7 @@ class ProductWorker:
         self.progress_seen = leader.progress
         self.metric.is_leader.set(0)
         self.metric.epoch.set(0)
+        self.reporter.wake()
 
     async def hand_over(self, wanted: str) -> bool:
         """Planned handover to a caught-up standby (`wanted`, or the preferred one if ''): stop
@@ -571,6 +572,7 @@ class ProductWorker:
         self.publisher.leadership = self.leader
         self.lease.hold(self.leader)
         self.progress_due.set()
+        self.reporter.wake()
         self.metric.is_leader.set(1)
         self.metric.epoch.set(acquired.epoch)
         log.info(
@@ -666,14 +668,8 @@ class ProductWorker:
         await loop.run_in_executor(self.executor, self.publisher.warm)
         s = self.settings
         self.lease = lease = LeaseKeeper(self.redis, s, self.product, self.token, self, self.lease_slot)
-        reporter = StatusReporter(
-            self,
-            self.metric,
-            self.redis.client,
-            self.status_conn,
-            s.node_id,
-            self.product,
-            self.timing.status_every_ms / 1000,
+        self.reporter = reporter = StatusReporter(
+            self, self.metric, self.redis.client, self.status_conn, s.node_id, self.product, self.timing
         )
         watch = input_log.InputLogWatch(self)
         coroutines = (
@@ -779,6 +775,10 @@ class ProductWorker:
     def supervisor_gone(self) -> None:
         """The status pipe broke: stop like on SIGTERM."""
         self.request_stop()
+
+    def quiet_for_s(self) -> float:
+        """Seconds since input last came in (the status reporter's cadence)."""
+        return time.monotonic() - self.last_input_at
 
     def counts(self) -> tuple[int, int, int, int]:
         """(events delivered, rejects, duplicate orders, unknown cancels) since the process started."""

@@ -6,8 +6,11 @@ import json
 import time
 
 from cluster.redis_state import lease_holder, progress_key, snapshot_key, status_key, sync_client
+from cluster.settings import Timing
 
-STATUS_FRESH_MS = 5000
+# Processes whose last report is older are left out (gone or stuck); this command, run from any
+# machine, knows no node's tuning: it takes the default cadences.
+STATUS_FRESH_MS = Timing().status_fresh_ms()
 
 
 def _products_in(client) -> list[str]:

@@ -37,6 +37,15 @@ def test_lease_timing_must_leave_room_for_renewals():
         parse_timing(["lease_safety_ms=750"])
 
 
+def test_status_is_reported_at_the_idle_cadence_only_after_idle_after_ms_without_input():
+    timing = parse_timing(["status_every_ms=400", "status_idle_every_ms=1500", "idle_after_ms=3000"])
+    assert timing.status_cadence_s(0.0) == timing.status_cadence_s(2.9) == 0.4
+    assert timing.status_cadence_s(3.0) == timing.status_cadence_s(600.0) == 1.5
+    assert timing.status_fresh_ms() == 4500, "readers wait for three reports at the slowest cadence"
+    with pytest.raises(SettingsError, match="status_idle_every_ms"):
+        parse_timing(["status_idle_every_ms=400"])  # below status_every_ms (500)
+
+
 def test_products_must_be_usable_topic_names_and_configured():
     assert parse_products("BTC-USD, ETH-USD") == ("BTC-USD", "ETH-USD")
     for bad in ("", "BTC USD", "BTC-USD,BTC-USD", "A/B"):
