@@ -1,6 +1,6 @@
 """Many quiet products on one node (#20): forked from a preloaded forkserver they share memory, an
-idle node keeps every lease, the first order after idleness is matched, and the forkserver and its
-children go when the node is killed."""
+idle node keeps every lease, the first order after idleness is matched, the forkserver and its
+children go when the node is killed, and a role change is reported at once, not at the idle cadence."""
 
 from __future__ import annotations
 
@@ -116,3 +116,23 @@ def test_an_idle_standby_looks_at_the_lease_at_its_expiry_not_every_poll(service
     assert 0 < looks <= 4 * window_s, f"{looks} looks in {window_s} s by the idle standby of {product}"
     os.killpg(leader.process.pid, signal.SIGKILL)
     wait_until(lambda: standby.product_pid(product, role="leader"), 10, "the standby to take over")
+
+
+def test_a_takeover_is_reported_at_once_not_at_the_idle_status_cadence(services, cluster_factory, product):
+    """An idle standby reports every status_idle_every_ms, here far beyond the test's waits; its
+    becoming the leader is reported at once (StatusReporter.wake)."""
+    idle_cadence_ms = 120_000
+    env = {"ORDERBOOK_CLUSTER_START_TUNE": f"idle_after_ms=500 status_idle_every_ms={idle_cadence_ms}"}
+    cluster = cluster_factory([product])
+    first = cluster.start_node("n1", env)
+    wait_until(lambda: first.product_pid(product, role="leader"), 30, f"n1 to lead {product}")
+    second = cluster.start_node("n2", env)
+    wait_until(lambda: second.product_pid(product, role="standby"), 30, f"n2's standby of {product}")
+    # Past the busy cadence (status_every_ms, 500 ms) without a report: n2 reports at the idle one.
+    wait_until(
+        lambda: time.time() * 1000 - second.product_status(product)["reported_ms"] > 2000,
+        30,
+        f"n2's standby of {product} to fall silent",
+    )
+    os.killpg(first.process.pid, signal.SIGKILL)
+    wait_until(lambda: second.product_pid(product, role="leader"), 20, f"n2 to report leading {product}")
