@@ -99,6 +99,9 @@ class Follower(Protocol):
     def caught_up(self) -> bool:
         """Whether this standby could lead from memory now."""
 
+    def quiet_for_s(self) -> float:
+        """Seconds since input last came in."""
+
     def must_restart_to_lead(self) -> bool:
         """Whether winning the lease would make this process restart (a stepped-down leader whose
         computed events nobody has delivered yet)."""
@@ -177,7 +180,8 @@ class LeaseKeeper:
                     if cancelling():
                         raise
                     log.warning("leader step failed product=%s error=%s", self.product, exc)
-                await asyncio.sleep(t.status_every_ms / 1000)
+                # As often as status is reported: an idle leader looks every status_idle_every_ms.
+                await asyncio.sleep(t.status_cadence_s(follower.quiet_for_s()))
                 continue
             try:
                 wait_s = await self.standby_step(handed)
@@ -278,7 +282,7 @@ class LeaseKeeper:
     async def standbys(self) -> tuple[set[str], set[str]]:
         """(nodes whose process for this product reported recently, in any role: a leader that
         just handed over may still be reported as one; the caught-up standbys among them)."""
-        fresh_after = int(time.time() * 1000) - 3 * self.timing.status_every_ms
+        fresh_after = int(time.time() * 1000) - self.timing.status_fresh_ms()
         running, caught_up = set(), set()
         for node, raw in (await self.redis.client.hgetall(status_key(self.product))).items():
             status = json.loads(raw)

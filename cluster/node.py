@@ -74,6 +74,7 @@ class Node:
         done: threading.Event = threading.Event()
         failure: list = []
         self.main_thread_work.put((work, done, failure))
+        self.supervisor.wake()
         if not done.wait(timeout_s):
             raise TimeoutError(f"the main loop did not run the work within {timeout_s:.0f}s")
         if failure:
@@ -110,7 +111,8 @@ class Node:
         detail = {}
         for name, child in self.supervisor.children.items():
             status = child.status
-            fresh = bool(status) and time.time() * 1000 - status.get("reported_ms", 0) < 5000
+            fresh_ms = self.settings.timing.status_fresh_ms()
+            fresh = bool(status) and time.time() * 1000 - status.get("reported_ms", 0) < fresh_ms
             alive = child.process is not None and child.process.is_alive()
             # A product whose input log went backwards is not served: it stopped applying input.
             input_behind = status.get("input_behind")

@@ -1,8 +1,8 @@
 """`orderbook-cluster handover`: move a product's leadership to a caught-up standby, without a kill.
 
-The request is a Redis key the leader reads at its next look (within `status_every_ms`); the
-leader then delivers and records everything and hands its lease to the target in one step
-(cluster/lease.py). This command waits until a new epoch holds the lease and says who has it.
+The request is a Redis key the leader reads at its next look (within `status_every_ms`, or
+`status_idle_every_ms` for a quiet product); the leader then delivers and records everything and
+hands its lease to the target in one step (cluster/lease.py). This command waits until a new epoch holds the lease and says who has it.
 """
 
 from __future__ import annotations
