@@ -19,14 +19,14 @@ Guarantees, as with a renewer in the product process (cluster/lease.py has the r
 - A dead product process's slot is cleared by the node before its lease is released
   (cluster/node.py), so the renewer never keeps a dead leader's lease alive.
 
-Slot layout (little-endian, SLOT_BYTES each); each field has one writer:
-  0  epoch           u64  product  the leadership to renew, 0 for none; written after the value
-  8  beat_ns         u64  product  monotonic ns of the matching loop's last turn
-  16 renewed_epoch   u64  node     the epoch the last successful renewal was for; written after:
-  24 valid_until_ns  u64  node     until when that renewal lets the leader publish
-  32 lost_epoch      u64  node     an epoch Redis said is not ours any more
-  40 value_len       u16  product  the lease value `<epoch>|<token>`, in UTF-8:
-  42 value           VALUE_MAX bytes
+Slot layout (SLOT_BYTES each, 64-bit words in the host's byte order: the file never leaves the
+host); each field has one writer:
+  word 0  epoch           product  the leadership to renew, 0 for none; written after the value
+  word 1  beat_ns         product  monotonic ns of the matching loop's last turn
+  word 2  renewed_epoch   node     the epoch the last successful renewal was for; written after:
+  word 3  valid_until_ns  node     until when that renewal lets the leader publish
+  word 4  lost_epoch      node     an epoch Redis said is not ours any more
+  word 5  value_len       product  the lease value `<epoch>|<token>`, in UTF-8, from byte 48
 A torn read can only pair an epoch with an older renewal time (a smaller valid_until) or another
 epoch (ignored): never with a later one.
 """
@@ -36,7 +36,6 @@ from __future__ import annotations
 import logging
 import mmap
 import os
-import struct
 import tempfile
 import threading
 import time
@@ -49,10 +48,10 @@ from supervisor import pid_alive
 log = logging.getLogger(__name__)
 
 SLOT_BYTES = 512
-VALUE_MAX = SLOT_BYTES - 42
-_U64 = struct.Struct("<Q")
-_U16 = struct.Struct("<H")
-EPOCH, BEAT, RENEWED_EPOCH, VALID_UNTIL, LOST_EPOCH, VALUE_LEN, VALUE = 0, 8, 16, 24, 32, 40, 42
+SLOT_WORDS = SLOT_BYTES // 8
+EPOCH, BEAT, RENEWED_EPOCH, VALID_UNTIL, LOST_EPOCH, VALUE_LEN = range(6)  # word of the slot
+VALUE = 48  # byte of the slot
+VALUE_MAX = SLOT_BYTES - VALUE
 
 
 BOARD_PREFIX = "obc-leases-"
@@ -79,6 +78,8 @@ class LeaseBoard:
         self.slots = slots
         with open(path, "r+b") as file:
             self.memory = mmap.mmap(file.fileno(), slots * SLOT_BYTES)
+        self.words = memoryview(self.memory).cast("Q")
+        self.values: dict[int, tuple[int, str]] = {}  # slot -> (epoch, lease value) last read
 
     @classmethod
     def create(cls, slots: int) -> LeaseBoard:
@@ -94,7 +95,7 @@ class LeaseBoard:
         """The product process's side of slot `index`."""
         if not 0 <= index < self.slots:
             raise IndexError(f"lease board has {self.slots} slots, not {index + 1}")
-        return LeaseSlot(self.memory, index * SLOT_BYTES)
+        return LeaseSlot(self.memory, self.words, index)
 
     def remove(self) -> None:
         """The node stops: the file goes (its product processes have stopped)."""
@@ -102,71 +103,78 @@ class LeaseBoard:
 
     # ---- the node's side ------------------------------------------------------------------
     def read(self, index: int) -> tuple[int, str, int] | None:
-        """(epoch, lease value, loop beat ns) of a slot that holds a lease, or None. The epoch is
-        read before and after the value: a slot changing meanwhile is skipped this round."""
-        at, memory = index * SLOT_BYTES, self.memory
-        epoch = _U64.unpack_from(memory, at + EPOCH)[0]
+        """(epoch, lease value, loop beat ns) of a slot that holds a lease, or None. A value is
+        read once per epoch (an epoch names one lease value); the epoch is read again after it: a
+        slot changing meanwhile is skipped this round."""
+        words, at = self.words, index * SLOT_WORDS
+        epoch = words[at + EPOCH]
         if not epoch:
             return None
-        size = min(_U16.unpack_from(memory, at + VALUE_LEN)[0], VALUE_MAX)
-        value = bytes(memory[at + VALUE : at + VALUE + size]).decode(errors="replace")
-        if _U64.unpack_from(memory, at + EPOCH)[0] != epoch or not value.startswith(f"{epoch}|"):
-            return None
-        return epoch, value, _U64.unpack_from(memory, at + BEAT)[0]
+        known = self.values.get(index)
+        if known is None or known[0] != epoch:
+            start = index * SLOT_BYTES + VALUE
+            size = min(words[at + VALUE_LEN], VALUE_MAX)
+            value = bytes(self.memory[start : start + size]).decode(errors="replace")
+            if words[at + EPOCH] != epoch or not value.startswith(f"{epoch}|"):
+                return None
+            known = self.values[index] = (epoch, value)
+        return epoch, known[1], words[at + BEAT]
 
     def renewed(self, index: int, epoch: int, valid_until_ns: int) -> None:
         """A renewal of `epoch` succeeded: its leader may publish until valid_until_ns."""
-        at = index * SLOT_BYTES
-        _U64.pack_into(self.memory, at + VALID_UNTIL, valid_until_ns)
-        _U64.pack_into(self.memory, at + RENEWED_EPOCH, epoch)
+        at = index * SLOT_WORDS
+        self.words[at + VALID_UNTIL] = valid_until_ns
+        self.words[at + RENEWED_EPOCH] = epoch
 
     def lost(self, index: int, epoch: int) -> None:
         """Redis says the lease of `epoch` is not this leader's any more."""
-        _U64.pack_into(self.memory, index * SLOT_BYTES + LOST_EPOCH, epoch)
+        self.words[index * SLOT_WORDS + LOST_EPOCH] = epoch
 
     def clear(self, index: int) -> None:
         """The slot's process died: renew nothing for it from now on."""
-        _U64.pack_into(self.memory, index * SLOT_BYTES + EPOCH, 0)
+        self.words[index * SLOT_WORDS + EPOCH] = 0
 
 
 class LeaseSlot:
     """A product process's slot: what it holds, that its loop is alive, and what the node says."""
 
-    def __init__(self, memory: mmap.mmap, at: int) -> None:
+    def __init__(self, memory: mmap.mmap, words: memoryview, index: int) -> None:
         self.memory = memory
-        self.at = at
+        self.words = words
+        self.at = index * SLOT_WORDS
+        self.value_at = index * SLOT_BYTES + VALUE
 
     def hold(self, epoch: int, lease_value: str) -> None:
         """Have the node renew this lease from now on."""
         value = lease_value.encode()
         if len(value) > VALUE_MAX:
             raise ValueError(f"lease value of {len(value)} bytes; the board holds {VALUE_MAX}")
-        memory, at = self.memory, self.at
-        _U64.pack_into(memory, at + EPOCH, 0)
-        memory[at + VALUE : at + VALUE + len(value)] = value
-        _U16.pack_into(memory, at + VALUE_LEN, len(value))
+        words, at = self.words, self.at
+        words[at + EPOCH] = 0
+        self.memory[self.value_at : self.value_at + len(value)] = value
+        words[at + VALUE_LEN] = len(value)
         self.beat()
-        _U64.pack_into(memory, at + EPOCH, epoch)
+        words[at + EPOCH] = epoch
 
     def drop(self) -> None:
         """Stop renewing (stepped down, handed over, stopping)."""
-        _U64.pack_into(self.memory, self.at + EPOCH, 0)
+        self.words[self.at + EPOCH] = 0
 
     def beat(self) -> None:
         """The matching loop turned: it is alive."""
-        _U64.pack_into(self.memory, self.at + BEAT, time.monotonic_ns())
+        self.words[self.at + BEAT] = time.monotonic_ns()
 
     def valid_until(self, epoch: int) -> float | None:
         """Until when (monotonic s) the node's last renewal of `epoch` lets it publish; None if
         there was none yet."""
-        memory, at = self.memory, self.at
-        if _U64.unpack_from(memory, at + RENEWED_EPOCH)[0] != epoch:
+        words, at = self.words, self.at
+        if words[at + RENEWED_EPOCH] != epoch:
             return None
-        return _U64.unpack_from(memory, at + VALID_UNTIL)[0] / 1e9
+        return words[at + VALID_UNTIL] / 1e9
 
     def lost(self, epoch: int) -> bool:
         """Whether the node found the lease of `epoch` gone or taken."""
-        return _U64.unpack_from(self.memory, self.at + LOST_EPOCH)[0] == epoch
+        return self.words[self.at + LOST_EPOCH] == epoch
 
 
 class NodeRenewer:
@@ -218,20 +226,19 @@ class NodeRenewer:
         if not held:
             return
         try:
-            answers = self.renew(
-                [(self.products[i], value) for i, _, value in held], self.timing.lease_ttl_ms
-            )
+            lost = self.renew([(self.products[i], value) for i, _, value in held], self.timing.lease_ttl_ms)
         except Exception as exc:  # noqa: BLE001 - Redis unreachable or slow: the clock decides
             self.warn.warn("renew", "lease renew failed leaders=%d error=%s", len(held), exc)
             return
         took_ms = (time.monotonic_ns() - sent) / 1e6
         if took_ms > self.timing.lease_ttl_ms / 4:
             self.warn.warn("slow", "lease renew slow leaders=%d took_ms=%d", len(held), took_ms)
-        for (index, epoch, _), still_ours in zip(held, answers, strict=True):
-            if still_ours:
-                self.board.renewed(index, epoch, sent + self.trusted_ns)
-            else:
+        valid_until = sent + self.trusted_ns
+        for position, (index, epoch, _) in enumerate(held):
+            if position in lost:
                 self.board.lost(index, epoch)
+            else:
+                self.board.renewed(index, epoch, valid_until)
 
     def alive(self, index: int, epoch: int, stalled_ns: int) -> bool:
         """Whether the slot's loop turned within the stall limit (logged once per stall)."""

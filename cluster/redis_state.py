@@ -74,19 +74,19 @@ return {epoch, tonumber(seq), tonumber(off)}
 """
 
 # Renews many leases in one round trip: KEYS are leader keys, ARGV their expected values and,
-# last, the TTL. Each lease is extended only if its value is still exactly the expected one.
+# last, the TTL. Each lease is extended only if its value is still exactly the expected one; the
+# answer is the (0-based) positions of those that were not (usually none: a short reply).
 RENEW_MANY = """
 local ttl = ARGV[#ARGV]
-local held = {}
+local lost = {}
 for i = 1, #KEYS do
   if redis.call('GET', KEYS[i]) == ARGV[i] then
     redis.call('PEXPIRE', KEYS[i], ttl)
-    held[i] = 1
   else
-    held[i] = 0
+    lost[#lost + 1] = i - 1
   end
 end
-return held
+return lost
 """
 
 RELEASE = """
@@ -343,8 +343,8 @@ class LeaseRenewals:
         self.packed_for: tuple | None = None
         self.packed: list = []
 
-    def __call__(self, leases: list[tuple[str, str]], ttl_ms: int) -> list[bool]:
-        """Extend each (product, lease value); False for a lease that is no longer ours."""
+    def __call__(self, leases: list[tuple[str, str]], ttl_ms: int) -> set[int]:
+        """Extend each (product, lease value); the positions in `leases` of those no longer ours."""
         if self.connection is None:
             self.connection = self.pool.get_connection("EVALSHA")
         wanted = (tuple(leases), ttl_ms)
@@ -363,9 +363,9 @@ class LeaseRenewals:
             self.connection.disconnect()  # a fresh connection next time, not a half-read reply
             raise
 
-    def send(self) -> list[bool]:
+    def send(self) -> set[int]:
         self.connection.send_packed_command(self.packed, check_health=False)
-        return [bool(held) for held in self.connection.read_response()]
+        return set(self.connection.read_response())
 
     def close(self) -> None:
         self.pool.disconnect()

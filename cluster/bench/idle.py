@@ -1,7 +1,8 @@
 """`orderbook-cluster bench idle`: what N quiet products cost one node (issue #20).
 
 One node runs N products on the embedded broker and Redis; nothing is sent. Once every product
-has a leader, the benchmark reads /proc over a window: the CPU of the node's own processes (the
+has a leader and SETTLE_S (10 s) more have passed, so that start-up is over and every process's
+periodic work runs at its idle pace, the benchmark reads /proc over a window: the CPU of the node's own processes (the
 supervisor and everything it started: forkserver, product processes; not the broker or Redis),
 of the broker and of Redis separately, each product process's unique memory (USS =
 Private_Clean + Private_Dirty of smaps_rollup) and threads, and the node's total memory (the sum
@@ -38,9 +39,13 @@ from cluster.bench.latency import BenchError, LatencyProbe, latency_phase
 from cluster.embedded import embedded_services
 from cluster.kafka_io import order_topic
 from cluster.redis_state import epoch_key
+from cluster.settings import Timing
 from cluster.tools.workload import generate_orders
 
 LEADERS_TIMEOUT_S = 300.0
+SETTLE_S = max(
+    5.0, Timing().rebalance_after_s, (Timing().idle_after_ms + Timing().status_idle_every_ms) / 1000
+)
 _encoder = msgspec.json.Encoder()
 
 
@@ -177,7 +182,10 @@ def run_idle(
             progress(f"node started with {n} products; waiting for every product to lead")
             status = wait_for(node, lambda s: s.get("role") == "leader", LEADERS_TIMEOUT_S, "leaders")
             idle_since = time.monotonic()
-            time.sleep(min(5.0, window_s))  # start-up's last writes (first snapshots, topic metadata)
+            # Start-up's last writes (first snapshots, topic metadata) and the switch of every
+            # process's periodic work to its idle pace are over by then (the last: a leader's
+            # placement look reads the standbys' status from rebalance_after_s of leading on).
+            time.sleep(SETTLE_S)
             product_pids = {p: status[p]["pid"] for p in products}
             node_pids = process_tree(node.process.pid)
             acquired_before = acquisitions(redis_client, products)

@@ -30,8 +30,7 @@ def test_epochs_grow_and_stale_leaders_are_refused(services, product):
         renewals = LeaseRenewals(services.redis_url, 2.0)  # the node's renewer thread's call
 
         def renew(value: str, ttl_ms: int) -> bool:
-            (held,) = renewals([(product, value)], ttl_ms)
-            return held
+            return not renewals([(product, value)], ttl_ms)
 
         first = await store.try_acquire("node-a:p:1", 10_000)
         assert first is not None and first.epoch == 1
