@@ -19,9 +19,9 @@ The position is the larger of the offset this process applied up to and the lead
 progress offset: a healthy log holds both, since both were read from it.
 
 What it cannot see: if the log regrows past the position between two checks, the records there
-are new ones at old offsets, which no offset arithmetic can tell apart; a check runs every second.
-(A quiet product's tail is read once per (watermark, position): a log that regrew to the very same
-watermark is that case too.)
+are new ones at old offsets, which no offset arithmetic can tell apart; a check runs every second
+(every status_idle_every_ms while the product is quiet, and its tail is read once per (watermark,
+position): a log that regrew to the very same watermark is that case too).
 """
 
 from __future__ import annotations
@@ -70,7 +70,10 @@ class InputLogWatch:
                     end = await loop.run_in_executor(self.executor, self.log_end_below, position)
                     if end is not None and w.input_behind is None:
                         w.input_went_back(end, position, "log end below position")
-                await asyncio.sleep(w.timing.input_check_ms / 1000)
+                # A quiet product checks as often as it reports its status (every few seconds).
+                await asyncio.sleep(
+                    max(w.timing.input_check_ms / 1000, w.timing.status_cadence_s(w.quiet_for_s()))
+                )
         finally:
             self.executor.shutdown(wait=False, cancel_futures=True)
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from cluster.aio import cancelling
-from cluster.redis_state import NODES_KEY, status_key
+from cluster.redis_state import NODES_KEY, handover_request_key, status_key
 
 if TYPE_CHECKING:
     from cluster.lease_board import LeaseSlot
@@ -196,7 +196,7 @@ class LeaseKeeper:
 
     async def leader_step(self) -> None:
         """Take an operator's handover request, or hand over to the preferred node if it is another."""
-        request = await self.redis.take_handover_request()
+        request, (running, caught_up) = await self.look(take_request=True)
         if request is not None:
             self.follower.want_handover(request)
             return
@@ -207,7 +207,6 @@ class LeaseKeeper:
         # Placement is over the nodes running the product (they come and go rarely), not over the
         # caught-up ones (a standby under load drops in and out of that set), and must prefer the
         # same caught-up node on two looks in a row: leaders move once, not back and forth.
-        running, caught_up = await self.standbys()
         preferred = preferred_node(self.product, running | {self.node_id}, self.products)
         if preferred == self.node_id or preferred not in caught_up:
             self.preferred_seen = None
@@ -282,15 +281,31 @@ class LeaseKeeper:
     async def standbys(self) -> tuple[set[str], set[str]]:
         """(nodes whose process for this product reported recently, in any role: a leader that
         just handed over may still be reported as one; the caught-up standbys among them)."""
-        fresh_after = int(time.time() * 1000) - self.timing.status_fresh_ms()
+        return (await self.look(take_request=False))[1]
+
+    async def look(self, take_request: bool) -> tuple[str | None, tuple[set[str], set[str]]]:
+        """One round trip: an operator's pending handover request (consumed; its target node, ''
+        for any) if `take_request`, and `standbys()`. A status counts while it is fresh (an idle
+        process reports every status_idle_every_ms) and its node heartbeats (every
+        node_heartbeat_ms): a node that died drops out within a second, not at the status's age."""
+        now_ms = int(time.time() * 1000)
+        pipe = self.redis.client.pipeline(transaction=False)
+        if take_request:
+            pipe.getdel(handover_request_key(self.product))
+        pipe.hgetall(status_key(self.product))
+        pipe.zrangebyscore(NODES_KEY, now_ms - 3 * self.timing.node_heartbeat_ms, "+inf")
+        *request, statuses, live = await pipe.execute()
+        live_nodes = {node.decode() for node in live}
+        fresh_after = now_ms - self.timing.status_fresh_ms()
         running, caught_up = set(), set()
-        for node, raw in (await self.redis.client.hgetall(status_key(self.product))).items():
-            status = json.loads(raw)
-            if status["reported_ms"] >= fresh_after:
-                running.add(node.decode())
+        for raw_node, raw in statuses.items():
+            node, status = raw_node.decode(), json.loads(raw)
+            if status["reported_ms"] >= fresh_after and node in live_nodes:
+                running.add(node)
                 if status["role"] == "standby" and status["caught_up"]:
-                    caught_up.add(node.decode())
-        return running, caught_up
+                    caught_up.add(node)
+        wanted = request[0] if request else None
+        return (None if wanted is None else wanted.decode()), (running, caught_up)
 
     async def other_nodes_live(self) -> bool:
         """Whether another node heartbeated recently."""

@@ -245,11 +245,6 @@ class ProductRedis:
         """Block up to timeout_s for a leader handing this product to `node`; True if one did."""
         return await self.client.blpop([handover_key(self.product, node)], timeout=timeout_s) is not None
 
-    async def take_handover_request(self) -> str | None:
-        """An operator's pending handover request (its target node, '' for any), consumed."""
-        value = await self.client.getdel(handover_request_key(self.product))
-        return None if value is None else value.decode()
-
     async def holder_ttl(self) -> tuple[str | None, int]:
         """The current lease value (or None) and its remaining time in ms (negative when none), in
         one round trip."""

@@ -67,8 +67,10 @@ class Timing:
     consume_timeout_ms: int = 1000
     fetch_wait_ms: int = 20
     # After idle_after_ms without input a product reads with a second consumer whose fetches wait
-    # idle_fetch_wait_ms (cluster/worker.py, read_idle): 10 fetches a second instead of 50.
-    idle_fetch_wait_ms: int = 100
+    # idle_fetch_wait_ms (cluster/worker.py, read_idle): 5 fetches a second instead of 50. On a broker
+    # that answers a waiting fetch when data arrives (Kafka) that costs no latency; on Tansu, which
+    # waits the full time, the first order after idleness waits up to this long.
+    idle_fetch_wait_ms: int = 200
     idle_after_ms: int = 3000
     producer_linger_ms: int = 2
     producer_batch_bytes: int = 1_000_000
@@ -79,10 +81,12 @@ class Timing:
     # placement, readiness and `status` read) every status_every_ms while input came in within
     # idle_after_ms, and every status_idle_every_ms otherwise: an idle product's status changes
     # only when input arrives or its role changes, and a role change is reported at once
-    # (cluster/reporting.py). 2 s keeps 48 idle products to 24 reports a second, and an idle
-    # report well inside its readers' freshness limits (status_fresh_ms, the node's 5 s readiness).
+    # (cluster/reporting.py). 4 s keeps 48 idle products to 12 reports a second (each report and
+    # the leader's placement look with it cost an idle process about 1 ms of CPU: half its idle
+    # cost at 2 s); readers count a report fresh for three of these (status_fresh_ms), and
+    # placement also drops a node whose heartbeat stopped, so a dead node leaves within a second.
     status_every_ms: int = 500
-    status_idle_every_ms: int = 2000
+    status_idle_every_ms: int = 4000
     # How often a product process checks that its input log still reaches its position.
     input_check_ms: int = 1000
 

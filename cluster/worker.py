@@ -62,9 +62,9 @@ READ_AHEAD_FULL_WAIT_S = 0.02  # then it waits this long before looking again
 LATENCY_MEASURABLE_S = 3600.0
 CORRUPT_ORDER_ID = 2**62
 LOOP_WATCH_PERIOD_S = 0.1  # how often the stall watch wakes; it sees stalls of any length
-# With no input for LOOP_WATCH_BUSY_S the watch wakes only this often: an idle loop has no order to
-# delay, and 48 idle products waking ten times a second each cost a tenth of a core between them.
-LOOP_WATCH_IDLE_PERIOD_S = 1.0
+# With no input for LOOP_WATCH_BUSY_S the watch wakes only as often as status is reported
+# (Timing.status_cadence_s): an idle loop has no order to delay, and 48 idle products waking ten
+# times a second each cost a tenth of a core between them.
 LOOP_WATCH_BUSY_S = 1.0
 
 
@@ -838,8 +838,12 @@ class ProductWorker:
         behind (a batch, a snapshot, a GC pause). Published as obc_loop_stall_seconds and in status."""
         loop = asyncio.get_running_loop()
         while not self.stopping:
-            busy = time.monotonic() - self.last_input_at < LOOP_WATCH_BUSY_S
-            period = LOOP_WATCH_PERIOD_S if busy else LOOP_WATCH_IDLE_PERIOD_S
+            quiet_for_s = self.quiet_for_s()
+            period = (
+                LOOP_WATCH_PERIOD_S
+                if quiet_for_s < LOOP_WATCH_BUSY_S
+                else self.timing.status_cadence_s(quiet_for_s)
+            )
             due = loop.time() + period
             await asyncio.sleep(period)
             stall = max(0.0, loop.time() - due)
