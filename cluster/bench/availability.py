@@ -12,6 +12,7 @@ after it the time from SIGKILL of the leader's whole node to the first event of 
 
 from __future__ import annotations
 
+import collections
 import json
 import multiprocessing
 import os
@@ -168,6 +169,18 @@ def run_availability(
             }
             logs_text = [node.log_path.read_text(errors="replace") for node in nodes.values()]
             report["demotions"] = sum(text.count(" demoted product=") for text in logs_text)
+            # Why, by the log line's reason (a demotion logs "demoted product=P epoch=E reason=R").
+            reasons = collections.Counter(
+                line.partition(" reason=")[2].strip()
+                for text in logs_text
+                for line in text.splitlines()
+                if " demoted product=" in line
+            )
+            report["demotion_reasons"] = dict(reasons.most_common())
+            report["lease_renew_trouble"] = {
+                kind: sum(text.count(kind) for text in logs_text)
+                for kind in ("lease renew failed", "lease renew slow", "matching loop stalled")
+            }
             report["handovers"] = sum(text.count(" handed over product=") for text in logs_text)
             # The leader's whole node dies: no drain, no release; the standby takes over at the TTL.
             product = products[0]
