@@ -27,16 +27,17 @@ class SettingsError(ValueError):
 class Timing:
     """Lease, snapshot and batching knobs. Defaults aim at sub-second failover on a LAN."""
 
-    # A dead leader is replaced within about a TTL. Renewal runs on its own thread (see
-    # cluster/lease.py), so the TTL only has to cover Redis round trips and scheduling delays,
-    # not the matching loop's longest batch or snapshot; docs/exactly-once.md explains the numbers.
-    lease_ttl_ms: int = 500
+    # A dead leader is replaced within about a TTL. The node renews its leaders' leases on its own
+    # thread (cluster/lease_board.py), so the TTL only has to cover Redis round trips and
+    # scheduling delays, not the matching loop's longest batch or snapshot; docs/exactly-once.md
+    # explains the numbers.
+    lease_ttl_ms: int = 450
     lease_renew_ms: int = 100
     # A leader stops publishing this long before its lease could expire (clock drift, GC pauses).
     lease_safety_ms: int = 100
     # The renewer renews only while the matching loop has turned within this limit, so a hung
     # loop loses the lease while a slow one (a large book's snapshot, a busy core) keeps it. It
-    # is far above any healthy turn (a batch is ~1 ms, an idle wait 100 ms) and short enough that
+    # is far above any healthy turn (a batch is ~1 ms, an idle wait 1 s) and short enough that
     # a hung leader's product stops trading for seconds, not for good.
     loop_stall_limit_ms: int = 3000
     standby_poll_ms: int = 50

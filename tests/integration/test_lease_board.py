@@ -8,6 +8,7 @@ import os
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -60,54 +61,56 @@ def test_one_round_trip_renews_the_owned_leases_and_refuses_the_others(services)
         client.close()
 
 
-def test_the_node_renews_a_live_loop_and_lets_a_stalled_one_lapse(services, board):
+@pytest.fixture
+def renewing(services, board):
+    """A node renewer running over `board` for three fresh products; a sync client to look."""
     products = tuple(f"T{uuid.uuid4().hex[:10].upper()}-USD" for _ in range(3))
-    held = acquire(services.redis_url, products[1], "node-a:p:1", TIMING.lease_ttl_ms)
-    slot = board.slot(1)
     renewer = NodeRenewer(board, products, services.redis_url, TIMING)
     client = sync_client(services.redis_url)
     renewer.start()
     try:
-        slot.hold(held.epoch, held.lease_value)
-        first = wait_until(lambda: slot.valid_until(held.epoch), 5, "the first renewal")
-        # Beating the loop keeps the lease well past its TTL, each renewal moving valid_until on.
-        keep_until = time.monotonic() + 3 * TIMING.lease_ttl_ms / 1000
-        while time.monotonic() < keep_until:
-            slot.beat()
-            time.sleep(TIMING.lease_renew_ms / 1000)
-        assert client.get(leader_key(products[1])) == held.lease_value.encode()
-        assert slot.valid_until(held.epoch) > first
-        assert slot.valid_until(held.epoch + 1) is None, "a renewal is for its epoch only"
-        assert not slot.lost(held.epoch)
-        # The loop stops turning: past the stall limit nothing renews it, and it expires.
-        wait_until(lambda: client.get(leader_key(products[1])) is None, 5, "the stalled lease to lapse")
+        yield SimpleNamespace(products=products, board=board, client=client, redis_url=services.redis_url)
     finally:
         renewer.stop()
         client.close()
 
 
-def test_a_lease_taken_by_another_is_reported_lost_and_a_cleared_slot_is_not_renewed(services, board):
-    products = tuple(f"T{uuid.uuid4().hex[:10].upper()}-USD" for _ in range(3))
-    held = acquire(services.redis_url, products[0], "node-a:p:1", TIMING.lease_ttl_ms)
-    slot = board.slot(0)
-    renewer = NodeRenewer(board, products, services.redis_url, TIMING)
-    client = sync_client(services.redis_url)
-    renewer.start()
-    try:
-        slot.hold(held.epoch, held.lease_value)
-        wait_until(lambda: slot.valid_until(held.epoch), 5, "the first renewal")
-        client.set(leader_key(products[0]), f"{held.epoch + 1}|node-b:p:2", px=60_000)  # taken
-        wait_until(lambda: slot.lost(held.epoch), 5, "the loss to be reported")
+def lead_in_slot(renewing, index: int):
+    """Acquire product `index`'s lease and have the node renew it; (acquired, slot) after the
+    first renewal."""
+    held = acquire(renewing.redis_url, renewing.products[index], f"node-a:p:{index}", TIMING.lease_ttl_ms)
+    slot = renewing.board.slot(index)
+    slot.hold(held.epoch, held.lease_value)
+    wait_until(lambda: slot.valid_until(held.epoch), 5, "the first renewal")
+    return held, slot
 
-        mine = acquire(services.redis_url, products[2], "node-a:p:3", TIMING.lease_ttl_ms)
-        other = board.slot(2)
-        other.hold(mine.epoch, mine.lease_value)
-        wait_until(lambda: other.valid_until(mine.epoch), 5, "the renewal of the third slot")
-        board.clear(2)  # its process died: the node renews it no more
-        wait_until(lambda: client.get(leader_key(products[2])) is None, 5, "the dead slot's lease to lapse")
-    finally:
-        renewer.stop()
-        client.close()
+
+def test_the_node_renews_a_live_loop_and_lets_a_stalled_one_lapse(renewing):
+    held, slot = lead_in_slot(renewing, 1)
+    key = leader_key(renewing.products[1])
+    first = slot.valid_until(held.epoch)
+    # Beating the loop keeps the lease well past its TTL, each renewal moving valid_until on.
+    keep_until = time.monotonic() + 3 * TIMING.lease_ttl_ms / 1000
+    while time.monotonic() < keep_until:
+        slot.beat()
+        time.sleep(TIMING.lease_renew_ms / 1000)
+    assert renewing.client.get(key) == held.lease_value.encode()
+    assert slot.valid_until(held.epoch) > first
+    assert slot.valid_until(held.epoch + 1) is None, "a renewal is for its epoch only"
+    assert not slot.lost(held.epoch)
+    # The loop stops turning: past the stall limit nothing renews it, and it expires.
+    wait_until(lambda: renewing.client.get(key) is None, 5, "the stalled lease to lapse")
+
+
+def test_a_lease_taken_by_another_is_reported_lost_and_a_cleared_slot_is_not_renewed(renewing):
+    held, slot = lead_in_slot(renewing, 0)
+    renewing.client.set(leader_key(renewing.products[0]), f"{held.epoch + 1}|node-b:p:2", px=60_000)  # taken
+    wait_until(lambda: slot.lost(held.epoch), 5, "the loss to be reported")
+
+    lead_in_slot(renewing, 2)
+    renewing.board.clear(2)  # its process died: the node renews it no more
+    key = leader_key(renewing.products[2])
+    wait_until(lambda: renewing.client.get(key) is None, 5, "the dead slot's lease to lapse")
 
 
 def test_a_killed_nodes_board_is_removed_by_the_next_node():
