@@ -341,7 +341,7 @@ class LeaseRenewals:
     def __call__(self, leases: list[tuple[str, str]], ttl_ms: int) -> set[int]:
         """Extend each (product, lease value); the positions in `leases` of those no longer ours."""
         if self.connection is None:
-            self.connection = self.pool.get_connection("EVALSHA")
+            self.connection = self.pool.get_connection()
         wanted = (tuple(leases), ttl_ms)
         if self.packed_for != wanted:
             keys = [leader_key(product) for product, _ in leases]
