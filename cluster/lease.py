@@ -164,7 +164,7 @@ class LeaseKeeper:
 
     def valid_until(self, sent: float) -> float:
         """How long an acquisition or renewal sent at `sent` (monotonic s) lets the leader publish."""
-        return sent + (self.timing.lease_ttl_ms - self.timing.lease_safety_ms) / 1000
+        return sent + self.timing.lease_trust_ms() / 1000
 
     async def run(self) -> None:
         """As standby, follow progress and take the lease when it is free or handed to us; as
@@ -293,7 +293,7 @@ class LeaseKeeper:
         if take_request:
             pipe.getdel(handover_request_key(self.product))
         pipe.hgetall(status_key(self.product))
-        pipe.zrangebyscore(NODES_KEY, now_ms - 3 * self.timing.node_heartbeat_ms, "+inf")
+        pipe.zrangebyscore(NODES_KEY, now_ms - self.timing.node_fresh_ms(), "+inf")
         *request, statuses, live = await pipe.execute()
         live_nodes = {node.decode() for node in live}
         fresh_after = now_ms - self.timing.status_fresh_ms()
@@ -309,6 +309,6 @@ class LeaseKeeper:
 
     async def other_nodes_live(self) -> bool:
         """Whether another node heartbeated recently."""
-        cutoff_ms = int(time.time() * 1000) - 3 * self.timing.node_heartbeat_ms
+        cutoff_ms = int(time.time() * 1000) - self.timing.node_fresh_ms()
         live = await self.redis.client.zrangebyscore(NODES_KEY, cutoff_ms, "+inf")
         return any(n.decode() != self.node_id for n in live)

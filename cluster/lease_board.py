@@ -186,7 +186,7 @@ class NodeRenewer:
         self.products = products
         self.timing = timing
         # A renewal that takes longer than the lease can be trusted is worth nothing: time out then.
-        self.trusted_ns = (timing.lease_ttl_ms - timing.lease_safety_ms) * 1_000_000
+        self.trusted_ns = timing.lease_trust_ms() * 1_000_000
         self.renew = LeaseRenewals(redis_url, self.trusted_ns / 1e9)
         self.warn = RateLimitedWarning(log, interval_s=5.0)
         self.stalled: set[tuple[int, int]] = set()  # (slot, epoch) whose stall was logged

@@ -111,6 +111,14 @@ class Timing:
         busy = quiet_for_s * 1000 < self.idle_after_ms
         return (self.status_every_ms if busy else self.status_idle_every_ms) / 1000
 
+    def lease_trust_ms(self) -> int:
+        """How long after sending an acquisition or a renewal that succeeded its leader may publish."""
+        return self.lease_ttl_ms - self.lease_safety_ms
+
+    def node_fresh_ms(self) -> int:
+        """A node whose last heartbeat is older than this is gone: it missed three."""
+        return 3 * self.node_heartbeat_ms
+
     def status_fresh_ms(self) -> int:
         """A status report older than this is stale: its process missed three reports at its
         slowest (idle) cadence, so it is gone or stuck."""
