@@ -3,13 +3,18 @@
 Guarantees (with cluster/redis_state.py's scripts):
 - At most one lease value `<epoch>|<token>` exists per product; epochs only grow.
 - A leader trusts its lease only until the send time of its last successful renewal plus
-  TTL minus a safety margin, on its own monotonic clock; past that it must stop publishing and
-  step down to standby (Demoted).
+  TTL minus a safety margin, on its own monotonic clock; past that it must stop publishing. It
+  waits `lease_overdue_grace_ms` more for a late renewal: one that succeeds found the lease's
+  exact value still in Redis, so nobody else can have held it meanwhile, and publishing resumes
+  at the same epoch. Past the grace, or when the lease is lost, it steps down to standby.
 - Renewal is the node's, not the matching loop's (cluster/lease_board.py: one renewer thread
   per node renews all its leaders' leases), so a long batch, a snapshot or a GC pause on the
   matching loop does not cost the lease. It renews only while the loop has shown progress
   within `Timing.loop_stall_limit_ms`: a loop that truly hangs (or a process that is stopped)
   lets the lease lapse, and a standby takes over.
+- A lease that lapsed while Redis or its node was held up is taken again by the node's renewer
+  if nobody can have held it since (its leader resumes at the same epoch); a standby that found
+  it free on a slow look leaves it to its leader for two renewal rounds, once.
 - A standby takes the lease only when the key is gone. Placement decides who goes first:
   a caught-up standby on the product's preferred node at once, other caught-up standbys after
   `placement_defer_ms`, standbys still catching up after three times that, and a stepped-down
@@ -51,6 +56,11 @@ class Demoted(Exception):
     """The lease is gone or can no longer be trusted: restart as a standby."""
 
 
+class LeaseLapsed(Exception):
+    """A fenced write found nobody holding the lease: not written. Not a loss: the leader's node
+    takes a lapsed lease again if nobody held it since, and the lease clock decides the rest."""
+
+
 def preferred_node(product: str, nodes, products=()) -> str | None:
     """The node of `nodes` that should lead `product`: the k-th of `products` (sorted) goes to the
     (k mod n)-th node (sorted), so n nodes running the same products lead equal shares; a
@@ -84,6 +94,8 @@ class Leadership:
     written_progress: tuple[int, int] = (-1, -1)
     # Set when the node's renewer found the lease not ours any more (LeaseKeeper.sync).
     lost: str | None = None
+    # Monotonic s at which publishing paused for a late renewal (check_lease_clock), else None.
+    overdue_since: float | None = None
     since: float = field(default_factory=time.monotonic)
 
 
@@ -135,6 +147,7 @@ class LeaseKeeper:
         self.started_at = time.monotonic()
         self.preferred_seen: str | None = None  # the other node placement preferred at the last look
         self.progress_looked: tuple[int, int] | None = None  # the leader's progress at the last look
+        self.slow_look_deferred = False  # whether this free lease was left to its leader once already
         self.stopped = False
 
     def hold(self, leader: Leadership) -> None:
@@ -227,15 +240,19 @@ class LeaseKeeper:
     async def standby_step(self, handed: bool = False) -> float:
         """Read the leader's progress; acquire the lease when it is free and placement allows
         (at once when the leader handed it to this node). Returns the wait before the next look (s)."""
+        asked = time.monotonic()
         seq, offset, checkpoint, leader_snapshot = await self.redis.read_follow()
         self.follower.follow((seq, offset), checkpoint, leader_snapshot)
         holder, ttl_ms = await self.redis.holder_ttl()
         if holder is not None:
             self.lease_free_since = None
+            self.slow_look_deferred = False
             return self.next_look_s((seq, offset), ttl_ms)
         now = time.monotonic()
         if self.lease_free_since is None:
             self.lease_free_since = now
+        if not handed and self.defer_after_slow_look(now - asked):
+            return 2 * self.timing.lease_renew_ms / 1000
         if handed or await self.placement_allows(now):
             sent = time.monotonic()
             acquired = await self.redis.try_acquire(self.token, self.timing.lease_ttl_ms)
@@ -245,6 +262,21 @@ class LeaseKeeper:
                 except Demoted as exc:
                     self.follower.restart(str(exc))  # its exit releases the lease it just took
         return self.timing.standby_poll_ms / 1000
+
+    def defer_after_slow_look(self, took_s: float) -> bool:
+        """Whether to leave a lease we just found free to its leader for two renewal rounds: our
+        look took longer than a round, so Redis (or this host) was held up, and a leader whose
+        lease lapsed meanwhile takes it again at its node's next round (RENEW_MANY). Once per
+        free lease, so a slow Redis delays a real failover by those two rounds at most."""
+        if self.slow_look_deferred or took_s * 1000 <= self.timing.lease_renew_ms:
+            return False
+        self.slow_look_deferred = True
+        log.info(
+            "lease free after a slow look product=%s took_ms=%d: leaving it to its leader for two rounds",
+            self.product,
+            took_s * 1000,
+        )
+        return True
 
     def next_look_s(self, progress: tuple[int, int], ttl_ms: int) -> float:
         """When a standby looks again while the lease is held: at the lease's expiry if the leader

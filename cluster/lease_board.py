@@ -18,6 +18,9 @@ Guarantees, as with a renewer in the product process (cluster/lease.py has the r
   host-wide monotonic clock (CLOCK_MONOTONIC) in both processes.
 - A dead product process's slot is cleared by the node before its lease is released
   (cluster/node.py), so the renewer never keeps a dead leader's lease alive.
+- A lease that lapsed while Redis or this node was held up (a Redis fsync stalled by a busy disk
+  for longer than the TTL) is taken again with the same value if nobody can have held it since
+  (redis_state.RENEW_MANY): its leader, paused at its deadline, resumes at the same epoch.
 
 Slot layout (SLOT_BYTES each, 64-bit words in the host's byte order: the file never leaves the
 host); each field has one writer:
@@ -202,15 +205,22 @@ class NodeRenewer:
         self.renew.close()
 
     def run(self) -> None:
-        """Thread: a round every lease_renew_ms until stopped; nothing it meets may end it."""
+        """Thread: a round every lease_renew_ms until stopped; nothing it meets may end it.
+
+        Rounds start at a fixed rate (a slow round shortens the wait after it): were the wait
+        counted from a round's end, two round trips of ~125 ms in a row would leave a leader's
+        350 ms of trust between confirmations uncovered."""
         prefer_this_thread()
         period_s = self.timing.lease_renew_ms / 1000
+        next_round = time.monotonic()
         while not self.stopped.is_set():
             try:
                 self.round()
             except Exception as exc:  # noqa: BLE001 - a dead renewer would lose every lease
                 self.warn.warn("round", "lease renewer round failed error=%r", exc)
-            self.stopped.wait(period_s)
+            now = time.monotonic()
+            next_round = max(next_round + period_s, now)  # after a round longer than a period: at once
+            self.stopped.wait(next_round - now)
 
     def round(self) -> None:
         """Renew the leases of the slots whose loops are alive; write back what Redis said."""
@@ -226,13 +236,22 @@ class NodeRenewer:
         if not held:
             return
         try:
-            lost = self.renew([(self.products[i], value) for i, _, value in held], self.timing.lease_ttl_ms)
+            lost, retaken = self.renew(
+                [(self.products[i], value) for i, _, value in held], self.timing.lease_ttl_ms
+            )
         except Exception as exc:  # noqa: BLE001 - Redis unreachable or slow: the clock decides
             self.warn.warn("renew", "lease renew failed leaders=%d error=%s", len(held), exc)
             return
         took_ms = (time.monotonic_ns() - sent) / 1e6
         if took_ms > self.timing.lease_ttl_ms / 4:
             self.warn.warn("slow", "lease renew slow leaders=%d took_ms=%d", len(held), took_ms)
+        for position in retaken:
+            index, epoch, _ = held[position]
+            log.warning(
+                "lease lapsed and taken again product=%s epoch=%d: nobody held it meanwhile",
+                self.products[index],
+                epoch,
+            )
         valid_until = sent + self.trusted_ns
         for position, (index, epoch, _) in enumerate(held):
             if position in lost:

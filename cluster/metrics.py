@@ -53,6 +53,12 @@ producer_waits = Counter(
 demotions = Counter(
     "obc_demotions", "Times this product's leader stepped down to standby without restarting", LABELS
 )
+lease_overdue = Counter(
+    "obc_lease_overdue",
+    "Times this product's leader paused publishing for a late lease renewal (resumed at the same "
+    "epoch when the renewal was confirmed within lease_overdue_grace_ms, else stepped down)",
+    LABELS,
+)
 loop_stall_seconds = Histogram(
     "obc_loop_stall_seconds",
     "How long the product process's event loop was held up (a batch, a snapshot, a GC pause)",
@@ -102,6 +108,7 @@ class Bound:
         self.unknown_cancels = unknown_cancels.labels(**labels)
         self.producer_waits = producer_waits.labels(**labels)
         self.demotions = demotions.labels(**labels)
+        self.lease_overdue = lease_overdue.labels(**labels)
         self.state_diverged = state_diverged.labels(**labels)
         self.state_checks = state_checks.labels(**labels)
         self.loop_stall = loop_stall_seconds.labels(**labels)

@@ -46,6 +46,11 @@ def snapshot_data_key(product: str) -> str:
     return f"matching_snapshot_{product}:data"
 
 
+def released_key(product: str) -> str:
+    """The epoch of the product's last lease given up (released or handed over): never re-taken."""
+    return f"matching_released_{product}"
+
+
 def status_key(product: str) -> str:
     """Self-reported status of the product's processes: a hash, node -> JSON with `reported_ms`."""
     return f"matching_status_{product}"
@@ -73,20 +78,32 @@ local off = redis.call('HGET', KEYS[3], 'offset') or '0'
 return {epoch, tonumber(seq), tonumber(off)}
 """
 
-# Renews many leases in one round trip: KEYS are leader keys, ARGV their expected values and,
-# last, the TTL. Each lease is extended only if its value is still exactly the expected one; the
-# answer is the (0-based) positions of those that were not (usually none: a short reply).
+# Renews many leases in one round trip. KEYS are, for each of n leases, its leader key, then the n
+# epoch counters, then the n released-epoch keys; ARGV the n expected values and, last, the TTL.
+# A lease whose value is still exactly the expected one is extended. One that lapsed (Redis, or
+# this node, was held up for longer than the TTL) is taken again with the same value when nobody
+# can have held it since: every acquisition moves the epoch counter, and every release or
+# handover records its epoch as released. The answer is the (0-based) positions of the leases
+# that are not ours (usually none), then those taken again.
 RENEW_MANY = """
+local n = (#KEYS) / 3
 local ttl = ARGV[#ARGV]
-local lost = {}
-for i = 1, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[i] then
+local lost, retaken = {}, {}
+for i = 1, n do
+  local v = redis.call('GET', KEYS[i])
+  if v == ARGV[i] then
     redis.call('PEXPIRE', KEYS[i], ttl)
   else
-    lost[#lost + 1] = i - 1
+    local epoch = string.match(ARGV[i], '^(%d+)|')
+    if not v and redis.call('GET', KEYS[n + i]) == epoch and redis.call('GET', KEYS[2 * n + i]) ~= epoch then
+      redis.call('SET', KEYS[i], ARGV[i], 'PX', ttl)
+      retaken[#retaken + 1] = i - 1
+    else
+      lost[#lost + 1] = i - 1
+    end
   end
 end
-return lost
+return {lost, retaken}
 """
 
 RELEASE = """
@@ -95,6 +112,7 @@ if not v then return 0 end
 local suffix = '|' .. ARGV[1]
 if string.sub(v, -string.len(suffix)) == suffix then
   redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[2], string.match(v, '^(%d+)|'))
   return 1
 end
 return 0
@@ -104,6 +122,7 @@ HAND_OVER = """
 local v = redis.call('GET', KEYS[1])
 if v ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[3], ARGV[2])
 redis.call('DEL', KEYS[2])
 redis.call('RPUSH', KEYS[2], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
@@ -111,7 +130,9 @@ return 1
 """
 
 WRITE_PROGRESS = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local v = redis.call('GET', KEYS[1])
+if not v then return -4 end
+if v ~= ARGV[1] then return -1 end
 local cur = tonumber(redis.call('HGET', KEYS[2], 'sequence') or '0')
 if tonumber(ARGV[3]) < cur then return -2 end
 local t = redis.call('TIME')
@@ -125,7 +146,9 @@ return 1
 # place by this script in O(1) (RENAME): a large book's snapshot (27 MB at 1,000,000 orders) as one
 # command held Redis, and with it every leader's lease renewal, for its copy and fsync.
 COMMIT_SNAPSHOT = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then redis.call('DEL', KEYS[3]) return -1 end
+local v = redis.call('GET', KEYS[1])
+if not v then redis.call('DEL', KEYS[3]) return -4 end
+if v ~= ARGV[1] then redis.call('DEL', KEYS[3]) return -1 end
 local cur = tonumber(redis.call('HGET', KEYS[2], 'sequence') or '-1')
 if tonumber(ARGV[2]) <= cur then redis.call('DEL', KEYS[3]) return -2 end
 if redis.call('STRLEN', KEYS[3]) ~= tonumber(ARGV[5]) then redis.call('DEL', KEYS[3]) return -3 end
@@ -233,12 +256,12 @@ class ProductRedis:
 
     async def release(self, token: str) -> bool:
         """Give the lease up if `token` holds it (clean exit), so a standby takes over at once."""
-        return bool(await self._release(keys=[self.keys[0]], args=[token]))
+        return bool(await self._release(keys=[self.keys[0], released_key(self.product)], args=[token]))
 
     async def hand_over(self, lease_value: str, target_node: str, epoch: int, ttl_ms: int) -> bool:
         """Release our lease and wake `target_node`'s standby at once (planned handover); False if
         the lease was not ours any more. The wake-up expires after ttl_ms if nobody takes it."""
-        keys = [self.keys[0], handover_key(self.product, target_node)]
+        keys = [self.keys[0], handover_key(self.product, target_node), released_key(self.product)]
         return bool(await self._hand_over(keys=keys, args=[lease_value, epoch, ttl_ms]))
 
     async def wait_for_handover(self, node: str, timeout_s: float) -> bool:
@@ -263,7 +286,8 @@ class ProductRedis:
         fingerprint: str,
         checkpoint: int | None = None,
     ) -> int:
-        """Record delivered progress; 1 written, -1 not the leader any more, -2 would go backwards.
+        """Record delivered progress; 1 written, -1 not the leader any more, -2 would go backwards,
+        -4 nobody holds the lease (it lapsed; its leader's node may take it again: RENEW_MANY).
 
         `checkpoint` announces the input offset of a snapshot being captured: standbys stop there
         to hash their own state (see cluster/state_check.py). It is written with (never after)
@@ -288,7 +312,7 @@ class ProductRedis:
 
     async def write_snapshot(self, lease_value: str, envelope: SnapshotEnvelope) -> int:
         """Store a snapshot of delivered state; 1 written, -1 not the leader, -2 not newer, -3 its
-        staged bytes were disturbed. Written in pieces, so Redis answers lease renewals in between."""
+        staged bytes were disturbed, -4 nobody holds the lease (see write_progress). Written in pieces, so Redis answers lease renewals in between."""
         pieces = envelope_pieces(envelope, SNAPSHOT_PIECE_BYTES)
         staging = f"{snapshot_data_key(self.product)}:staging:{lease_value}"
         client = self.client
@@ -338,13 +362,15 @@ class LeaseRenewals:
         self.packed_for: tuple | None = None
         self.packed: list = []
 
-    def __call__(self, leases: list[tuple[str, str]], ttl_ms: int) -> set[int]:
-        """Extend each (product, lease value); the positions in `leases` of those no longer ours."""
+    def __call__(self, leases: list[tuple[str, str]], ttl_ms: int) -> tuple[set[int], set[int]]:
+        """Extend each (product, lease value): the positions in `leases` of those no longer ours,
+        and of those that had lapsed and were taken again (see RENEW_MANY)."""
         if self.connection is None:
             self.connection = self.pool.get_connection()
         wanted = (tuple(leases), ttl_ms)
         if self.packed_for != wanted:
-            keys = [leader_key(product) for product, _ in leases]
+            products = [product for product, _ in leases]
+            keys = [*map(leader_key, products), *map(epoch_key, products), *map(released_key, products)]
             values = [value for _, value in leases]
             self.packed = self.connection.pack_command("EVALSHA", self.sha, len(keys), *keys, *values, ttl_ms)
             self.packed_for = wanted
@@ -358,9 +384,10 @@ class LeaseRenewals:
             self.connection.disconnect()  # a fresh connection next time, not a half-read reply
             raise
 
-    def send(self) -> set[int]:
+    def send(self) -> tuple[set[int], set[int]]:
         self.connection.send_packed_command(self.packed, check_health=False)
-        return set(self.connection.read_response())
+        lost, retaken = self.connection.read_response()
+        return set(lost), set(retaken)
 
     def close(self) -> None:
         self.pool.disconnect()
@@ -378,7 +405,7 @@ def lease_holder(client: redis.Redis, product: str) -> tuple[int, str] | None:
 
 def release_sync(client: redis.Redis, product: str, token: str) -> bool:
     """Release a dead child's lease from the supervisor, so failover need not wait for the TTL."""
-    return bool(client.eval(RELEASE, 1, leader_key(product), token))
+    return bool(client.eval(RELEASE, 2, leader_key(product), released_key(product), token))
 
 
 def durability_problems(client: redis.Redis) -> list[str]:

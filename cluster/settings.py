@@ -35,6 +35,15 @@ class Timing:
     lease_renew_ms: int = 100
     # A leader stops publishing this long before its lease could expire (clock drift, GC pauses).
     lease_safety_ms: int = 100
+    # A leader whose renewals stop being confirmed (a Redis fsync held up by a busy disk, a starved
+    # renewer) pauses publishing at its trust deadline and waits this long past it for a late
+    # confirmation before it steps down. A renewal that succeeds proves nobody else held the lease
+    # meanwhile (its exact value was still in Redis, or it lapsed and nobody took it since:
+    # redis_state.RENEW_MANY), so the leader resumes at the same epoch: a pause of output instead
+    # of a leadership change. It bounds the halt when renewals reach Redis but their answers do
+    # not come back in time (grace + TTL); a dead or cut-off leader's product moves at the TTL
+    # whatever this is.
+    lease_overdue_grace_ms: int = 1000
     # The renewer renews only while the matching loop has turned within this limit, so a hung
     # loop loses the lease while a slow one (a large book's snapshot, a busy core) keeps it. It
     # is far above any healthy turn (a batch is ~1 ms, an idle wait 1 s) and short enough that

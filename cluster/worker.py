@@ -35,7 +35,7 @@ from cluster import input_log, kafka_io, snapshots
 from cluster import metrics as m
 from cluster.aio import cancelling
 from cluster.faults import CORRUPT_SIGNAL, STALL_SIGNAL, stall_s
-from cluster.lease import Demoted, Leadership, LeaseKeeper
+from cluster.lease import Demoted, Leadership, LeaseKeeper, LeaseLapsed
 from cluster.lease_board import LeaseBoard, LeaseSlot
 from cluster.publisher import Publisher
 from cluster.redis_state import ProductRedis, async_client
@@ -386,11 +386,21 @@ class ProductWorker:
                 self.check_lease_clock()
                 self.publisher.settle_progress()
                 continue
+            if self.publishing_paused():
+                # Waiting for the node to confirm a late renewal (a round every lease_renew_ms):
+                # not in the input wait, which could outlast the confirmation by a second.
+                await asyncio.sleep(self.timing.lease_renew_ms / 10000)
+                self.check_lease_clock()
+                if self.leader is not None:  # not stepped down meanwhile
+                    self.publisher.settle_progress()
+                continue
             if len(self.pending) < self.timing.consume_batch or self.leader is None and not self.applicable():
                 await self.fetch()
             else:
                 await asyncio.sleep(0)  # let renewals and progress writes run between batches
             self.check_lease_clock()
+            if self.publishing_paused():
+                continue
             batch = self.take_applicable()
             if batch:
                 if self.leader is not None and self.settings.kafka_transactions:
@@ -429,8 +439,9 @@ class ProductWorker:
         self.become_leader(acquired, valid_until)
 
     def check_lease_clock(self) -> None:
-        """A leader whose last renewal is too old, or whose lease is gone, stops publishing
-        before it could overlap a successor."""
+        """A leader whose lease is gone steps down. One whose last confirmed renewal is too old
+        pauses publishing before it could overlap a successor, and steps down only if no renewal
+        is confirmed within lease_overdue_grace_ms (see cluster/lease.py)."""
         leader = self.leader
         if leader is None:
             return
@@ -439,8 +450,34 @@ class ProductWorker:
             self.step_down(leader.lost)
         elif self.demotion:
             self.step_down(self.demotion)
-        elif time.monotonic() > leader.valid_until:
-            self.step_down("lease renewal overdue")
+        else:
+            now = time.monotonic()
+            if now <= leader.valid_until:
+                if leader.overdue_since is not None:
+                    log.info(
+                        "lease renewal confirmed product=%s epoch=%d paused_ms=%d: publishing again",
+                        self.product,
+                        leader.epoch,
+                        (now - leader.overdue_since) * 1000,
+                    )
+                    leader.overdue_since = None
+            elif (now - leader.valid_until) * 1000 > self.timing.lease_overdue_grace_ms:
+                self.step_down("lease renewal overdue")
+            elif leader.overdue_since is None:
+                leader.overdue_since = now
+                self.metric.lease_overdue.inc()
+                log.warning(
+                    "lease renewal overdue product=%s epoch=%d: publishing paused until the node "
+                    "confirms the lease (grace %d ms)",
+                    self.product,
+                    leader.epoch,
+                    self.timing.lease_overdue_grace_ms,
+                )
+
+    def publishing_paused(self) -> bool:
+        """Whether this leader waits for a late renewal (check_lease_clock): it applies nothing,
+        since what it applies it must publish."""
+        return self.leader is not None and self.leader.overdue_since is not None
 
     def check_state(self) -> None:
         """A standby's live state check (cluster/state_check.py); a diverged replica restarts."""
@@ -518,6 +555,8 @@ class ProductWorker:
             await self.write_progress()
         except Demoted as exc:
             self.demote(str(exc), leader)
+            return False
+        except LeaseLapsed:
             return False
         if leader.progress[0] != self.engine.sequence or leader.progress[1] != self.next_offset:
             return False  # not all recorded: the target would publish what we may have published
@@ -598,6 +637,8 @@ class ProductWorker:
                 await self.write_progress()
             except Demoted:
                 self.demote("progress write refused", leader)
+            except LeaseLapsed:
+                pass  # written again at the next turn, once the node took the lease again (or not at all)
             except Exception as exc:  # noqa: BLE001 - Redis down: retry; the lease clock fences us
                 if cancelling():
                     raise
@@ -631,6 +672,8 @@ class ProductWorker:
             )
             if rc == -1:
                 raise Demoted("not the lease holder")
+            if rc == -4:
+                raise LeaseLapsed("progress not written")
             leader.written_progress = (seq, offset)
             if announce:
                 snap.announced = True
@@ -646,6 +689,8 @@ class ProductWorker:
             rc = await self.redis.write_snapshot(leader.lease_value, envelope)
             if rc == -1:
                 raise Demoted("not the lease holder")
+            if rc == -4:
+                raise LeaseLapsed("snapshot not written")
             self.snapshots.written()
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -806,6 +851,8 @@ class ProductWorker:
             "delivered_sequence": leader.delivered_seq if leader else self.progress_seen[0],
             "behind": max(0, self.progress_seen[1] - self.next_offset) if leader is None else 0,
             "caught_up": leader is not None or self.caught_up(),
+            # A leader waiting for a late lease renewal to be confirmed publishes nothing meanwhile.
+            "publishing_paused": self.publishing_paused(),
             "input_behind": self.input_behind,
             "read_ahead": len(self.pending),
             "events_per_s": round(events_per_s, 1),

@@ -6,6 +6,7 @@ Figures only: no timing thresholds here (the targets are benchmark figures, see 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -74,3 +75,20 @@ def test_restart_reasons_are_read_from_the_node_log():
         ]
     )
     assert restart_reasons(log_text) == {"lease renewal overdue": 2, "exit -9": 1}
+
+
+def test_bench_availability_counts_only_the_log_lines_of_its_window():
+    from cluster.bench.availability import lines_between
+
+    log_text = "\n".join(
+        [
+            "2026-11-25 16:04:27,999 INFO cluster.worker pid=1 handed over product=A epoch=1",
+            "2026-11-25 16:04:28,000 INFO cluster.worker pid=1 handed over product=A epoch=2",
+            "Traceback (most recent call last):",
+            "2026-11-25 16:04:30,500 INFO cluster.worker pid=2 lease renewal confirmed paused_ms=12: x",
+            "2026-11-25 16:04:30,501 INFO cluster.worker pid=2 handed over product=A epoch=3",
+        ]
+    )
+    start = time.mktime(time.strptime("2026-11-25 16:04:28", "%Y-%m-%d %H:%M:%S"))
+    picked = lines_between(log_text, start, start + 2.5)
+    assert [line[20:23] for line in picked] == ["000", "500"]

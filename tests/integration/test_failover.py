@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from types import SimpleNamespace
 
 import msgspec
@@ -20,7 +21,7 @@ import pytest
 
 from cluster.embedded import redis_server, s3_server, tansu_server
 from cluster.kafka_io import message_topic, order_topic
-from cluster.redis_state import leader_key, sync_client
+from cluster.redis_state import epoch_key, leader_key, sync_client
 from cluster.tools.send import produce_orders
 from cluster.tools.verify import read_records
 from cluster.tools.workload import generate_orders
@@ -284,15 +285,18 @@ def test_status_shows_leader_and_standbys(services, cluster_factory, product):
 
 
 def test_a_leader_whose_lease_is_taken_steps_down_in_the_same_process(services, cluster_factory, product):
-    """The lease vanishes under a leader (as when Redis lost it): its renewer finds it gone, the
-    leader stops publishing and stays a hot standby; whoever leads next, no process restarts."""
+    """The lease vanishes under a leader after another acquisition moved the epoch on (as when
+    it lapsed, another node took it and lost it in turn): its renewer finds it gone for good, the
+    leader stops publishing and stays a hot standby; whoever leads next, no process restarts. (A
+    lease that merely lapsed, with nobody taking it since, is taken again: test_lease_board.)"""
     cluster = cluster_factory([product])
     leader, pid, other = leader_and_hot_standby(cluster, product)
     load = Load(services.bootstrap, product, 15_000)
     load.start()
     wait_until(lambda: load.sent >= 4_000, 60, "load to flow")
     old_epoch = leader.product_status(product)["epoch"]
-    sync_client(services.redis_url).delete(leader_key(product))
+    client = sync_client(services.redis_url)
+    client.pipeline(transaction=True).incr(epoch_key(product)).delete(leader_key(product)).execute()
     wait_until(lambda: "reason=lease lost" in leader.log_text(), 30, "the leader to step down")
     new_leader, new_pid = wait_until(
         lambda: next(
@@ -314,6 +318,41 @@ def test_a_leader_whose_lease_is_taken_steps_down_in_the_same_process(services, 
         assert "child exited" not in node.log_text(), f"{node.node_id} restarted a product process"
     demotions = leader.get("/metrics")[1]
     assert "obc_demotions_total" in demotions and new_pid in (pid, other.product_pid(product))
+
+
+def test_a_late_lease_renewal_pauses_the_leader_and_it_resumes_at_the_same_epoch(
+    services, cluster_factory, product
+):
+    """Redis stops answering (a slow fsync, a busy host) for longer than a renewal can be trusted
+    but less than the lease's TTL: the leader pauses publishing at its deadline, and once the node
+    confirms a renewal it goes on at the same epoch. No step-down, no takeover, and the stream is
+    exactly the oracle's."""
+    cluster = cluster_factory([product])
+    # Trust 1.5 s, TTL 3 s: a 2 s silence passes the leader's deadline, not the key's expiry.
+    tune = "lease_ttl_ms=3000 lease_safety_ms=1500 lease_overdue_grace_ms=3000"
+    leader, pid, other = leader_and_hot_standby(cluster, product, {"ORDERBOOK_CLUSTER_START_TUNE": tune})
+    epoch = leader.product_status(product)["epoch"]
+    load = Load(services.bootstrap, product, 60_000)
+    load.start()
+    wait_until(lambda: load.sent >= 4_000, 60, "load to flow")
+    redis_pid = services.redis.process.pid
+    os.kill(redis_pid, signal.SIGSTOP)
+    try:
+        time.sleep(2.0)  # the fault: Redis silent for 2 s
+    finally:
+        os.kill(redis_pid, signal.SIGCONT)
+    wait_until(lambda: "publishing again" in leader.log_text(), 30, "the leader to publish again")
+    sent = load.finish()
+    verify(services, cluster, product, sent)
+    assert "publishing paused" in leader.log_text()
+    status = leader.product_status(product)
+    assert (status["pid"], status["role"], status["epoch"]) == (pid, "leader", epoch)
+    for node in (leader, other):
+        assert "demoted" not in node.log_text() and "child exited" not in node.log_text()
+    assert list(epochs_in_output(services.bootstrap, product)) == [epoch], "one leadership published"
+    _, metrics = leader.get("/metrics")
+    overdue = [line for line in metrics.splitlines() if line.startswith("obc_lease_overdue_total{")]
+    assert overdue and float(overdue[0].split()[-1]) >= 1
 
 
 def test_a_hung_matching_loop_loses_its_lease_and_recovers_as_standby(services, cluster_factory, product):

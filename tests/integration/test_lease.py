@@ -6,7 +6,14 @@ import asyncio
 
 import pytest
 
-from cluster.redis_state import LeaseRenewals, ProductRedis, SnapshotEnvelope, async_client, sync_client
+from cluster.redis_state import (
+    LeaseRenewals,
+    ProductRedis,
+    SnapshotEnvelope,
+    async_client,
+    leader_key,
+    sync_client,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +37,7 @@ def test_epochs_grow_and_stale_leaders_are_refused(services, product):
         renewals = LeaseRenewals(services.redis_url, 2.0)  # the node's renewer thread's call
 
         def renew(value: str, ttl_ms: int) -> bool:
-            return not renewals([(product, value)], ttl_ms)
+            return not any(renewals([(product, value)], ttl_ms))
 
         first = await store.try_acquire("node-a:p:1", 10_000)
         assert first is not None and first.epoch == 1
@@ -57,6 +64,27 @@ def test_epochs_grow_and_stale_leaders_are_refused(services, product):
         assert (await store.read_snapshot()).sequence == 10
         assert (await store.holder_ttl())[0] == second.lease_value
         renewals.close()
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_fenced_writes_tell_a_lapsed_lease_from_a_taken_one(services, product):
+    """A write that finds nobody holding the lease answers -4, not -1: the leader's node may take
+    the lapsed lease again (RENEW_MANY), so it is no reason to step down; nothing is written."""
+
+    async def scenario() -> None:
+        client = async_client(services.redis_url)
+        store = ProductRedis(client, product)
+        held = await store.try_acquire("node-a:p:1", 10_000)
+        assert await store.write_progress(held.lease_value, held.epoch, 10, 5, "f") == 1
+        await client.delete(leader_key(product))  # lapsed
+        assert await store.write_progress(held.lease_value, held.epoch, 20, 9, "f") == -4
+        assert await store.write_snapshot(held.lease_value, envelope(product, 20, 9)) == -4
+        assert await store.read_progress() == (10, 5, "f") and await store.read_snapshot() is None
+        taken = await store.try_acquire("node-b:p:2", 10_000)
+        assert await store.write_progress(held.lease_value, held.epoch, 20, 9, "f") == -1, "taken: refused"
+        assert taken is not None
         await client.aclose()
 
     asyncio.run(scenario())
@@ -117,7 +145,9 @@ def test_a_large_snapshot_is_written_in_pieces_and_fenced(services, product):
         assert await client.hget(f"matching_snapshot_{product}", "state_hash") == b"abc"
         assert await store.release("node-a:p:1")
         newer = SnapshotEnvelope(**{**{f: getattr(big, f) for f in big.__struct_fields__}, "sequence": 10})
-        assert await store.write_snapshot(first.lease_value, newer) == -1, "a stale leader's bytes"
+        assert await store.write_snapshot(first.lease_value, newer) == -4, (
+            "a stale leader's bytes (nobody holds it)"
+        )
         assert await store.read_snapshot() == big, "stay out of place"
         staged = [k async for k in client.scan_iter(match=f"{snapshot_data_key(product)}:staging:*")]
         assert staged == [], "and are not left behind"

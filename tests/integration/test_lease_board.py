@@ -13,7 +13,14 @@ from types import SimpleNamespace
 import pytest
 
 from cluster.lease_board import LeaseBoard, NodeRenewer
-from cluster.redis_state import LeaseRenewals, ProductRedis, async_client, leader_key, sync_client
+from cluster.redis_state import (
+    LeaseRenewals,
+    ProductRedis,
+    async_client,
+    leader_key,
+    release_sync,
+    sync_client,
+)
 from cluster.settings import Timing
 from tests.integration.harness import wait_until
 
@@ -52,10 +59,38 @@ def test_one_round_trip_renews_the_owned_leases_and_refuses_the_others(services)
     try:
         leases = [(p, h.lease_value) for p, h in zip(products, held, strict=True)]
         leases[1] = (products[1], f"{held[1].epoch}|someone-else")
-        assert renewals(leases, 60_000) == {1}, "the positions of the leases that are not ours"
+        assert renewals(leases, 60_000) == ({1}, set()), "the positions of the leases that are not ours"
         ttls = [client.pttl(leader_key(p)) for p in products]
         assert ttls[0] > 1000 and ttls[2] > 1000, "the owned leases were extended"
         assert ttls[1] <= 1000, "a lease that is not ours is left as it was"
+    finally:
+        renewals.close()
+        client.close()
+
+
+def test_a_lapsed_lease_is_taken_again_only_if_nobody_can_have_held_it_since(services):
+    """Redis (or the node) held up past the TTL: the lease expired with nobody taking it, and the
+    next renewal takes it again with the same value. One acquired by another meanwhile (even if
+    that one lapsed too), or given up by its holder, is lost for good."""
+    products = [f"T{uuid.uuid4().hex[:10].upper()}-USD" for _ in range(3)]
+    held = [acquire(services.redis_url, p, f"node-a:{p}:1", 60_000) for p in products]
+    renewals = LeaseRenewals(services.redis_url, 2.0)
+    client = sync_client(services.redis_url)
+    try:
+        for product in products:
+            client.delete(leader_key(product))  # as if it expired
+        # Product 1: another node acquired after the lapse, and its lease lapsed in turn.
+        other = acquire(services.redis_url, products[1], "node-b:p:2", 60_000)
+        assert other.epoch == held[1].epoch + 1
+        client.delete(leader_key(products[1]))
+        # Product 2: its holder handed it over or released it (the lease is gone by that path).
+        client.set(leader_key(products[2]), held[2].lease_value, px=60_000)
+        assert release_sync(client, products[2], f"node-a:{products[2]}:1")
+        leases = [(p, h.lease_value) for p, h in zip(products, held, strict=True)]
+        assert renewals(leases, 60_000) == ({1, 2}, {0})
+        assert client.get(leader_key(products[0])) == held[0].lease_value.encode(), "taken again, same value"
+        assert client.get(leader_key(products[1])) is None and client.get(leader_key(products[2])) is None
+        assert renewals(leases, 60_000) == ({1, 2}, set()), "from then on an ordinary renewal"
     finally:
         renewals.close()
         client.close()
