@@ -39,9 +39,11 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import queue
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cluster.log_limit import RateLimitedWarning
@@ -124,8 +126,11 @@ class LeaseBoard:
         return epoch, known[1], words[at + BEAT]
 
     def renewed(self, index: int, epoch: int, valid_until_ns: int) -> None:
-        """A renewal of `epoch` succeeded: its leader may publish until valid_until_ns."""
+        """A renewal of `epoch` succeeded: its leader may publish until valid_until_ns (never
+        earlier than an answer already written: rounds can answer out of order)."""
         at = index * SLOT_WORDS
+        if self.words[at + RENEWED_EPOCH] == epoch and self.words[at + VALID_UNTIL] >= valid_until_ns:
+            return
         self.words[at + VALID_UNTIL] = valid_until_ns
         self.words[at + RENEWED_EPOCH] = epoch
 
@@ -181,16 +186,36 @@ class LeaseSlot:
 
 
 class NodeRenewer:
-    """The node's renewer thread: every `lease_renew_ms`, one Redis round trip renews every lease
-    on the board whose loop is alive (see the module docstring)."""
+    """The node's renewer: every `lease_renew_ms`, one Redis round trip renews every lease on the
+    board whose loop is alive (see the module docstring).
+
+    A round does not wait for the one before it. With `appendfsync always` Redis answers a write
+    only after its fsync, and a disk shared with a busy broker can hold that for longer than the
+    TTL; a renewer that waits for each answer before it sends the next lets the lease lapse while
+    Redis could have extended it, and a standby that only reads (answered at once) takes it. So
+    each round goes out on time on a free connection of its own (up to ROUNDS_IN_FLIGHT): read at
+    once when Redis answers within half a period (the usual case, one thread), else by a pool
+    thread, and written back as they come: queued in Redis, the next round extends the lease, or
+    takes it again if it lapsed (redis_state.RENEW_MANY), before a standby's acquisition."""
+
+    ROUNDS_IN_FLIGHT = 4
 
     def __init__(self, board: LeaseBoard, products: tuple[str, ...], redis_url: str, timing) -> None:
         self.board = board
         self.products = products
         self.timing = timing
-        # A renewal that takes longer than the lease can be trusted is worth nothing: time out then.
         self.trusted_ns = timing.lease_trust_ms() * 1_000_000
-        self.renew = LeaseRenewals(redis_url, self.trusted_ns / 1e9)
+        # A late answer still counts (a paused leader waits out its grace for one): give up on a
+        # round only past the grace.
+        reply_timeout_s = (timing.lease_ttl_ms + timing.lease_overdue_grace_ms) / 1000
+        self.connections = [LeaseRenewals(redis_url, reply_timeout_s) for _ in range(self.ROUNDS_IN_FLIGHT)]
+        self.idle: queue.SimpleQueue[LeaseRenewals] = queue.SimpleQueue()
+        for connection in self.connections:
+            self.idle.put(connection)
+        self.rounds = ThreadPoolExecutor(
+            self.ROUNDS_IN_FLIGHT, thread_name_prefix="lease-round", initializer=prefer_this_thread
+        )
+        self.write_back = threading.Lock()  # rounds answer from several threads
         self.warn = RateLimitedWarning(log, interval_s=5.0)
         self.stalled: set[tuple[int, int]] = set()  # (slot, epoch) whose stall was logged
         self.stopped = threading.Event()
@@ -202,28 +227,27 @@ class NodeRenewer:
     def stop(self) -> None:
         self.stopped.set()
         self.thread.join(2.0)
-        self.renew.close()
+        self.rounds.shutdown(wait=False, cancel_futures=True)
+        for connection in self.connections:
+            connection.close()
 
     def run(self) -> None:
-        """Thread: a round every lease_renew_ms until stopped; nothing it meets may end it.
-
-        Rounds start at a fixed rate (a slow round shortens the wait after it): were the wait
-        counted from a round's end, two round trips of ~125 ms in a row would leave a leader's
-        350 ms of trust between confirmations uncovered."""
+        """Thread: start a round every lease_renew_ms until stopped; nothing it meets may end it.
+        At a fixed rate, whatever the rounds in flight take."""
         prefer_this_thread()
         period_s = self.timing.lease_renew_ms / 1000
         next_round = time.monotonic()
         while not self.stopped.is_set():
             try:
-                self.round()
+                self.start_round()
             except Exception as exc:  # noqa: BLE001 - a dead renewer would lose every lease
                 self.warn.warn("round", "lease renewer round failed error=%r", exc)
             now = time.monotonic()
-            next_round = max(next_round + period_s, now)  # after a round longer than a period: at once
+            next_round = max(next_round + period_s, now)
             self.stopped.wait(next_round - now)
 
-    def round(self) -> None:
-        """Renew the leases of the slots whose loops are alive; write back what Redis said."""
+    def start_round(self) -> None:
+        """Send a renewal of the leases whose loops are alive, on a free connection."""
         sent = time.monotonic_ns()
         held = []
         for index in range(self.board.slots):
@@ -236,12 +260,33 @@ class NodeRenewer:
         if not held:
             return
         try:
-            lost, retaken = self.renew(
-                [(self.products[i], value) for i, _, value in held], self.timing.lease_ttl_ms
-            )
+            connection = self.idle.get_nowait()
+        except queue.Empty:
+            self.warn.warn("busy", "lease renew skipped: %d rounds still unanswered", self.ROUNDS_IN_FLIGHT)
+            return
+        try:
+            connection.send([(self.products[i], value) for i, _, value in held], self.timing.lease_ttl_ms)
+            # Usually answered within a millisecond: read it here. If not, a pool thread waits
+            # for it while the next round goes out on time.
+            answered = connection.answered(self.timing.lease_renew_ms / 2000)
+        except Exception as exc:  # noqa: BLE001 - Redis unreachable: the clock decides
+            self.idle.put(connection)
+            self.warn.warn("renew", "lease renew failed leaders=%d error=%s", len(held), exc)
+            return
+        if answered:
+            self.finish_round(connection, sent, held)
+        else:
+            self.rounds.submit(self.finish_round, connection, sent, held)
+
+    def finish_round(self, connection: LeaseRenewals, sent: int, held: list[tuple[int, int, str]]) -> None:
+        """Read a round's answer and write back what Redis said."""
+        try:
+            lost, retaken = connection.receive()
         except Exception as exc:  # noqa: BLE001 - Redis unreachable or slow: the clock decides
             self.warn.warn("renew", "lease renew failed leaders=%d error=%s", len(held), exc)
             return
+        finally:
+            self.idle.put(connection)
         took_ms = (time.monotonic_ns() - sent) / 1e6
         if took_ms > self.timing.lease_ttl_ms / 4:
             self.warn.warn("slow", "lease renew slow leaders=%d took_ms=%d", len(held), took_ms)
@@ -253,11 +298,12 @@ class NodeRenewer:
                 epoch,
             )
         valid_until = sent + self.trusted_ns
-        for position, (index, epoch, _) in enumerate(held):
-            if position in lost:
-                self.board.lost(index, epoch)
-            else:
-                self.board.renewed(index, epoch, valid_until)
+        with self.write_back:
+            for position, (index, epoch, _) in enumerate(held):
+                if position in lost:
+                    self.board.lost(index, epoch)
+                else:
+                    self.board.renewed(index, epoch, valid_until)
 
     def alive(self, index: int, epoch: int, stalled_ns: int) -> bool:
         """Whether the slot's loop turned within the stall limit (logged once per stall)."""

@@ -365,6 +365,11 @@ class LeaseRenewals:
     def __call__(self, leases: list[tuple[str, str]], ttl_ms: int) -> tuple[set[int], set[int]]:
         """Extend each (product, lease value): the positions in `leases` of those no longer ours,
         and of those that had lapsed and were taken again (see RENEW_MANY)."""
+        self.send(leases, ttl_ms)
+        return self.receive()
+
+    def send(self, leases: list[tuple[str, str]], ttl_ms: int) -> None:
+        """Send the renewal; receive() reads its answer (answered() tells whether it is there)."""
         if self.connection is None:
             self.connection = self.pool.get_connection()
         wanted = (tuple(leases), ttl_ms)
@@ -375,18 +380,28 @@ class LeaseRenewals:
             self.packed = self.connection.pack_command("EVALSHA", self.sha, len(keys), *keys, *values, ttl_ms)
             self.packed_for = wanted
         try:
-            return self.send()
-        except NoScriptError:  # a restarted or flushed Redis: load the script, once
-            self.connection.send_command("SCRIPT", "LOAD", RENEW_MANY)
-            self.connection.read_response()
-            return self.send()
+            self.connection.send_packed_command(self.packed, check_health=False)
+        except Exception:
+            self.connection.disconnect()  # a fresh connection next time
+            raise
+
+    def answered(self, timeout_s: float) -> bool:
+        """Whether the answer to the renewal sent arrived within timeout_s."""
+        return self.connection.can_read(timeout=timeout_s)
+
+    def receive(self) -> tuple[set[int], set[int]]:
+        """The answer to the renewal sent: (positions not ours, positions taken again)."""
+        try:
+            try:
+                lost, retaken = self.connection.read_response()
+            except NoScriptError:  # a restarted or flushed Redis: load the script, once
+                self.connection.send_command("SCRIPT", "LOAD", RENEW_MANY)
+                self.connection.read_response()
+                self.connection.send_packed_command(self.packed, check_health=False)
+                lost, retaken = self.connection.read_response()
         except Exception:
             self.connection.disconnect()  # a fresh connection next time, not a half-read reply
             raise
-
-    def send(self) -> tuple[set[int], set[int]]:
-        self.connection.send_packed_command(self.packed, check_health=False)
-        lost, retaken = self.connection.read_response()
         return set(lost), set(retaken)
 
     def close(self) -> None:

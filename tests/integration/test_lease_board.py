@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -165,3 +166,24 @@ def test_a_killed_nodes_board_is_removed_by_the_next_node():
         assert mine.path.exists() and mine.path.name.startswith(f"{BOARD_PREFIX}{os.getpid()}-")
     finally:
         mine.remove()
+
+
+def test_a_redis_held_up_past_the_ttl_leaves_the_lease_with_its_leader(renewing, services):
+    """Redis stops for longer than the TTL while the loop lives: rounds keep going out on time
+    (queued in Redis), and the first one Redis runs takes the lapsed lease again. The leader's
+    slot is renewed again, never reported lost."""
+    held, slot = lead_in_slot(renewing, 0)
+    key = leader_key(renewing.products[0])
+    redis_pid = services.redis.process.pid
+    os.kill(redis_pid, signal.SIGSTOP)
+    try:
+        stop_until = time.monotonic() + 2 * TIMING.lease_ttl_ms / 1000  # the fault: Redis silent
+        while time.monotonic() < stop_until:
+            slot.beat()
+            time.sleep(TIMING.lease_renew_ms / 1000)
+    finally:
+        os.kill(redis_pid, signal.SIGCONT)
+    resumed = time.monotonic()
+    wait_until(lambda: slot.beat() or (slot.valid_until(held.epoch) or 0) > resumed, 10, "a renewal after it")
+    assert not slot.lost(held.epoch)
+    assert renewing.client.get(key) == held.lease_value.encode()
