@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from cluster import kafka_io
+from cluster.aio import until_tick
 
 if TYPE_CHECKING:
     from cluster.worker import ProductWorker
@@ -71,9 +72,8 @@ class InputLogWatch:
                     if end is not None and w.input_behind is None:
                         w.input_went_back(end, position, "log end below position")
                 # A quiet product checks as often as it reports its status (every few seconds).
-                await asyncio.sleep(
-                    max(w.timing.input_check_ms / 1000, w.timing.status_cadence_s(w.quiet_for_s()))
-                )
+                period_s = max(w.timing.input_check_ms / 1000, w.timing.status_cadence_s(w.quiet_for_s()))
+                await asyncio.sleep(until_tick(period_s, w.product))
         finally:
             self.executor.shutdown(wait=False, cancel_futures=True)
 

@@ -39,7 +39,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from cluster.aio import cancelling
+from cluster.aio import cancelling, until_tick
 from cluster.redis_state import NODES_KEY, handover_request_key, status_key
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ class LeaseKeeper:
                         raise
                     log.warning("leader step failed product=%s error=%s", self.product, exc)
                 # As often as status is reported: an idle leader looks every status_idle_every_ms.
-                await asyncio.sleep(t.status_cadence_s(follower.quiet_for_s()))
+                await asyncio.sleep(until_tick(t.status_cadence_s(follower.quiet_for_s()), self.product))
                 continue
             try:
                 wait_s = await self.standby_step(handed)

@@ -14,7 +14,7 @@ import json
 import time
 from typing import Protocol
 
-from cluster.aio import cancelling
+from cluster.aio import cancelling, until_tick
 from cluster.redis_state import status_key
 from cluster.settings import Timing
 
@@ -93,7 +93,8 @@ class StatusReporter:
                 # that went on would keep the process from ever finishing its stop.
                 raise asyncio.CancelledError
             try:
-                async with asyncio.timeout(self.timing.status_cadence_s(self.source.quiet_for_s())):
+                cadence_s = self.timing.status_cadence_s(self.source.quiet_for_s())
+                async with asyncio.timeout(until_tick(cadence_s, self.product)):
                     await self.woken.wait()
             except TimeoutError:
                 pass

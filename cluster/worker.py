@@ -33,7 +33,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from cluster import input_log, kafka_io, snapshots
 from cluster import metrics as m
-from cluster.aio import cancelling
+from cluster.aio import cancelling, until_tick
 from cluster.faults import CORRUPT_SIGNAL, STALL_SIGNAL, stall_s
 from cluster.lease import Demoted, Leadership, LeaseKeeper, LeaseLapsed
 from cluster.lease_board import LeaseBoard, LeaseSlot
@@ -334,7 +334,7 @@ class ProductWorker:
         rate adds the timeout to every order's latency.
         """
         consumer = self.reading
-        first = consumer.poll(self.timing.consume_timeout_ms / 1000)
+        first = consumer.poll(until_tick(self.timing.consume_timeout_ms / 1000, self.product))
         if first is None:
             return []
         return [first, *consumer.consume(self.timing.consume_batch - 1, 0)]
@@ -889,7 +889,7 @@ class ProductWorker:
             period = (
                 LOOP_WATCH_PERIOD_S
                 if quiet_for_s < LOOP_WATCH_BUSY_S
-                else self.timing.status_cadence_s(quiet_for_s)
+                else until_tick(self.timing.status_cadence_s(quiet_for_s), self.product)
             )
             due = loop.time() + period
             await asyncio.sleep(period)
