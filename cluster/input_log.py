@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from cluster import kafka_io
-from cluster.aio import until_tick
 
 if TYPE_CHECKING:
     from cluster.worker import ProductWorker
@@ -73,19 +72,25 @@ class InputLogWatch:
                         w.input_went_back(end, position, "log end below position")
                 # A quiet product checks as often as it reports its status (every few seconds).
                 period_s = max(w.timing.input_check_ms / 1000, w.timing.status_cadence_s(w.quiet_for_s()))
-                await asyncio.sleep(until_tick(period_s, w.product))
+                await asyncio.sleep(period_s)
         finally:
             self.executor.shutdown(wait=False, cancel_futures=True)
 
     def log_end_below(self, position: int) -> int | None:
         """The order topic's log end if it is below `position`, else None (also when unsure)."""
-        try:
-            _, high = self.worker.consumer.get_watermark_offsets(
-                TopicPartition(self.topic, 0), timeout=PROBE_TIMEOUT_S, cached=False
-            )
-        except KafkaException as exc:
-            log.warning("input log end unknown product=%s error=%s", self.worker.product, exc)
-            return None
+        w = self.worker
+        # On the consumer the worker is not reading from: one it polls is held by that poll (the
+        # client serializes calls on a consumer), and a query waiting behind poll after poll could
+        # answer seconds late, for an old position. The worker does not switch consumers meanwhile.
+        with w.switching:
+            idle_one = w.idle_consumer if w.reading is w.consumer else w.consumer
+            try:
+                _, high = idle_one.get_watermark_offsets(
+                    TopicPartition(self.topic, 0), timeout=PROBE_TIMEOUT_S, cached=False
+                )
+            except KafkaException as exc:
+                log.warning("input log end unknown product=%s error=%s", w.product, exc)
+                return None
         if high >= position or (high, position) == self.verified:
             return None
         if high <= 0:

@@ -73,11 +73,11 @@ class Timing:
     consume_batch: int = 2000
     # How long the consumer thread waits for a first record when there is none. It returns as
     # soon as one arrives, and the loop is woken early for whatever it must act on (a stop, a
-    # handover, a standby's new limit), so this sets only the idle wake-up rate. A third of
-    # status_idle_every_ms, on the same ticks (cluster/aio.until_tick): an idle process wakes
-    # three times in 4 s, the status report riding on one of them; and the loop still turns
-    # well within loop_stall_limit_ms.
-    consume_timeout_ms: int = 1333
+    # handover, a standby's new limit), so this sets only the idle wake-up rate: once a second.
+    # Not on the shared ticks of cluster/aio.until_tick: with this wait (and the input-log check)
+    # on them, librdkafka's metadata cache crashed (SIGSEGV) in tests/integration/test_input_log.py
+    # when a restarted broker recreated the topic under a new topic id (librdkafka issue 4964).
+    consume_timeout_ms: int = 1000
     fetch_wait_ms: int = 20
     # After idle_after_ms without input a product reads with a second consumer whose fetches wait
     # idle_fetch_wait_ms (cluster/worker.py, read_idle): 5 fetches a second instead of 50. On a broker

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -174,6 +175,8 @@ class ProductWorker:
             fetch_wait_ms=self.timing.idle_fetch_wait_ms,
         )
         self.reading = self.consumer
+        # Held while the input-log check queries the consumer not being read (input_log.py).
+        self.switching = threading.Lock()
         self.consumer.assign([self.order_partition(self.next_offset)])
 
     def order_partition(self, offset: int) -> TopicPartition:
@@ -259,17 +262,30 @@ class ProductWorker:
             await asyncio.sleep(0)  # still yield once per batch: lease renewals must run
         else:
             msgs = await self.wait_for_input()
+        # A switch waits for no one: while the input-log check queries the other consumer
+        # (input_log.py), it is left to a later turn (reading on from the same consumer is correct).
         if msgs:
             self.last_input_at = time.monotonic()
-            if self.reading is self.idle_consumer and msgs[-1].error() is None:
-                self.read_busy(msgs[-1].offset() + 1)
+            if (
+                self.reading is self.idle_consumer
+                and msgs[-1].error() is None
+                and self.switching.acquire(blocking=False)
+            ):
+                try:
+                    self.read_busy(msgs[-1].offset() + 1)
+                finally:
+                    self.switching.release()
         elif (
             self.reading is self.consumer
             and self.input_wait is None
             and not self.pending
             and time.monotonic() - self.last_input_at > self.timing.idle_after_ms / 1000
+            and self.switching.acquire(blocking=False)
         ):
-            self.read_idle()
+            try:
+                self.read_idle()
+            finally:
+                self.switching.release()
         append = self.pending.append
         for msg in msgs:
             err = msg.error()
@@ -334,7 +350,7 @@ class ProductWorker:
         rate adds the timeout to every order's latency.
         """
         consumer = self.reading
-        first = consumer.poll(until_tick(self.timing.consume_timeout_ms / 1000, self.product))
+        first = consumer.poll(self.timing.consume_timeout_ms / 1000)
         if first is None:
             return []
         return [first, *consumer.consume(self.timing.consume_batch - 1, 0)]

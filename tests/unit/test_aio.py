@@ -37,3 +37,28 @@ def test_a_cancelled_loop_ends_when_it_rechecks(recheck):
         return bool(done) and state["carried_on"] == 0
 
     assert asyncio.run(scenario()) is recheck
+
+
+def test_a_products_periodic_tasks_wake_on_the_same_ticks(monkeypatch):
+    """Timers of one product started at different moments end at the same instant (one wake-up
+    of an idle process, not one per task); another product's ticks have their own phase; a tick a
+    hair away is skipped rather than taken as a second wake-up."""
+    import cluster.aio as aio
+
+    now = {"t": 1000.0}
+    monkeypatch.setattr(aio.time, "monotonic", lambda: now["t"])
+
+    def due(period_s: float, product: str) -> float:
+        return round(now["t"] + aio.until_tick(period_s, product), 9)
+
+    ends = set()
+    for start in (1000.5, 1001.37, 1002.5, 1004.1):  # status, the leader's look, the stall watch
+        now["t"] = start
+        ends.add(due(4.0, "BTC-USD"))
+        assert 0 < aio.until_tick(4.0, "BTC-USD") <= 4.0 * 1.05
+    assert len(ends) == 1, "one wake-up for all of them"
+    now["t"] = 1000.0
+    assert due(1.0, "BTC-USD") != due(1.0, "ETH-USD"), "each product has its own phase"
+    tick = due(1.0, "BTC-USD")
+    now["t"] = tick - 0.001  # a timer that fired a millisecond early
+    assert due(1.0, "BTC-USD") == round(tick + 1.0, 9)
