@@ -23,10 +23,10 @@ def until_tick(period_s: float, product: str) -> float:
     """Seconds until the product's next tick of `period_s`: the instants phase + k * period_s on
     the monotonic clock, with a phase of the product's own in [0, 1) s.
 
-    A quiet product process has several periodic tasks (its wait for input, status, the leader's
-    look, the stall watch, the input check). Each wake-up of an idle process costs ~0.3 ms of CPU
-    with cold caches, far more than the work it does; on one phase they wake it once, not once
-    each. The phase differs per product, so a node's idle processes do not all wake at once. A
+    A quiet product process has several periodic tasks (status, the leader's look, the stall
+    watch). Each wake-up of an idle process costs ~0.3 ms of CPU with cold caches, far more than
+    the work it does; on one phase they wake it once, not once each. (The input wait and the
+    input-log check stay off these ticks: see Timing.consume_timeout_ms.) The phase differs per product, so a node's idle processes do not all wake at once. A
     tick closer than a twentieth of a period (a timer that fired a hair early) is skipped.
     """
     phase_s = zlib.crc32(product.encode()) % 1000 / 1000

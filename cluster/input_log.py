@@ -71,8 +71,9 @@ class InputLogWatch:
                     if end is not None and w.input_behind is None:
                         w.input_went_back(end, position, "log end below position")
                 # A quiet product checks as often as it reports its status (every few seconds).
-                period_s = max(w.timing.input_check_ms / 1000, w.timing.status_cadence_s(w.quiet_for_s()))
-                await asyncio.sleep(period_s)
+                await asyncio.sleep(
+                    max(w.timing.input_check_ms / 1000, w.timing.status_cadence_s(w.quiet_for_s()))
+                )
         finally:
             self.executor.shutdown(wait=False, cancel_futures=True)
 

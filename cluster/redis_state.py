@@ -312,7 +312,8 @@ class ProductRedis:
 
     async def write_snapshot(self, lease_value: str, envelope: SnapshotEnvelope) -> int:
         """Store a snapshot of delivered state; 1 written, -1 not the leader, -2 not newer, -3 its
-        staged bytes were disturbed, -4 nobody holds the lease (see write_progress). Written in pieces, so Redis answers lease renewals in between."""
+        staged bytes were disturbed, -4 nobody holds the lease (see write_progress). Written in
+        pieces, so Redis answers lease renewals in between."""
         pieces = envelope_pieces(envelope, SNAPSHOT_PIECE_BYTES)
         staging = f"{snapshot_data_key(self.product)}:staging:{lease_value}"
         client = self.client

@@ -86,6 +86,15 @@ class ConfigMismatch(Exception):
     """State in Redis was made under other product settings: refuse to lead from it."""
 
 
+def fenced(rc: int, what: str) -> None:
+    """Raise for a fenced write Redis did not make: the lease is another's (Demoted), or nobody
+    holds it (LeaseLapsed: the node may take it again, so no reason to step down)."""
+    if rc == -1:
+        raise Demoted("not the lease holder")
+    if rc == -4:
+        raise LeaseLapsed(f"{what} not written")
+
+
 class ProductWorker:
     """The loop of one product process; `run()` returns the process's exit code."""
 
@@ -182,6 +191,16 @@ class ProductWorker:
     def order_partition(self, offset: int) -> TopicPartition:
         return TopicPartition(kafka_io.order_topic(self.product), 0, offset)
 
+    def switch_reading(self, switch, *args) -> None:
+        """Switch consumers (read_idle, read_busy) unless the input-log check is querying the
+        other one (input_log.py): then a later turn does it. A switch waits for no one, and
+        reading on from the same consumer meanwhile is correct."""
+        if self.switching.acquire(blocking=False):
+            try:
+                switch(*args)
+            finally:
+                self.switching.release()
+
     def read_idle(self) -> None:
         """No input for idle_after_ms: read with the idle consumer, whose longer fetch wait keeps a
         quiet product from asking the broker for its topic 50 times a second (a broker that answers
@@ -262,30 +281,17 @@ class ProductWorker:
             await asyncio.sleep(0)  # still yield once per batch: lease renewals must run
         else:
             msgs = await self.wait_for_input()
-        # A switch waits for no one: while the input-log check queries the other consumer
-        # (input_log.py), it is left to a later turn (reading on from the same consumer is correct).
         if msgs:
             self.last_input_at = time.monotonic()
-            if (
-                self.reading is self.idle_consumer
-                and msgs[-1].error() is None
-                and self.switching.acquire(blocking=False)
-            ):
-                try:
-                    self.read_busy(msgs[-1].offset() + 1)
-                finally:
-                    self.switching.release()
+            if self.reading is self.idle_consumer and msgs[-1].error() is None:
+                self.switch_reading(self.read_busy, msgs[-1].offset() + 1)
         elif (
             self.reading is self.consumer
             and self.input_wait is None
             and not self.pending
             and time.monotonic() - self.last_input_at > self.timing.idle_after_ms / 1000
-            and self.switching.acquire(blocking=False)
         ):
-            try:
-                self.read_idle()
-            finally:
-                self.switching.release()
+            self.switch_reading(self.read_idle)
         append = self.pending.append
         for msg in msgs:
             err = msg.error()
@@ -686,10 +692,7 @@ class ProductWorker:
                 self.fingerprint,
                 checkpoint=snap.next_offset if announce else None,
             )
-            if rc == -1:
-                raise Demoted("not the lease holder")
-            if rc == -4:
-                raise LeaseLapsed("progress not written")
+            fenced(rc, "progress")
             leader.written_progress = (seq, offset)
             if announce:
                 snap.announced = True
@@ -703,10 +706,7 @@ class ProductWorker:
                 self.snapshots.pending = None
                 return
             rc = await self.redis.write_snapshot(leader.lease_value, envelope)
-            if rc == -1:
-                raise Demoted("not the lease holder")
-            if rc == -4:
-                raise LeaseLapsed("snapshot not written")
+            fenced(rc, "snapshot")
             self.snapshots.written()
 
     # ---- lifecycle ---------------------------------------------------------------------------
