@@ -2,8 +2,9 @@
 
 It knows nothing of matching: a child is a picklable target called as
 `target(*args, token=..., status_conn=...)` in a fresh process. Each incarnation gets a fresh
-token (its identity, e.g. as a lease owner) and a pipe for status reports. A hook hears of every
-exit, so the node can release what a killed child held without waiting for a TTL.
+token (its identity, e.g. as a lease owner) and a two-way pipe: the child reports its status (a
+dict) and may send other messages, which an `on_message` hook hears; `send()` answers. A hook
+hears of every exit, so the node can release what a killed child held without waiting for a TTL.
 
 The loop sleeps until something happens: a child exits (its process sentinel), a child reports
 (its status pipe), a restart or the `on_tick` hook is due (at most `tick_s` apart), a signal
@@ -138,6 +139,7 @@ class Supervisor:
         node_id: str,
         on_exit: Callable[[str, str, int | None], None] | None = None,
         on_tick: Callable[[Supervisor], None] | None = None,
+        on_message: Callable[[str, Any], None] | None = None,
         tick_s: float = 0.25,
         preload: tuple[str, ...] = (),
     ) -> None:
@@ -145,6 +147,7 @@ class Supervisor:
         self.node_id = node_id
         self.on_exit = on_exit
         self.on_tick = on_tick
+        self.on_message = on_message
         self.tick_s = tick_s  # the longest wait: on_tick runs at least this often, and alive() holds
         self.context = multiprocessing.get_context("forkserver")
         self.context.set_forkserver_preload(list(preload))
@@ -173,7 +176,7 @@ class Supervisor:
 
     def start_child(self, child: Child) -> None:
         """Spawn a new incarnation with a fresh token."""
-        parent_conn, child_conn = self.context.Pipe(duplex=False)
+        parent_conn, child_conn = self.context.Pipe(duplex=True)
         child.token = f"{self.node_id}:{child.spec.name}:{secrets.token_hex(6)}"
         child.process = self.context.Process(
             target=_child_entry,
@@ -236,16 +239,33 @@ class Supervisor:
         log.info("child restart scheduled name=%s in_s=%.2f", child.spec.name, delay)
 
     def read_status(self, child: Child) -> None:
-        """Take the newest status report from the child's pipe. A pipe at its end (the child is
-        exiting) is closed at once, so that waiting on it does not return at once until the reap."""
+        """Take the newest status report from the child's pipe, and hand its other messages to
+        on_message. A pipe at its end (the child is exiting) is closed at once, so that waiting on
+        it does not return at once until the reap."""
         conn = child.conn
         try:
             while conn is not None and conn.poll():
-                child.status = conn.recv()
+                message = conn.recv()
+                if isinstance(message, dict):
+                    child.status = message
+                elif self.on_message is not None:
+                    self.on_message(child.spec.name, message)
         except (EOFError, OSError):
             self.waiting.unregister(conn)
             conn.close()
             child.conn = None
+
+    def send(self, name: str, message: Any) -> bool:
+        """Send a message to child `name`'s current incarnation; False if there is none (or it is
+        exiting: its reap follows)."""
+        conn = self.children[name].conn
+        if conn is None:
+            return False
+        try:
+            conn.send(message)
+        except OSError:
+            return False
+        return True
 
     def run(self) -> int:
         """Supervise until a stop signal, then drain; returns 0 when every child stopped cleanly."""

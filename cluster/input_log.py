@@ -53,7 +53,10 @@ class InputLogWatch:
     def __init__(self, worker: ProductWorker) -> None:
         self.worker = worker
         self.topic = kafka_io.order_topic(worker.product)
-        self.probe = None  # a second consumer, made the first time the watermark is below the position
+        # A consumer of its own, made at the first check: the worker's consumer is held by its poll
+        # (the client serializes calls on a consumer), and a query waiting behind poll after poll
+        # could answer seconds late, for an old position.
+        self.probe = None
         # (watermark, position) whose tail was last read and found to reach the position: a quiet
         # product's next checks see the same pair and need not read it again every second.
         self.verified: tuple[int, int] | None = None
@@ -79,19 +82,13 @@ class InputLogWatch:
 
     def log_end_below(self, position: int) -> int | None:
         """The order topic's log end if it is below `position`, else None (also when unsure)."""
-        w = self.worker
-        # On the consumer the worker is not reading from: one it polls is held by that poll (the
-        # client serializes calls on a consumer), and a query waiting behind poll after poll could
-        # answer seconds late, for an old position. The worker does not switch consumers meanwhile.
-        with w.switching:
-            idle_one = w.idle_consumer if w.reading is w.consumer else w.consumer
-            try:
-                _, high = idle_one.get_watermark_offsets(
-                    TopicPartition(self.topic, 0), timeout=PROBE_TIMEOUT_S, cached=False
-                )
-            except KafkaException as exc:
-                log.warning("input log end unknown product=%s error=%s", w.product, exc)
-                return None
+        try:
+            _, high = self.probe_consumer().get_watermark_offsets(
+                TopicPartition(self.topic, 0), timeout=PROBE_TIMEOUT_S, cached=False
+            )
+        except KafkaException as exc:
+            log.warning("input log end unknown product=%s error=%s", self.worker.product, exc)
+            return None
         if high >= position or (high, position) == self.verified:
             return None
         if high <= 0:
@@ -108,20 +105,13 @@ class InputLogWatch:
 
         Stops early, at `position` - 1: what matters is only whether the log reaches there.
         """
-        if self.probe is None:
-            w = self.worker
-            self.probe = kafka_io.make_consumer(
-                w.settings.kafka_bootstrap,
-                w.settings.kafka_extra,
-                f"obc-{w.product}-{w.settings.node_id}-probe",
-                fetch_wait_ms=w.timing.fetch_wait_ms,
-            )
-        self.probe.assign([TopicPartition(self.topic, 0, start)])
+        probe = self.probe_consumer()
+        probe.assign([TopicPartition(self.topic, 0, start)])
         last = None
         deadline = time.monotonic() + PROBE_TIMEOUT_S
         quiet_until = deadline
         while time.monotonic() < min(deadline, quiet_until):
-            msgs = self.probe.consume(10_000, 0.05)
+            msgs = probe.consume(10_000, 0.05)
             if any(m.error() is not None and m.error().code() in OUT_OF_RANGE for m in msgs):
                 last = start - 1 if last is None else last  # the log does not reach `start` either
                 break
@@ -131,5 +121,17 @@ class InputLogWatch:
                 if last >= position - 1:
                     break
                 quiet_until = time.monotonic() + PROBE_QUIET_S
-        self.probe.unassign()
+        probe.unassign()
         return None if last is None else last + 1
+
+    def probe_consumer(self):
+        """The check's own consumer, made at its first use."""
+        if self.probe is None:
+            w = self.worker
+            self.probe = kafka_io.make_consumer(
+                w.settings.kafka_bootstrap,
+                w.settings.kafka_extra,
+                f"obc-{w.product}-{w.settings.node_id}-probe",
+                fetch_wait_ms=w.timing.fetch_wait_ms,
+            )
+        return self.probe

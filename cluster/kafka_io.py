@@ -112,10 +112,17 @@ def ensure_topics(bootstrap: str, extra: dict[str, str], topics: list[str], time
                 raise
 
 
-def make_consumer(bootstrap: str, extra: dict[str, str], client_id: str, fetch_wait_ms: int = 20) -> Consumer:
+def make_consumer(
+    bootstrap: str,
+    extra: dict[str, str],
+    client_id: str,
+    fetch_wait_ms: int = 20,
+    more: dict[str, object] | None = None,
+) -> Consumer:
     """A consumer for explicit `assign()` reads: no group rebalances, no committed offsets.
 
-    Where to resume is decided by the snapshot in Redis, never by consumer-group state.
+    Where to resume is decided by the snapshot in Redis, never by consumer-group state. `more`:
+    settings of one use of it (the node's idle reader's small fetches).
     """
     config = client_config(
         bootstrap,
@@ -133,7 +140,8 @@ def make_consumer(bootstrap: str, extra: dict[str, str], client_id: str, fetch_w
             "isolation.level": "read_uncommitted",
             # A position outside the log is an error to report, never a reason to jump (input_log.py).
             "auto.offset.reset": "error",
-        },
+        }
+        | (more or {}),
         "consumer",
     )
     return Consumer(config)

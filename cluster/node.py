@@ -1,8 +1,9 @@
 """A node: the supervisor running one product process per product, plus what surrounds it.
 
 Around the generic supervisor this adds what a matching node needs: a heartbeat in Redis
-(placement of leaders), releasing a killed child's lease at once (fast failover), health
-endpoints and the Prometheus exposition of all product processes.
+(placement of leaders), releasing a killed child's lease at once (fast failover), one reader of
+every quiet product's input (cluster/idle_reader.py), health endpoints and the Prometheus
+exposition of all product processes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import engine
 from cluster import faults, http_api
 from cluster.embedded import EmbeddedServices
+from cluster.idle_reader import IDLE_READER, run_idle_reader
 from cluster.lease_board import LeaseBoard, NodeRenewer
 from cluster.redis_state import NODE_ADDRESSES_KEY, NODES_KEY, durability_problems, release_sync, sync_client
 from cluster.settings import NodeSettings
@@ -50,9 +52,17 @@ class Node:
         self.renewer = NodeRenewer(self.lease_board, settings.products, settings.redis_url, settings.timing)
         board_path = str(self.lease_board.path)
         specs = [ChildSpec(p, run_product, (settings, p, board_path)) for p in settings.products]
+        specs.append(ChildSpec(IDLE_READER, run_idle_reader, (settings,)))
         self.supervisor = Supervisor(
-            specs, settings.node_id, on_exit=self.child_exited, on_tick=self.tick, preload=PRODUCT_PRELOAD
+            specs,
+            settings.node_id,
+            on_exit=self.child_exited,
+            on_tick=self.tick,
+            on_message=self.child_said,
+            preload=PRODUCT_PRELOAD,
         )
+        # The idle spells the idle reader reads for: product -> round (cluster/idle_reader.py).
+        self.idle_spells: dict[str, int] = {}
         self.http: http_api.HttpServer | None = None
         self.restart_requested = False
         # Work an HTTP handler thread hands to the main loop: restarted servers must be forked by
@@ -62,11 +72,38 @@ class Node:
     def child_exited(self, product: str, token: str, code: int | None) -> None:
         """A child that did not stop cleanly may still hold its lease: stop renewing it, then
         release it now, by token."""
+        if product == IDLE_READER:
+            # Every product it read for reads for itself again, until it is idle again.
+            for name, spell in self.idle_spells.items():
+                self.supervisor.send(name, ("input", spell))
+            self.idle_spells.clear()
+            return
         self.lease_board.clear(self.settings.products.index(product))
+        if self.idle_spells.pop(product, None) is not None:
+            self.supervisor.send(IDLE_READER, ("forget", product))
         if code == 0:
             return
         if release_sync(self.redis, product, token):
             log.info("released lease of exited child product=%s code=%s", product, code)
+
+    def child_said(self, name: str, message: tuple) -> None:
+        """Messages between the products and the idle reader: a product's ("idle", round, offset)
+        when it leaves reading its input to the reader from `offset` on, and the reader's
+        ("input", product, round) when that input arrived. A product is never left waiting on a
+        reader that is not there: it is told to read for itself at once."""
+        if name == IDLE_READER and message[0] == "input":
+            _, product, spell = message
+            if self.idle_spells.get(product) == spell:
+                del self.idle_spells[product]
+                self.supervisor.send(product, ("input", spell))
+        elif message[0] == "idle":
+            _, spell, offset = message
+            self.idle_spells[name] = spell
+            if not self.supervisor.send(IDLE_READER, ("watch", name, spell, offset)):
+                del self.idle_spells[name]
+                self.supervisor.send(name, ("input", spell))
+        else:
+            log.warning("unknown message from=%s message=%r", name, message)
 
     def on_main_thread(self, work: Callable[[], None], timeout_s: float = 120.0) -> None:
         """Run `work` in the supervisor loop's thread (the main thread) and wait for it; its
@@ -109,7 +146,7 @@ class Node:
         """Ready when every product has a live process that leads or is a caught-up standby, and
         whose input log still holds its position."""
         detail = {}
-        for name, child in self.supervisor.children.items():
+        for name, child in self.product_children():
             status = child.status
             fresh_ms = self.settings.timing.status_fresh_ms()
             fresh = bool(status) and time.time() * 1000 - status.get("reported_ms", 0) < fresh_ms
@@ -123,9 +160,15 @@ class Node:
         return all(d["ok"] for d in detail.values()), detail
 
     def status(self) -> dict:
-        """This node's view of its product processes."""
+        """This node's view of its product processes and its idle reader."""
+        reader = self.supervisor.children[IDLE_READER]
         return {
             "node": self.settings.node_id,
+            "idle_reader": {
+                "pid": reader.process.pid if reader.process else None,
+                "restarts": reader.restarts,
+                "reading_for": len(self.idle_spells),
+            },
             "products": {
                 name: {
                     **child.status,
@@ -133,9 +176,13 @@ class Node:
                     "failed": child.failed,
                     "pid": child.process.pid if child.process else None,
                 }
-                for name, child in self.supervisor.children.items()
+                for name, child in self.product_children()
             },
         }
+
+    def product_children(self) -> list:
+        """(product, supervised child) of each product process: not the idle reader."""
+        return [(name, child) for name, child in self.supervisor.children.items() if name != IDLE_READER]
 
     def metrics(self) -> tuple[bytes, str]:
         """The sum over this node's live product processes."""

@@ -79,11 +79,12 @@ class Timing:
     # when a restarted broker recreated the topic under a new topic id (librdkafka issue 4964).
     consume_timeout_ms: int = 1000
     fetch_wait_ms: int = 20
-    # After idle_after_ms without input a product reads with a second consumer whose fetches wait
-    # idle_fetch_wait_ms (cluster/worker.py, read_idle): 5 fetches a second instead of 50. On a broker
-    # that answers a waiting fetch when data arrives (Kafka) that costs no latency; on Tansu, which
-    # waits the full time, the first order after idleness waits up to this long.
-    idle_fetch_wait_ms: int = 200
+    # After idle_after_ms without input a product stops reading its topic and the node's idle
+    # reader (cluster/idle_reader.py) watches it, one fetch of all quiet topics every
+    # idle_fetch_wait_ms: 5 fetch requests a second for the node instead of 50 per product. On a
+    # broker that answers a waiting fetch when data arrives (Kafka) that costs no latency; on Tansu,
+    # which waits the full time, the first order after idleness waits up to this long.
+    idle_fetch_wait_ms: int = 100
     idle_after_ms: int = 3000
     producer_linger_ms: int = 2
     producer_batch_bytes: int = 1_000_000

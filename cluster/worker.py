@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -139,6 +138,10 @@ class ProductWorker:
         # an idle leader's progress task sleeps on it instead of waking every progress_every_ms.
         self.progress_due = asyncio.Event()
         self.last_input_at = time.monotonic()  # when records last came in (idle reading, stall watch)
+        # While quiet the node's idle reader watches the order topic (go_idle): the number of the
+        # current idle spell, None while this process reads the topic itself.
+        self.idle_spell: int | None = None
+        self.idle_spells = 0
 
     # ---- start-up: the one recovery path -------------------------------------------------
     async def restore(self) -> None:
@@ -167,8 +170,7 @@ class ProductWorker:
         )
 
     def open_kafka(self) -> None:
-        """Consumers of the order topic (one reads at a time, see read_idle) and the producer for
-        events and dead letters."""
+        """The consumer of the order topic and the producer for events and dead letters."""
         s = self.settings
         self.publisher = Publisher(s, self.product)
         self.consumer = kafka_io.make_consumer(
@@ -177,45 +179,50 @@ class ProductWorker:
             self.publisher.client_id,
             fetch_wait_ms=self.timing.fetch_wait_ms,
         )
-        self.idle_consumer = kafka_io.make_consumer(
-            s.kafka_bootstrap,
-            s.kafka_extra,
-            f"{self.publisher.client_id}-idle",
-            fetch_wait_ms=self.timing.idle_fetch_wait_ms,
-        )
-        self.reading = self.consumer
-        # Held while the input-log check queries the consumer not being read (input_log.py).
-        self.switching = threading.Lock()
         self.consumer.assign([self.order_partition(self.next_offset)])
 
     def order_partition(self, offset: int) -> TopicPartition:
         return TopicPartition(kafka_io.order_topic(self.product), 0, offset)
 
-    def switch_reading(self, switch, *args) -> None:
-        """Switch consumers (read_idle, read_busy) unless the input-log check is querying the
-        other one (input_log.py): then a later turn does it. A switch waits for no one, and
-        reading on from the same consumer meanwhile is correct."""
-        if self.switching.acquire(blocking=False):
-            try:
-                switch(*args)
-            finally:
-                self.switching.release()
-
-    def read_idle(self) -> None:
-        """No input for idle_after_ms: read with the idle consumer, whose longer fetch wait keeps a
-        quiet product from asking the broker for its topic 50 times a second (a broker that answers
-        a waiting fetch as soon as data arrives loses no latency by it; Tansu does not, so the first
-        order after idleness waits up to idle_fetch_wait_ms). Called with nothing pending and no
-        wait in flight, so next_offset is where reading goes on."""
+    def go_idle(self) -> None:
+        """No input for idle_after_ms: stop reading the order topic and let the node's idle reader
+        (cluster/idle_reader.py) watch it from next_offset, so that a quiet product neither asks
+        the broker for its topic 50 times a second nor keeps a thread polling. Called with nothing
+        pending and no wait in flight, so next_offset is where reading goes on."""
+        if self.status_conn is None:
+            return  # no node to wake us: keep reading
         self.consumer.unassign()
-        self.idle_consumer.assign([self.order_partition(self.next_offset)])
-        self.reading = self.idle_consumer
+        self.idle_spells += 1
+        self.idle_spell = self.idle_spells
+        try:
+            self.status_conn.send(("idle", self.idle_spell, self.next_offset))
+        except OSError:
+            self.read_again()
+            self.supervisor_gone()
+        self.reporter.wake()  # status says so (idle_read)
 
-    def read_busy(self, offset: int) -> None:
-        """Input arrived: back to the consumer with the short fetch wait, from `offset` on."""
-        self.idle_consumer.unassign()
-        self.consumer.assign([self.order_partition(offset)])
-        self.reading = self.consumer
+    def read_again(self) -> None:
+        """Input arrived for the idle spell (or the node is gone): read the topic ourselves again,
+        from next_offset, whatever the idle reader saw."""
+        self.idle_spell = None
+        if self.input_behind is None:  # else the consumer stays idle (input_went_back)
+            self.consumer.assign([self.order_partition(self.next_offset)])
+        self.wake()
+
+    def node_said(self) -> None:
+        """The node's messages on the status pipe: ("input", round) when the idle reader saw input
+        for idle spell `round`; a wake-up for an earlier spell is stale and dropped."""
+        conn = self.status_conn
+        try:
+            while conn.poll():
+                message = conn.recv()
+                if message[0] == "input" and message[1] == self.idle_spell:
+                    self.read_again()
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(conn.fileno())
+            if self.idle_spell is not None:
+                self.read_again()
+            self.supervisor_gone()
 
     # ---- the hot loop --------------------------------------------------------------------
     def apply(self, records: list) -> None:
@@ -276,22 +283,22 @@ class ProductWorker:
         # thread building Message objects would fight this one for the GIL on every poll().
         # Not while the consumer thread still waits (woken early): two readers of one consumer
         # could take records out of order.
-        msgs = self.reading.consume(self.timing.consume_batch, 0) if self.input_wait is None else []
+        if self.idle_spell is not None:
+            await self.wait_for_wake(self.timing.consume_timeout_ms / 1000)  # the node reads for us
+            return
+        msgs = self.consumer.consume(self.timing.consume_batch, 0) if self.input_wait is None else []
         if msgs:
             await asyncio.sleep(0)  # still yield once per batch: lease renewals must run
         else:
             msgs = await self.wait_for_input()
         if msgs:
             self.last_input_at = time.monotonic()
-            if self.reading is self.idle_consumer and msgs[-1].error() is None:
-                self.switch_reading(self.read_busy, msgs[-1].offset() + 1)
         elif (
-            self.reading is self.consumer
-            and self.input_wait is None
+            self.input_wait is None
             and not self.pending
             and time.monotonic() - self.last_input_at > self.timing.idle_after_ms / 1000
         ):
-            self.switch_reading(self.read_idle)
+            self.go_idle()
         append = self.pending.append
         for msg in msgs:
             err = msg.error()
@@ -322,7 +329,6 @@ class ProductWorker:
         self.input_behind = {"log_end": log_end, "position": position}
         self.pending.clear()  # read from the log as it is now: not this product's history
         self.consumer.pause(self.consumer.assignment())  # and librdkafka fetches no more of it
-        self.idle_consumer.unassign()
 
     async def wait_for_input(self) -> list:
         """Wait in the consumer thread for records, or less if wake() is called; [] then.
@@ -344,6 +350,14 @@ class ProductWorker:
         waited, self.input_wait = self.input_wait, None
         return waited.result()
 
+    async def wait_for_wake(self, timeout_s: float) -> None:
+        """An idle turn: sleep on the loop, with no thread polling, until wake() or `timeout_s`."""
+        self.woken = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait((self.woken,), timeout=timeout_s)
+        finally:
+            self.woken = None
+
     def wake(self) -> None:
         """Make the loop turn now instead of at the end of its wait for input."""
         if self.woken is not None and not self.woken.done():
@@ -355,7 +369,7 @@ class ProductWorker:
         Not consume(n, timeout): that waits for n records or the whole timeout, which at a low
         rate adds the timeout to every order's latency.
         """
-        consumer = self.reading
+        consumer = self.consumer
         first = consumer.poll(self.timing.consume_timeout_ms / 1000)
         if first is None:
             return []
@@ -726,6 +740,8 @@ class ProductWorker:
             log.error("refusing to run product=%s reason=%s", self.product, exc)
             return EXIT_CONFIG
         self.open_kafka()
+        if self.status_conn is not None:
+            loop.add_reader(self.status_conn.fileno(), self.node_said)
         await loop.run_in_executor(self.executor, self.publisher.warm)
         s = self.settings
         self.lease = lease = LeaseKeeper(self.redis, s, self.product, self.token, self, self.lease_slot)
@@ -764,8 +780,9 @@ class ProductWorker:
         if code == EXIT_OK:
             await self.drain()
         self.lease.stop()
+        if self.status_conn is not None:
+            loop.remove_reader(self.status_conn.fileno())
         self.consumer.close()
-        self.idle_consumer.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.snapshots.close()  # reaps a snapshot child
         return code
@@ -871,6 +888,8 @@ class ProductWorker:
             "publishing_paused": self.publishing_paused(),
             "input_behind": self.input_behind,
             "read_ahead": len(self.pending),
+            # Quiet: the node's idle reader watches the order topic for this process.
+            "idle_read": self.idle_spell is not None,
             "events_per_s": round(events_per_s, 1),
             # The live state check of a standby: checkpoints compared, and whether it diverged.
             "state_checks": self.state_check.checks,

@@ -21,7 +21,7 @@ from tests.integration.harness import output_values, wait_until
 pytestmark = pytest.mark.integration
 
 PRODUCTS = 6
-# Idle reading (worker.read_idle) starts after half a second here, so the window below covers it.
+# Idle reading (worker.go_idle) starts after half a second here, so the window below covers it.
 TUNE = {"ORDERBOOK_CLUSTER_START_TUNE": "idle_after_ms=500"}
 IDLE_WINDOW_TTLS = 8  # lease TTLs of idleness in which no lease may be lost
 
@@ -38,10 +38,10 @@ def _gone(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
 
 
-def _order(product: str) -> bytes:
+def _order(product: str, order_id: int = 7) -> bytes:
     return json.dumps(
         {
-            "id": 7,
+            "id": order_id,
             "created_at": 1_700_000_000_000_000_000,
             "product_id": product,
             "user_id": 1,
@@ -82,12 +82,36 @@ def test_idle_products_share_memory_keep_their_leases_and_match_after_idleness(s
     assert acquisitions(client, products) == PRODUCTS, "an idle product lost and re-took its lease"
     assert {p: node.product_pid(p, role="leader") for p in products} == pids
 
-    for product in products:
-        produce_orders(services.bootstrap, product, [_order(product)])
-    for product in products:
-        first = json.loads(output_values(services.bootstrap, product, 1)[0])
-        assert (first["type"], first["order_id"], first["sequence"]) == ("open", 7, 1), f"{product}: {first}"
+    # Quiet, each product leaves reading its topic to the node's idle reader (cluster/idle_reader.py),
+    # which wakes it for its next order; twice, so a second idle spell wakes too.
+    for spell in (1, 2):
+        wait_until(
+            lambda: all(node.product_status(p).get("idle_read") for p in products),
+            30,
+            "every product to leave its input to the node's idle reader",
+        )
+        order_ids = [7] if spell == 1 else [8, 9]
+        if spell == 2:
+            # The idle reader dies (a librdkafka crash, say): no product may sleep on through it.
+            reader = wait_until(
+                lambda: (r := node.get("/status")[1]["idle_reader"])["reading_for"] == PRODUCTS and r,
+                30,
+                "the idle reader to read for every product",
+            )
+            os.kill(reader["pid"], signal.SIGKILL)
+        for product in products:
+            produce_orders(services.bootstrap, product, [_order(product, i) for i in order_ids])
+        count = 1 + len(order_ids) if spell == 2 else 1
+        for product in products:
+            events = [json.loads(v) for v in output_values(services.bootstrap, product, count)]
+            seen = [(e["type"], e["order_id"], e["sequence"]) for e in events]
+            assert seen == [("open", 7, 1), ("open", 8, 2), ("open", 9, 3)][:count], f"{product}: {seen}"
 
+    wait_until(
+        lambda: (r := node.get("/status")[1]["idle_reader"])["pid"] and r["restarts"] == 1,
+        30,
+        "the node to start a new idle reader",
+    )
     os.kill(node.process.pid, signal.SIGKILL)  # no drain: the forkserver and children must follow
     wait_until(
         lambda: all(_gone(pid) for pid in (forkserver, *pids.values())),
