@@ -16,7 +16,7 @@ it read for and starts a new one; the supervisor process itself runs no Kafka cl
 
 Per idle product this replaces a consumer thread waking every 200 ms (confluent-kafka's poll
 chunks), a second consumer's five fetches a second and its librdkafka threads; 48 quiet products
-are one fetch request of 48 partitions ten times a second.
+are one fetch request of 48 partitions twenty times a second.
 
 Messages on the pipe to the node: in ("watch", product, round, offset) and ("forget", product);
 out ("input", product, round).
