@@ -217,10 +217,7 @@ class Supervisor:
             child.conn = None
         log.info("child exited name=%s pid=%s code=%s", child.spec.name, proc.pid, code)
         if self.on_exit is not None:
-            try:
-                self.on_exit(child.spec.name, child.token, code)
-            except Exception as exc:  # noqa: BLE001 - a hook must not take the supervisor down
-                log.warning("exit hook failed name=%s error=%s", child.spec.name, exc)
+            self.hook("exit", self.on_exit, child.spec.name, child.token, code)
         if self.stop_requested is not None:
             return
         if code == EXIT_DO_NOT_RESTART:
@@ -249,7 +246,7 @@ class Supervisor:
                 if isinstance(message, dict):
                     child.status = message
                 elif self.on_message is not None:
-                    self.on_message(child.spec.name, message)
+                    self.hook("message", self.on_message, child.spec.name, message)
         except (EOFError, OSError):
             self.waiting.unregister(conn)
             conn.close()
@@ -282,12 +279,25 @@ class Supervisor:
                     if child.process is None and child.restart_at is not None and now >= child.restart_at:
                         self.start_child(child)
                 if self.on_tick is not None:
-                    self.on_tick(self)
+                    self.hook("tick", self.on_tick, self)
                 if self.stop_requested is None:
                     self.wait_and_handle()
+        except Exception:
+            # Never leave the children running unsupervised (no restarts, no lease renewal): stop
+            # them as on SIGTERM.
+            log.exception("supervisor loop failed; stopping the children")
+            self.stop_requested = signal.SIGTERM
         finally:
             signal.set_wakeup_fd(previous_wakeup_fd)
         return self.drain()
+
+    @staticmethod
+    def hook(what: str, hook: Callable, *args) -> None:
+        """Call a hook of the node; its failure is logged, and the supervisor goes on."""
+        try:
+            hook(*args)
+        except Exception:  # noqa: BLE001 - a hook must not take the supervisor down
+            log.exception("%s hook failed", what)
 
     def wait_and_handle(self) -> None:
         """Sleep until a child exits or reports, a wake-up, or the next due restart or tick; then

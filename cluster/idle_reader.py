@@ -19,13 +19,14 @@ chunks), a second consumer's five fetches a second and its librdkafka threads; 4
 are one fetch request of 48 partitions twenty times a second.
 
 Messages on the pipe to the node: in ("watch", product, round, offset) and ("forget", product);
-out ("input", product, round).
+out ("input", product, round), and a status dict every REPORT_EVERY_S while it reads.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import time
 
 from confluent_kafka import KafkaError, TopicPartition
 
@@ -40,6 +41,11 @@ IDLE_READER = "idle reader"
 # arrives meanwhile is still read: the reader starts at the spell's offset), and it is the reader's
 # wake-up rate while some product is idle. With none idle it waits on the pipe alone.
 POLL_S = 0.1
+# While it reads for some product the reader reports at least this often; a node that has not heard
+# from it for READER_SILENT_S then kills it as hung (cluster/node.py), which wakes every product it
+# read for: a stuck librdkafka call must not leave quiet markets asleep.
+REPORT_EVERY_S = 1.0
+READER_SILENT_S = 5.0
 # The reader drops what it fetches: a small fetch per partition keeps that waste small.
 SMALL_FETCH = {"max.partition.fetch.bytes": 65536, "queued.max.messages.kbytes": 1024}
 
@@ -62,6 +68,7 @@ class IdleReader:
 
     def serve(self) -> None:
         """Until the node closes the pipe: take watch changes, read, tell."""
+        reported = 0.0
         try:
             while True:
                 if not self.watching:
@@ -70,6 +77,11 @@ class IdleReader:
                     self.take(self.conn.recv())
                 if self.watching:
                     self.read()
+                    if time.monotonic() - reported >= REPORT_EVERY_S:
+                        reported = time.monotonic()
+                        self.conn.send(
+                            {"reported_ms": int(time.time() * 1000), "reading_for": len(self.watching)}
+                        )
         except EOFError:
             return
         finally:

@@ -8,10 +8,12 @@ exposition of all product processes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -21,7 +23,7 @@ from pathlib import Path
 import engine
 from cluster import faults, http_api
 from cluster.embedded import EmbeddedServices
-from cluster.idle_reader import IDLE_READER, run_idle_reader
+from cluster.idle_reader import IDLE_READER, READER_SILENT_S, run_idle_reader
 from cluster.lease_board import LeaseBoard, NodeRenewer
 from cluster.redis_state import NODE_ADDRESSES_KEY, NODES_KEY, durability_problems, release_sync, sync_client
 from cluster.settings import NodeSettings
@@ -61,8 +63,10 @@ class Node:
             on_message=self.child_said,
             preload=PRODUCT_PRELOAD,
         )
-        # The idle spells the idle reader reads for: product -> round (cluster/idle_reader.py).
+        # The idle spells the idle reader reads for: product -> round (cluster/idle_reader.py), and
+        # since when (wall ms) it has had one to read for without a break.
         self.idle_spells: dict[str, int] = {}
+        self.reader_needed_since_ms = 0
         self.http: http_api.HttpServer | None = None
         self.restart_requested = False
         # Work an HTTP handler thread hands to the main loop: restarted servers must be forked by
@@ -98,12 +102,32 @@ class Node:
                 self.supervisor.send(product, ("input", spell))
         elif message[0] == "idle":
             _, spell, offset = message
+            if not self.idle_spells:
+                self.reader_needed_since_ms = int(time.time() * 1000)
             self.idle_spells[name] = spell
             if not self.supervisor.send(IDLE_READER, ("watch", name, spell, offset)):
                 del self.idle_spells[name]
                 self.supervisor.send(name, ("input", spell))
         else:
             log.warning("unknown message from=%s message=%r", name, message)
+
+    def check_idle_reader(self) -> None:
+        """Kill an idle reader that reads for some product but has not reported for
+        READER_SILENT_S: hung, it would leave those products asleep. Its exit wakes them."""
+        reader = self.supervisor.children[IDLE_READER]
+        if not self.idle_spells or reader.process is None:
+            return
+        heard_ms = max(reader.status.get("reported_ms", 0), self.reader_needed_since_ms)
+        if time.time() * 1000 - heard_ms > READER_SILENT_S * 1000:
+            log.warning(
+                "idle reader silent for %.0f s while reading for %d products: killing it pid=%d",
+                READER_SILENT_S,
+                len(self.idle_spells),
+                reader.process.pid,
+            )
+            with contextlib.suppress(ProcessLookupError):  # gone already: its reap follows
+                os.kill(reader.process.pid, signal.SIGKILL)
+            self.reader_needed_since_ms = int(time.time() * 1000)  # once, not at every tick until the reap
 
     def on_main_thread(self, work: Callable[[], None], timeout_s: float = 120.0) -> None:
         """Run `work` in the supervisor loop's thread (the main thread) and wait for it; its
@@ -120,6 +144,7 @@ class Node:
     def tick(self, _supervisor: Supervisor) -> None:
         """Run work handed to the main thread; heartbeat this node into Redis, so placement knows
         who is alive."""
+        self.check_idle_reader()
         while not self.main_thread_work.empty():
             work, done, failure = self.main_thread_work.get_nowait()
             try:

@@ -83,35 +83,40 @@ def test_idle_products_share_memory_keep_their_leases_and_match_after_idleness(s
     assert {p: node.product_pid(p, role="leader") for p in products} == pids
 
     # Quiet, each product leaves reading its topic to the node's idle reader (cluster/idle_reader.py),
-    # which wakes it for its next order; twice, so a second idle spell wakes too.
-    for spell in (1, 2):
+    # which wakes it for its next order. Three idle spells: the reader as it is, then killed (a
+    # librdkafka crash, say), then hung (stopped): no product may sleep on through either.
+    spells = {1: ([7], None), 2: ([8, 9], signal.SIGKILL), 3: ([10], signal.SIGSTOP)}
+    sent = []
+    for spell, (order_ids, fault) in spells.items():
         wait_until(
             lambda: all(node.product_status(p).get("idle_read") for p in products),
             30,
             "every product to leave its input to the node's idle reader",
         )
-        order_ids = [7] if spell == 1 else [8, 9]
-        if spell == 2:
-            # The idle reader dies (a librdkafka crash, say): no product may sleep on through it.
+        if fault is not None:
             reader = wait_until(
                 lambda: (r := node.get("/status")[1]["idle_reader"])["reading_for"] == PRODUCTS and r,
                 30,
                 "the idle reader to read for every product",
             )
-            os.kill(reader["pid"], signal.SIGKILL)
+            os.kill(reader["pid"], fault)
         for product in products:
             produce_orders(services.bootstrap, product, [_order(product, i) for i in order_ids])
-        count = 1 + len(order_ids) if spell == 2 else 1
+        sent += order_ids
+        wanted = [("open", order_id, sequence) for sequence, order_id in enumerate(sent, 1)]
         for product in products:
-            events = [json.loads(v) for v in output_values(services.bootstrap, product, count)]
+            events = [json.loads(v) for v in output_values(services.bootstrap, product, len(sent))]
             seen = [(e["type"], e["order_id"], e["sequence"]) for e in events]
-            assert seen == [("open", 7, 1), ("open", 8, 2), ("open", 9, 3)][:count], f"{product}: {seen}"
+            assert seen == wanted, f"{product} after idle spell {spell}: {seen}"
+        if fault is not None:
+            wait_until(
+                lambda r=reader: node.get("/status")[1]["idle_reader"]["pid"] not in (None, r["pid"]),
+                30,
+                "the node to start a new idle reader",
+            )
+    assert "idle reader silent" in node.log_text(), "the stopped reader was not found hung"
+    assert node.get("/status")[1]["idle_reader"]["restarts"] == 2
 
-    wait_until(
-        lambda: (r := node.get("/status")[1]["idle_reader"])["pid"] and r["restarts"] == 1,
-        30,
-        "the node to start a new idle reader",
-    )
     os.kill(node.process.pid, signal.SIGKILL)  # no drain: the forkserver and children must follow
     wait_until(
         lambda: all(_gone(pid) for pid in (forkserver, *pids.values())),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+import time
 import uuid
 
 import pytest
@@ -35,7 +36,13 @@ def test_the_idle_reader_wakes_a_product_when_its_awaited_offset_arrives(service
     reader.start()
 
     def told(timeout_s: float):
-        return node_end.recv() if node_end.poll(timeout_s) else None
+        """The reader's next message other than its status reports (dicts), or None."""
+        deadline = time.monotonic() + timeout_s
+        while node_end.poll(max(0.0, deadline - time.monotonic())):
+            message = node_end.recv()
+            if not isinstance(message, dict):
+                return message
+        return None
 
     try:
         # Waits for offset 2: the records before it are what the product already read.

@@ -220,3 +220,37 @@ def test_a_signal_another_thread_receives_while_the_loop_waits_stops_it_at_once(
     assert sup.run() == 0
     assert sup.stop_requested == signal.SIGTERM
     assert time.monotonic() - began < LONG_TICK_S / 2, "the signal waited for the next tick"
+
+
+def _say_hello(token: str, status_conn) -> int:
+    """A child that sends one message other than a status, then waits to exit 0 on SIGTERM."""
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    status_conn.send(("hello", token))
+    while True:
+        time.sleep(1)
+
+
+def test_a_failing_hook_is_logged_and_the_loop_goes_on(own_signal_handlers, caplog):
+    """A node's hook that raises (on_message, and on_tick at every turn) must not take the
+    supervisor, and with it the children's supervision, down."""
+    heard = []
+
+    def on_message(name, message):
+        heard.append(message)
+        raise RuntimeError("a node bug")
+
+    sup = supervisor.Supervisor([supervisor.ChildSpec("talker", _say_hello)], "n1", on_message=on_message)
+    ticks = []
+    deadline = time.monotonic() + 30
+
+    def tick(s: supervisor.Supervisor) -> None:
+        ticks.append(1)
+        if heard and len(ticks) > 3 or time.monotonic() > deadline:
+            s.request_stop(signal.SIGTERM)
+        raise RuntimeError("a tick bug")
+
+    sup.on_tick = tick
+    assert sup.run() == 0, "the child was not stopped cleanly"
+    assert time.monotonic() <= deadline, "the message never came"
+    assert heard[0][0] == "hello" and len(ticks) > 3
+    assert "message hook failed" in caplog.text and "tick hook failed" in caplog.text
