@@ -84,7 +84,7 @@ class Timing:
     # idle_fetch_wait_ms, 20 a second for the node instead of 50 per product. On a broker that
     # answers a waiting fetch when data arrives (Kafka) the wait costs no latency; on Tansu, which
     # mostly answers at its end, the first order after idleness waits up to about this long
-    # (measured with 48 idle products: 100 ms gave a first-order p99 of 1.3-2.1x the busy p99,
+    # (measured with 48 idle products: 100 ms gave a first-order p99 of 1.1-2.1x the busy p99,
     # 50 ms 1.1-1.4x, for 0.17 cores of the broker's instead of 0.11).
     idle_fetch_wait_ms: int = 50
     idle_after_ms: int = 3000
