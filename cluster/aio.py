@@ -25,9 +25,10 @@ def until_tick(period_s: float, product: str) -> float:
 
     A quiet product process has several periodic tasks (status, the leader's look, the stall
     watch). Each wake-up of an idle process costs ~0.3 ms of CPU with cold caches, far more than
-    the work it does; on one phase they wake it once, not once each. (The input wait and the
-    input-log check stay off these ticks: see Timing.consume_timeout_ms.) The phase differs per product, so a node's idle processes do not all wake at once. A
-    tick closer than a twentieth of a period (a timer that fired a hair early) is skipped.
+    the work it does; on one phase they wake it once, not once each. (The input-log check stays
+    off these ticks: see Timing.consume_timeout_ms.) The phase differs per product, so a node's
+    idle processes do not all wake at once. A tick closer than a twentieth of a period (a timer
+    that fired a hair early) is skipped.
     """
     phase_s = zlib.crc32(product.encode()) % 1000 / 1000
     delay = period_s - (time.monotonic() - phase_s) % period_s

@@ -4,8 +4,9 @@ A snapshot is the whole book: about 27 MB and ~170 ms of C for 1,000,000 resting
 long to stop matching for. Above `Timing.snapshot_fork_above_orders` resting orders the state is
 captured the way Redis's BGSAVE does it: fork() gives a child a copy-on-write image of the
 process at this instant, the child writes the snapshot bytes and their hash to a file in memory
-and exits, and a thread of the parent reads them. The loop pays only for the fork (~10-20 ms at 600 MB resident) and goes
-on matching; the bytes are exactly what engine.snapshot() would have returned at the fork.
+and exits, and a thread of the parent reads them. The loop pays only for the fork (~10-20 ms at
+600 MB resident) and goes on matching; the bytes are exactly what engine.snapshot() would have
+returned at the fork.
 Smaller books are captured in place, which is faster than a fork.
 """
 

@@ -141,7 +141,7 @@ class ProductWorker:
         # While quiet the node's idle reader watches the order topic (go_idle): the number of the
         # current idle spell, None while this process reads the topic itself.
         self.idle_spell: int | None = None
-        self.idle_spells = 0
+        self.idle_spells_begun = 0
 
     # ---- start-up: the one recovery path -------------------------------------------------
     async def restore(self) -> None:
@@ -192,8 +192,8 @@ class ProductWorker:
         if self.status_conn is None:
             return  # no node to wake us: keep reading
         self.consumer.unassign()
-        self.idle_spells += 1
-        self.idle_spell = self.idle_spells
+        self.idle_spells_begun += 1
+        self.idle_spell = self.idle_spells_begun
         try:
             self.status_conn.send(("idle", self.idle_spell, self.next_offset))
         except OSError:
