@@ -24,6 +24,7 @@ its children with it (die_with_parent).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import logging
@@ -328,9 +329,12 @@ class Supervisor:
         log.info("stopping signal=%s children=%d", self.stop_requested, len(self.children))
         for child in self.children.values():
             if child.process is not None and child.process.is_alive():
-                os.kill(child.process.pid, signal.SIGTERM)
-                # A stopped child (a pause drill, a debugger) would hold the SIGTERM until continued.
-                os.kill(child.process.pid, signal.SIGCONT)
+                # A child that exits at once on the SIGTERM (the node's idle reader) may be reaped by
+                # the forkserver before the SIGCONT: gone is what was asked for.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.process.pid, signal.SIGTERM)
+                    # A stopped child (a pause drill, a debugger) would hold the SIGTERM until continued.
+                    os.kill(child.process.pid, signal.SIGCONT)
         deadline = time.monotonic() + DRAIN_TIMEOUT_S - 1.0
         clean = True
         for child in self.children.values():

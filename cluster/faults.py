@@ -12,6 +12,7 @@ it. Answers and log lines are the drills' and the tests' interface: `fault injec
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
@@ -149,7 +150,8 @@ def _node_dies(site: FaultSite) -> None:
     """The whole node dies at once: no drain, no lease release (the TTL decides)."""
     for child in site.supervisor.children.values():
         if child.process is not None and child.process.is_alive():
-            os.kill(child.process.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # exited meanwhile
+                os.kill(child.process.pid, signal.SIGKILL)
     os._exit(137)
 
 
