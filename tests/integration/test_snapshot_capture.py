@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import signal
+import time
 
 import msgspec
 import pytest
@@ -45,3 +48,79 @@ def test_a_failed_child_is_an_error_not_a_snapshot():
     with concurrent.futures.ThreadPoolExecutor(1) as reader:
         with pytest.raises(OSError, match="failed"):
             snapshots.capture(Broken(), 1, reader).result(timeout=60)
+
+
+class WhereAmI:
+    """An engine whose snapshot is a description of the process that wrote it."""
+
+    def resting_orders(self) -> int:
+        return 10
+
+    def snapshot(self) -> bytes:
+        try:
+            with open("/proc/self/autogroup") as file:
+                autogroup = file.read().split()[-1]  # "/autogroup-123 nice 19" -> "19"
+        except OSError:
+            autogroup = "none"
+        facts = {
+            "own_session": os.getsid(0) == os.getpid(),
+            "nice": os.getpriority(os.PRIO_PROCESS, 0),
+            "autogroup_nice": autogroup,
+        }
+        return msgspec.json.encode(facts)
+
+
+def test_the_capturing_child_yields_the_cpu_to_everything_else():
+    """nice 19 in a session of its own (so autogroup cannot lift it to a whole session's share)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as reader:
+        data, _ = snapshots.capture(WhereAmI(), 1, reader).result(timeout=60)
+    facts = msgspec.json.decode(data)
+    assert facts["nice"] == 19
+    assert facts["own_session"] is True
+    assert facts["autogroup_nice"] in ("19", "none")  # "none": a kernel without autogroup
+
+
+def test_the_capturing_child_dies_with_its_parent(tmp_path):
+    """Out of the parent's process group, the child must not outlive a SIGKILLed product process."""
+    child_pid_file = tmp_path / "child"
+    parent = os.fork()
+    if parent == 0:  # the product process stand-in
+        code = 1
+        try:
+
+            class Hangs:
+                def resting_orders(self) -> int:
+                    return 10
+
+                def snapshot(self) -> bytes:
+                    child_pid_file.write_text(str(os.getpid()))
+                    signal.pause()
+                    return b""
+
+            reader = concurrent.futures.ThreadPoolExecutor(1)
+            snapshots.capture(Hangs(), 1, reader)
+            signal.pause()
+        finally:
+            os._exit(code)
+    child = int(_wait_for(lambda: child_pid_file.exists() and child_pid_file.read_text(), 30))
+    os.kill(parent, signal.SIGKILL)
+    os.waitpid(parent, 0)
+    assert _wait_for(lambda: not _alive(child), 30), f"snapshot child {child} outlived its parent"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            return file.read().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_for(condition, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.01)
+    return None
