@@ -68,6 +68,16 @@ LOOP_WATCH_PERIOD_S = 0.1  # how often the stall watch wakes; it sees stalls of 
 LOOP_WATCH_BUSY_S = 1.0
 
 
+def cpu_wait_s() -> float | None:
+    """Seconds the calling thread has spent runnable but waiting for a CPU (Linux schedstat), or
+    None where the kernel does not say. A stall this covers was the host's, not the loop's work."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as file:
+            return int(file.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def new_engine(settings: NodeSettings, config: ProductConfig, snapshot: bytes | None = None) -> Engine:
     """The product's core as the node is set: the chosen matching core, or the benchmark's
     passthrough; fresh, or in the state of `snapshot` (raises SnapshotError)."""
@@ -123,6 +133,7 @@ class ProductWorker:
         # The longest time the event loop was held up since the last status report, and ever (s).
         self.loop_stall_max = 0.0
         self.loop_stall_window = 0.0
+        self.loop_stall_cpu_wait: float | None = None  # of the window's largest stall (Linux)
         # True after stepping down with computed events that may never have been delivered; the
         # process may then lead again from memory only once the recorded progress covers them.
         self.undelivered_state = False
@@ -415,7 +426,9 @@ class ProductWorker:
                 wanted, self.handover_wanted = self.handover_wanted, None
                 await self.hand_over(wanted)
                 continue
-            if self.leader is not None and self.publisher.outstanding() >= max_outstanding:
+            if self.leader is not None and (
+                self.publisher.outstanding() >= max_outstanding or self.publisher.broker_behind()
+            ):
                 # The broker is behind: wait for it here, where the lease keeps being renewed.
                 self.metric.producer_waits.inc()
                 await asyncio.sleep(0.001)
@@ -897,10 +910,16 @@ class ProductWorker:
             # The longest event-loop stall since the last report, and since the process started.
             "loop_stall_ms": round(self.loop_stall_window * 1000, 1),
             "loop_stall_max_ms": round(self.loop_stall_max * 1000, 1),
+            # How much of loop_stall_ms the loop's thread was runnable but waiting for a core: a
+            # busy host's share, not this process's work (None where the kernel does not say).
+            "loop_stall_cpu_wait_ms": None
+            if self.loop_stall_cpu_wait is None
+            else round(self.loop_stall_cpu_wait * 1000, 1),
             "snapshot_age_s": self.snapshots.age_s(),
             "reported_ms": int(time.time() * 1000),
         }
         self.loop_stall_window = 0.0  # the next report's window starts now
+        self.loop_stall_cpu_wait = None
         return status
 
     def restart(self, reason: str) -> None:
@@ -927,12 +946,16 @@ class ProductWorker:
                 else until_tick(self.timing.status_cadence_s(quiet_for_s), self.product)
             )
             due = loop.time() + period
+            waited_before = cpu_wait_s()
             await asyncio.sleep(period)
             stall = max(0.0, loop.time() - due)
             self.metric.loop_stall.observe(stall)
             if stall > self.loop_stall_window:
                 self.loop_stall_window = stall
                 self.loop_stall_max = max(self.loop_stall_max, stall)
+                waited_after = cpu_wait_s()
+                if waited_before is not None and waited_after is not None:
+                    self.loop_stall_cpu_wait = min(stall, waited_after - waited_before)
 
     def stall_for_drill(self) -> None:
         """Fault injection: hold the loop past the stall limit and a lease TTL, then go on."""

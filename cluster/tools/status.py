@@ -70,6 +70,7 @@ def collect_status(redis_url: str, products: list[str] | None = None) -> dict:
                         "events_per_s",
                         "loop_stall_ms",
                         "loop_stall_max_ms",
+                        "loop_stall_cpu_wait_ms",
                         "state_checks",
                         "state_diverged",
                     )

@@ -147,12 +147,7 @@ def test_backpressure_waits_for_a_stalled_broker_without_losing_the_lease(servic
     is demoted, and nothing is lost or doubled once the broker answers again."""
     cluster = cluster_factory([product])
     tune = "producer_max_outstanding=50 consume_batch=100"  # a delivery round trip per 100 orders
-    node = cluster.start_node("n1", {"ORDERBOOK_CLUSTER_START_TUNE": tune})
-    _, leader_pid = cluster.wait_leader(product)
-    encoder = msgspec.json.Encoder()
-    orders = [encoder.encode(o) for o in generate_orders(product, 30_000, seed=11)]
-    produce_orders(services.bootstrap, product, orders)
-    wait_until(lambda: node.product_status(product).get("offset", 0) >= 1000, 30, "matching to start")
+    node, leader_pid, orders = matching_a_backlog(services, cluster, product, tune, 30_000, seed=11)
     broker = services.broker.process.pid
     os.kill(broker, signal.SIGSTOP)
     try:
@@ -175,6 +170,52 @@ def test_backpressure_waits_for_a_stalled_broker_without_losing_the_lease(servic
     _, metrics = node.get("/metrics")
     waits = [line for line in metrics.splitlines() if line.startswith("obc_producer_waits_total{")]
     assert waits and float(waits[0].rsplit(" ", 1)[1]) > 100, "the loop waited for the broker"
+
+
+def test_a_stalled_broker_does_not_make_the_leader_spin(services, cluster_factory, product):
+    """librdkafka's idempotent producer busy-loops a core while 5 requests wait for the broker and
+    more messages are queued. The leader hands it at most publisher.BATCHES_IN_FLIGHT unanswered
+    batches, so while the broker is stopped with input left to match, the leader's process sleeps;
+    and once the broker answers, nothing is lost or doubled."""
+    cluster = cluster_factory([product])
+    tune = "consume_batch=50"  # many batches
+    node, leader_pid, orders = matching_a_backlog(services, cluster, product, tune, 300_000, seed=13)
+    broker = services.broker.process.pid
+    os.kill(broker, signal.SIGSTOP)
+    try:
+        time.sleep(0.3)  # the batches already on their way to the broker
+        cpu_before, began = process_cpu_s(leader_pid), time.monotonic()
+        time.sleep(1.5)  # the stall under test
+        cores = (process_cpu_s(leader_pid) - cpu_before) / (time.monotonic() - began)
+        applied_in_stall = node.product_status(product)["offset"]
+    finally:
+        os.kill(broker, signal.SIGCONT)
+    assert cores < 0.5, f"the leader's process used {cores:.2f} cores while the broker did not answer"
+    assert applied_in_stall < len(orders), "the leader stopped handing the producer batches"
+    records = read_input(services.bootstrap, order_topic(product), len(orders))
+    expected = oracle_events(load_products(cluster.config)[product], records)
+    check_stream(output_values(services.bootstrap, product, len(expected)), expected)
+    status = node.product_status(product)
+    assert status["pid"] == leader_pid and status["role"] == "leader", "the leader kept its lease"
+
+
+def matching_a_backlog(services, cluster, product: str, tune: str, count: int, seed: int):
+    """One node leading `product`, tuned, with `count` generated orders sent and matching begun:
+    (node, leader pid, the orders' bytes)."""
+    node = cluster.start_node("n1", {"ORDERBOOK_CLUSTER_START_TUNE": tune})
+    _, leader_pid = cluster.wait_leader(product)
+    encoder = msgspec.json.Encoder()
+    orders = [encoder.encode(o) for o in generate_orders(product, count, seed=seed)]
+    produce_orders(services.bootstrap, product, orders)
+    wait_until(lambda: node.product_status(product).get("offset", 0) >= 1000, 30, "matching to start")
+    return node, leader_pid, orders
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds a process (all its threads) has used, from /proc."""
+    with open(f"/proc/{pid}/stat") as file:
+        fields = file.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_bad_input_goes_to_dlq_or_rejected_and_nothing_else_changes(services, cluster_factory, product):

@@ -62,6 +62,7 @@ def test_metrics_and_status_are_served(cluster, product, services):
     assert "obc_order_to_event_seconds_bucket" in text and "obc_is_leader" in text
     _, status = node.get(http_api.STATUS_PATH)
     assert status["node"] == "n1" and status["products"][product]["role"] == "leader"
+    assert "loop_stall_cpu_wait_ms" in status["products"][product]  # None where the kernel does not say
     assert node.get("/nope")[0] == 404
 
 

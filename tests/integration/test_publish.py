@@ -6,6 +6,7 @@ every event must still be sent once, in order, with the leadership headers on th
 
 from __future__ import annotations
 
+import collections
 import types
 
 import pytest
@@ -30,7 +31,9 @@ def test_publish_keeps_order_when_the_producer_queue_is_full(services, product):
             "allow.auto.create.topics": False,
         }
     )
-    worker = types.SimpleNamespace(producer=producer, message_topic=topic)
+    worker = types.SimpleNamespace(
+        producer=producer, message_topic=topic, handed=0, batch_ends=collections.deque()
+    )
     waits = []
 
     def produce_when_room(topic, value, headers):
