@@ -37,6 +37,7 @@ from engine.messages import record_time_ns
 # The faults a drill injects once per round, at the leader (`rolling-restart` is rolling.py's).
 ROUND_FAULTS = tuple(name for name, fault in faults.FAULTS.items() if fault.drill is faults.Drill.ROUND)
 _sequence_of = msgspec.json.Decoder(dict)
+NS_PER_MS = 1_000_000
 
 
 def round_faults_help() -> str:
@@ -109,7 +110,13 @@ class OrderLoad(threading.Thread):
                 bootstrap,
                 extra,
                 {
-                    "enable.idempotence": True,
+                    # Not idempotent, one request in flight: order kept, and an order a retry
+                    # doubles is the engine's duplicate to drop (its id window). An idempotent
+                    # producer spins a core in librdkafka whenever it has 5 requests in flight
+                    # and more queued (a broker that is slow for a moment): on a shared host that
+                    # took the broker's CPU and made the pauses it then measured.
+                    "enable.idempotence": False,
+                    "max.in.flight.requests.per.connection": 1,
                     "acks": "all",
                     "linger.ms": 5,
                     "allow.auto.create.topics": False,
@@ -134,6 +141,9 @@ class OrderLoad(threading.Thread):
         ):
             if self.stop_event.is_set():
                 break
+            # Stamped with the time it is sent, as a gateway stamps what it accepts: each event
+            # then carries it ("time"), and the watcher sees how late the cluster answered.
+            order["created_at"] = time.time_ns() // 1_000_000 * 1_000_000
             raw = encoder.encode(order)
             while True:
                 try:
@@ -177,6 +187,8 @@ class OutputWatcher(threading.Thread):
         self.last_arrival: float = 0.0
         self.produced_after: list[tuple[float, int]] = []  # (arrival, record timestamp ms)
         self.stamp_of_sequence: dict[int, int] = {}  # producer timestamp (ms) of each sequence's first copy
+        # ms from its order's send to the event's production (first copy): the cluster's own delay
+        self.delay_of_sequence: dict[int, int] = {}
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
 
@@ -197,9 +209,14 @@ class OutputWatcher(threading.Thread):
                     if epoch not in self.first_seen:
                         self.first_seen[epoch] = (now, headers.get("node", b"").decode())
                         self.first_stamp[epoch] = msg.timestamp()[1]
-                    seq = _sequence_of.decode(value).get("sequence", 0)
+                    event = _sequence_of.decode(value)
+                    seq = event.get("sequence", 0)
                     self.max_sequence = max(self.max_sequence, seq)
-                    self.stamp_of_sequence.setdefault(seq, msg.timestamp()[1])
+                    if seq not in self.stamp_of_sequence:
+                        stamp = msg.timestamp()[1]
+                        self.stamp_of_sequence[seq] = stamp
+                        if isinstance(event.get("time"), int):  # its order's send time (OrderLoad)
+                            self.delay_of_sequence[seq] = stamp - event["time"] // NS_PER_MS
                     self.last_arrival = now
                     self.produced_after.append((now, msg.timestamp()[1]))
                     if len(self.produced_after) > 100_000:
@@ -224,6 +241,20 @@ class OutputWatcher(threading.Thread):
             stamps = [self.stamp_of_sequence[s] for s in sorted(self.stamp_of_sequence)]
         inside = [t for t in stamps if from_ms <= t <= to_ms]
         return max(((b - a, a) for a, b in itertools.pairwise(inside)), default=(0, None))
+
+    def largest_delay(self, from_ms: int, to_ms: int) -> int:
+        """The longest time from an order's send to its event's production, over the events
+        produced in a window: a pause of the cluster's, where an output pause may also be a gap
+        in the input (the load generator or the broker in front of the cluster)."""
+        with self.lock:
+            return max(
+                (
+                    self.delay_of_sequence[seq]
+                    for seq, stamp in self.stamp_of_sequence.items()
+                    if from_ms <= stamp <= to_ms and seq in self.delay_of_sequence
+                ),
+                default=0,
+            )
 
     def distinct_count(self) -> int:
         """Distinct sequences seen (events arrive in order per leader; duplicates repeat old ones)."""

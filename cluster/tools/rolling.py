@@ -5,7 +5,9 @@ so each product it leads is handed over to a caught-up standby first, and starts
 same command line. The next node goes only once the restarted one is back with every product
 caught up and the leaders have settled. Reported per product: the largest pause in its output
 (the longest time between consecutive events, by producer timestamps) during the restarts,
-beside the largest pause in a quiet window before them, and the stream check against replay.
+beside the largest pause in a quiet window before them; the same two windows by the longest
+delay from an order's send to its event (a gap in the input is not the cluster's pause, a late
+answer is); and the stream check against replay.
 """
 
 from __future__ import annotations
@@ -152,6 +154,9 @@ def run_rolling_restart(
         report.per_product[product] = {
             "baseline_pause_ms": watcher.largest_pause(began_ms - int(BASELINE_S * 1000), began_ms)[0],
             "restart_pause_ms": pause_ms,
+            # The same windows by the longest send-to-event delay of an order (see largest_delay).
+            "baseline_delay_ms": watcher.largest_delay(began_ms - int(BASELINE_S * 1000), began_ms),
+            "restart_delay_ms": watcher.largest_delay(began_ms, ended_ms),
             # when the largest pause began, in ms after the first node's restart request
             "restart_pause_at_ms": None if pause_at is None else pause_at - began_ms,
             "epochs": sorted(watcher.first_seen),
@@ -167,12 +172,13 @@ def format_rolling(report: RollingReport) -> str:
     lines = [
         f"rolling restart of {', '.join(report.restarted)} ({len(report.restarted)} of {len(report.nodes)} nodes), "
         f"{report.orders_sent} orders",
-        f"{'PRODUCT':<16} {'PAUSE ms':>9} {'QUIET ms':>9} {'EPOCHS':>7}  STREAM",
+        f"{'PRODUCT':<16} {'PAUSE ms':>9} {'QUIET ms':>9} {'DELAY ms':>9} {'QUIET ms':>9} {'EPOCHS':>7}  STREAM",
     ]
     for product, p in report.per_product.items():
         stream = "OK" if p["stream"]["ok"] else "BROKEN: " + "; ".join(p["stream"]["problems"])
         lines.append(
-            f"{product:<16} {p['restart_pause_ms']:>9} {p['baseline_pause_ms']:>9} {len(p['epochs']):>7}  {stream}"
+            f"{product:<16} {p['restart_pause_ms']:>9} {p['baseline_pause_ms']:>9} "
+            f"{p['restart_delay_ms']:>9} {p['baseline_delay_ms']:>9} {len(p['epochs']):>7}  {stream}"
         )
     if report.error:
         lines.append(f"error: {report.error}")
