@@ -156,6 +156,7 @@ def run_availability(
             stall_max: dict[str, float] = {}
             stalls: list[float] = []  # the leaders' stall of every status window
             waits: list[float | None] = []  # and how much of it the loop waited for a core
+            spans: list[tuple[int, int]] = []  # and when (ms since the epoch, between two reports)
             window_start_ms = int(window[0] * 1000)
             reported: dict[str, int] = {}  # product@node -> reported_ms of its latest report seen
             deadline = time.monotonic() + seconds
@@ -176,6 +177,7 @@ def run_availability(
                         if status.get("role") == "leader":
                             stalls.append(status.get("loop_stall_ms") or 0.0)
                             waits.append(status.get("loop_stall_cpu_wait_ms"))
+                            spans.append((previous_ms, at_ms))
                 time.sleep(STATUS_POLL_S)
             for spinner in spinners:
                 spinner.kill()
@@ -191,7 +193,9 @@ def run_availability(
                 (v for k, v in stall_max.items() if k.endswith(":leader")), default=None
             )
             over = [(stall, wait) for stall, wait in zip(stalls, waits, strict=True) if stall > 50]
-            largest = max(zip(stalls, waits, strict=True), default=(None, None), key=lambda sw: sw[0])
+            largest = max(
+                zip(stalls, waits, spans, strict=True), default=(None, None, None), key=lambda sws: sws[0]
+            )
             stalls.sort()
             report["leader_loop_stall_windows"] = {
                 "count": len(stalls),
@@ -204,6 +208,7 @@ def run_availability(
                 ),
                 "largest_ms": largest[0],
                 "largest_cpu_wait_ms": largest[1],
+                "largest_between_ms": largest[2],  # the two status reports it came between
             }
             logs_text = [node.log_path.read_text(errors="replace") for node in nodes.values()]
             report["demotions"] = sum(text.count(" demoted product=") for text in logs_text)
