@@ -911,7 +911,8 @@ class ProductWorker:
             "loop_stall_ms": round(self.loop_stall_window * 1000, 1),
             "loop_stall_max_ms": round(self.loop_stall_max * 1000, 1),
             # How much of loop_stall_ms the loop's thread was runnable but waiting for a core: a
-            # busy host's share, not this process's work (None where the kernel does not say).
+            # busy host's share, not this process's work (None: no stall in this window, or a
+            # kernel that does not say).
             "loop_stall_cpu_wait_ms": None
             if self.loop_stall_cpu_wait is None
             else round(self.loop_stall_cpu_wait * 1000, 1),
