@@ -80,19 +80,20 @@ PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
-def die_with_parent(signum: int, parent_pid: int) -> None:
+def die_with_parent(signum: int, parent_pid: int) -> bool:
     """In a child, first thing: the kernel sends `signum` when the parent dies (Linux), so a
     SIGKILLed or OOM-killed parent leaves no orphans behind. A child whose parent died before this
-    ran gets the signal at once.
+    ran gets the signal at once. Returns whether the kernel took the request.
 
     The kernel fires it when the *thread* that forked the child exits, so fork from a thread that
-    lives as long as the parent (the main thread). Elsewhere than Linux: no-op.
+    lives as long as the parent (the main thread). Elsewhere than Linux: no-op (False).
     """
     if _libc is None:
-        return
-    _libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+        return False
+    armed = _libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0
     if os.getppid() != parent_pid:
         os.kill(os.getpid(), signum)
+    return armed
 
 
 def _child_entry(

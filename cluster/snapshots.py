@@ -13,7 +13,6 @@ Smaller books are captured in place, which is faster than a fork.
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
 import hashlib
 import os
 import signal
@@ -22,6 +21,7 @@ import time
 from dataclasses import dataclass
 
 from cluster.redis_state import SNAPSHOT_FORMAT, SnapshotEnvelope
+from supervisor import die_with_parent
 
 # The child only runs the engine's snapshot and writes; any failure is its exit code.
 _CHILD_FAILED = 1
@@ -69,26 +69,14 @@ def _background(parent: int) -> None:
     host-wide: still a little CPU on a saturated host, so snapshots slow down but do not stop), and
     dies with its parent (PR_SET_PDEATHSIG), as it did with the parent's process group."""
     os.nice(19)
+    if not die_with_parent(signal.SIGKILL, parent):
+        return  # it could outlive its parent: it stays in the parent's process group instead
     try:
-        _die_with_parent(parent)
         os.setsid()
         with open("/proc/self/autogroup", "w") as file:
             file.write("19")
     except OSError:  # no autogroup (containers, other kernels), or its rate limit: nice is what counts
         pass
-
-
-def _die_with_parent(parent: int) -> None:
-    """SIGKILL this process when its parent dies (Linux); raises OSError where it cannot."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError as exc:
-        raise OSError("no libc") from exc
-    pr_set_pdeathsig = 1
-    if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
-    if os.getppid() != parent:  # the parent died before the prctl
-        os._exit(_CHILD_FAILED)
 
 
 def _anonymous_file() -> int:

@@ -143,7 +143,7 @@ class OrderLoad(threading.Thread):
                 break
             # Stamped with the time it is sent, as a gateway stamps what it accepts: each event
             # then carries it ("time"), and the watcher sees how late the cluster answered.
-            order["created_at"] = time.time_ns() // 1_000_000 * 1_000_000
+            order["created_at"] = time.time_ns() // NS_PER_MS * NS_PER_MS
             raw = encoder.encode(order)
             while True:
                 try:

@@ -157,11 +157,12 @@ def run_rolling_restart(
         watcher = watchers[product]
         checked = final_check(bootstrap, product, configs[product], watcher, extra, log)
         pause_ms, pause_at = watcher.largest_pause(began_ms, ended_ms)
+        baseline_from_ms = began_ms - int(BASELINE_S * 1000)
         report.per_product[product] = {
-            "baseline_pause_ms": watcher.largest_pause(began_ms - int(BASELINE_S * 1000), began_ms)[0],
+            "baseline_pause_ms": watcher.largest_pause(baseline_from_ms, began_ms)[0],
             "restart_pause_ms": pause_ms,
             # The same windows by the longest send-to-event delay of an order (see largest_delay).
-            "baseline_delay_ms": watcher.largest_delay(began_ms - int(BASELINE_S * 1000), began_ms),
+            "baseline_delay_ms": watcher.largest_delay(baseline_from_ms, began_ms),
             "restart_delay_ms": watcher.largest_delay(began_ms, ended_ms),
             # A window as long as the restarts, right after them, with none.
             "quiet_pause_ms": watcher.largest_pause(ended_ms, quiet_until_ms)[0],

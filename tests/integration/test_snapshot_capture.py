@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
-import time
 
 import msgspec
 import pytest
@@ -15,6 +14,7 @@ from cluster.tools.workload import generate_orders
 from engine.api import apply_one
 from engine.config import ProductConfig
 from engine.native import make_engine
+from tests.integration.harness import wait_until
 
 CONFIG = ProductConfig(product_id="BTC-USD", base_scale=6, quote_scale=2)
 
@@ -102,10 +102,10 @@ def test_the_capturing_child_dies_with_its_parent(tmp_path):
             signal.pause()
         finally:
             os._exit(code)
-    child = int(_wait_for(lambda: child_pid_file.exists() and child_pid_file.read_text(), 30))
+    child = int(wait_until(lambda: child_pid_file.exists() and child_pid_file.read_text(), 30, "the child"))
     os.kill(parent, signal.SIGKILL)
     os.waitpid(parent, 0)
-    assert _wait_for(lambda: not _alive(child), 30), f"snapshot child {child} outlived its parent"
+    wait_until(lambda: not _alive(child), 30, f"snapshot child {child} to die with its parent")
 
 
 def _alive(pid: int) -> bool:
@@ -114,13 +114,3 @@ def _alive(pid: int) -> bool:
             return file.read().split(") ")[-1][0] != "Z"
     except FileNotFoundError:
         return False
-
-
-def _wait_for(condition, timeout_s: float):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.01)
-    return None
