@@ -28,6 +28,7 @@ from cluster.bench.e2e import e2e as bench_e2e
 from cluster.bench.idle import idle as bench_idle
 from cluster.bench.ids import ids as bench_ids
 from cluster.bench.replay import replay as bench_replay
+from cluster.bench.snapshot import snapshot as bench_snapshot
 from cluster.connection import DEFAULT_STATE_DIR, Connection, check_redis, connection_options, kafka_topics
 from cluster.options import config_option, core_option, json_option, seed_option
 from cluster.settings import NodeSettings, SettingsError, parse_timing, redact_url
@@ -409,6 +410,7 @@ def bench() -> None:
 bench.add_command(bench_core, "core")
 bench.add_command(bench_e2e, "e2e")
 bench.add_command(bench_replay, "replay")
+bench.add_command(bench_snapshot, "snapshot")
 bench.add_command(bench_availability, "availability")
 bench.add_command(bench_ids, "ids")
 bench.add_command(bench_idle, "idle")

@@ -164,6 +164,23 @@ SNAPSHOT_PIECE_BYTES = 1 << 20
 STAGING_TTL_MS = 120_000  # a writer that died mid-way leaves no staged bytes behind for long
 
 
+def staging_key(product: str, lease_value: str) -> str:
+    """Where a leader's next snapshot is staged before COMMIT_SNAPSHOT puts it in place."""
+    return f"{snapshot_data_key(product)}:staging:{lease_value}"
+
+
+def stage_snapshot(client: redis.Redis, product: str, lease_value: str, envelope: SnapshotEnvelope) -> int:
+    """Stage a snapshot's envelope under the leader's key, piece by piece (Redis answers lease
+    renewals in between); its size. Not visible until committed, so not fenced: what a deposed
+    leader stages is never committed and expires."""
+    pieces = envelope_pieces(envelope, SNAPSHOT_PIECE_BYTES)
+    staging = staging_key(product, lease_value)
+    client.set(staging, pieces[0], px=STAGING_TTL_MS)
+    for piece in pieces[1:]:
+        client.append(staging, piece)
+    return sum(len(piece) for piece in pieces)
+
+
 class SnapshotEnvelope(msgspec.Struct, frozen=True, kw_only=True):
     """A snapshot as stored: the engine's own bytes plus where the input resumes."""
 
@@ -315,14 +332,28 @@ class ProductRedis:
         staged bytes were disturbed, -4 nobody holds the lease (see write_progress). Written in
         pieces, so Redis answers lease renewals in between."""
         pieces = envelope_pieces(envelope, SNAPSHOT_PIECE_BYTES)
-        staging = f"{snapshot_data_key(self.product)}:staging:{lease_value}"
+        staging = staging_key(self.product, lease_value)
         client = self.client
         await client.set(staging, pieces[0], px=STAGING_TTL_MS)
         for piece in pieces[1:]:
             await client.append(staging, piece)
-        keys = [self.keys[0], self.keys[3], staging, snapshot_data_key(self.product)]
         size = sum(len(piece) for piece in pieces)
-        args = [lease_value, envelope.sequence, envelope.next_offset, envelope.state_hash, size]
+        return await self.commit_snapshot(
+            lease_value, envelope.sequence, envelope.next_offset, envelope.state_hash, size
+        )
+
+    async def commit_snapshot(
+        self, lease_value: str, sequence: int, next_offset: int, state_hash: str, size: int
+    ) -> int:
+        """Put the snapshot staged under this leader's key (`size` bytes) in place, fenced; the
+        codes of write_snapshot."""
+        keys = [
+            self.keys[0],
+            self.keys[3],
+            staging_key(self.product, lease_value),
+            snapshot_data_key(self.product),
+        ]
+        args = [lease_value, sequence, next_offset, state_hash, size]
         return int(await self._commit_snapshot(keys=keys, args=args))
 
     async def read_snapshot(self) -> SnapshotEnvelope | None:

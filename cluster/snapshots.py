@@ -3,10 +3,11 @@
 A snapshot is the whole book: about 27 MB and ~170 ms of C for 1,000,000 resting orders, far too
 long to stop matching for. Above `Timing.snapshot_fork_above_orders` resting orders the state is
 captured the way Redis's BGSAVE does it: fork() gives a child a copy-on-write image of the
-process at this instant, the child writes the snapshot bytes and their hash to a file in memory
-and exits, and a thread of the parent reads them. The loop pays only for the fork (~10-20 ms at
-600 MB resident) and goes on matching; the bytes are exactly what engine.snapshot() would have
-returned at the fork.
+process at this instant; the child writes the snapshot and exits. The loop pays only for the fork
+(~10-20 ms at 600 MB resident) and goes on matching; the bytes are exactly what engine.snapshot()
+would have returned at the fork. A leader's child stages them in Redis itself and hands back only
+their hash and size (the leader commits them once their events are delivered); a standby's child,
+checking its state against the leader's, hands back only the hash.
 Smaller books are captured in place, which is faster than a fork.
 """
 
@@ -18,14 +19,18 @@ import os
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from cluster.redis_state import SNAPSHOT_FORMAT, SnapshotEnvelope
+from cluster.redis_state import SNAPSHOT_FORMAT, SnapshotEnvelope, stage_snapshot, sync_client
 from supervisor import die_with_parent
 
 # The child only runs the engine's snapshot and writes; any failure is its exit code.
 _CHILD_FAILED = 1
 DIGEST_CHARS = 16  # state_hash: 8 bytes, in hex
+# A leader's child stages a large snapshot in Redis at nice 19: on a saturated host it may wait
+# long for a core, and a failed child only means the next snapshot is taken when due.
+CHILD_REDIS_TIMEOUT_S = 30.0
 
 
 def state_hash(snapshot: bytes) -> str:
@@ -34,13 +39,74 @@ def state_hash(snapshot: bytes) -> str:
     return hashlib.blake2b(snapshot, digest_size=8).hexdigest()
 
 
-def capture(engine, fork_above_orders: int, reader: concurrent.futures.Executor) -> concurrent.futures.Future:
-    """A future of (engine.snapshot(), its state_hash) as of now; the loop may go on changing the
-    engine at once."""
+@dataclass(frozen=True)
+class Captured:
+    """A leader's captured snapshot: its state hash, and either its bytes (captured in place) or
+    the size of the envelope that the capturing child staged in Redis itself."""
+
+    state_hash: str
+    data: bytes | None = None
+    staged_size: int | None = None
+
+
+def capture_bytes(engine, reader: concurrent.futures.Executor) -> concurrent.futures.Future:
+    """A future of (bytes, state hash) read back from a forked child: how leaders and standbys
+    captured before the child staged the bytes or sent only the hash (`bench snapshot` compares)."""
+    return _capture(
+        engine,
+        0,
+        reader,
+        in_place=None,
+        in_child=lambda data, digest: data,
+        collected=lambda sent, digest: (sent, digest),
+    )
+
+
+def capture_hash(
+    engine, fork_above_orders: int, reader: concurrent.futures.Executor
+) -> concurrent.futures.Future:
+    """A future of the state hash as of now. A standby's state check needs nothing else, so a
+    forked child sends back the 16 hex characters and the process never reads the bytes."""
+    return _capture(
+        engine,
+        fork_above_orders,
+        reader,
+        in_place=lambda data, digest: digest,
+        in_child=lambda data, digest: b"",
+        collected=lambda sent, digest: digest,
+    )
+
+
+def capture_staged(
+    engine,
+    fork_above_orders: int,
+    reader: concurrent.futures.Executor,
+    stage: Callable[[bytes, str], int],
+) -> concurrent.futures.Future:
+    """A future of a leader's Captured snapshot as of now. A forked child also stages the bytes in
+    Redis itself (`stage(data, state_hash)` returns the staged size), at its own low priority:
+    the product process then neither copies the 27 MB of a 1,000,000-order book back from the
+    child nor sends them to Redis from its loop; it only commits them (O(1)) once delivered."""
+    return _capture(
+        engine,
+        fork_above_orders,
+        reader,
+        in_place=lambda data, digest: Captured(digest, data=data),
+        in_child=lambda data, digest: str(stage(data, digest)).encode(),
+        collected=lambda sent, digest: Captured(digest, staged_size=int(sent)),
+    )
+
+
+def _capture(
+    engine, fork_above_orders: int, reader, in_place, in_child, collected
+) -> concurrent.futures.Future:
+    """Small books in place: in_place(bytes, hash). Large ones in a forked child, which writes
+    the hash and in_child(bytes, hash) to a file in memory; a reader thread gives
+    collected(what the child wrote after the hash, hash) once the child exited cleanly."""
     if engine.resting_orders() < fork_above_orders:
         done: concurrent.futures.Future = concurrent.futures.Future()
         data = engine.snapshot()
-        done.set_result((data, state_hash(data)))
+        done.set_result(in_place(data, state_hash(data)))
         return done
     out = _anonymous_file()
     parent = os.getpid()
@@ -50,12 +116,13 @@ def capture(engine, fork_above_orders: int, reader: concurrent.futures.Executor)
         try:
             _background(parent)
             data = engine.snapshot()
-            _write_all(out, state_hash(data).encode())
-            _write_all(out, data)
+            digest = state_hash(data)
+            _write_all(out, digest.encode())
+            _write_all(out, in_child(data, digest))
             code = 0
         finally:
             os._exit(code)
-    return reader.submit(_collect, pid, out)
+    return reader.submit(lambda: collected(*_collect(pid, out)))
 
 
 def _background(parent: int) -> None:
@@ -117,7 +184,7 @@ class PendingSnapshot:
     epoch: int
     next_offset: int
     sequence: int
-    engine: concurrent.futures.Future  # of the engine's snapshot bytes and their state hash
+    engine: concurrent.futures.Future  # of its Captured snapshot
     announced: bool = False  # its offset was written as the standbys' checkpoint
 
 
@@ -125,19 +192,20 @@ class Snapshotter:
     """A product process's snapshots: when one is due, capturing it, and the one captured
     snapshot that waits until its events are delivered (snapshots hold delivered state only)."""
 
-    def __init__(self, timing, product: str, fingerprint: str) -> None:
+    def __init__(self, timing, product: str, fingerprint: str, redis_url: str) -> None:
         self.timing = timing
         self.product = product
         self.fingerprint = fingerprint
+        self.redis_url = redis_url
         self.reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"snapshot-{product}")
         self.pending: PendingSnapshot | None = None
         self.orders_since = 0
         self.taken_at = time.monotonic()
         self.written_at: float | None = None
 
-    def capture(self, engine) -> concurrent.futures.Future:
-        """A future of (snapshot bytes, state hash) of `engine` now."""
-        return capture(engine, self.timing.snapshot_fork_above_orders, self.reader)
+    def capture_hash(self, engine) -> concurrent.futures.Future:
+        """A future of the state hash of `engine` now (a standby's state check)."""
+        return capture_hash(engine, self.timing.snapshot_fork_above_orders, self.reader)
 
     def due(self) -> bool:
         """Whether a leader should capture one now (Timing.snapshot_due; none while one waits)."""
@@ -145,9 +213,18 @@ class Snapshotter:
             self.orders_since, time.monotonic() - self.taken_at
         )
 
-    def take(self, engine, epoch: int, next_offset: int) -> PendingSnapshot:
-        """Capture the engine's state now, as the snapshot waiting for its events' delivery."""
-        self.pending = PendingSnapshot(epoch, next_offset, engine.sequence, self.capture(engine))
+    def take(self, engine, epoch: int, next_offset: int, lease_value: str) -> PendingSnapshot:
+        """Capture the engine's state now, as the snapshot waiting for its events' delivery (a
+        forked capture stages its bytes in Redis under the leader's `lease_value`)."""
+        sequence = engine.sequence
+
+        def stage(data: bytes, digest: str) -> int:  # in the child
+            client = sync_client(self.redis_url, CHILD_REDIS_TIMEOUT_S)
+            envelope = self.envelope(epoch, next_offset, sequence, data, digest)
+            return stage_snapshot(client, self.product, lease_value, envelope)
+
+        captured = capture_staged(engine, self.timing.snapshot_fork_above_orders, self.reader, stage)
+        self.pending = PendingSnapshot(epoch, next_offset, sequence, captured)
         self.orders_since = 0
         self.taken_at = time.monotonic()
         return self.pending
@@ -164,19 +241,25 @@ class Snapshotter:
             return snap
         return None
 
-    def envelope(self, snap: PendingSnapshot) -> SnapshotEnvelope:
-        """The stored form of a captured snapshot; raises OSError if its capture failed."""
-        data, digest = snap.engine.result()
+    def envelope(
+        self, epoch: int, next_offset: int, sequence: int, data: bytes, digest: str
+    ) -> SnapshotEnvelope:
+        """The stored form of a snapshot."""
         return SnapshotEnvelope(
             format=SNAPSHOT_FORMAT,
             product=self.product,
-            epoch=snap.epoch,
-            next_offset=snap.next_offset,
-            sequence=snap.sequence,
+            epoch=epoch,
+            next_offset=next_offset,
+            sequence=sequence,
             fingerprint=self.fingerprint,
             engine=data,
             state_hash=digest,
         )
+
+    def dropped(self) -> None:
+        """The waiting snapshot will not be stored (its capture failed, or its staged bytes are
+        gone): the next is taken when due."""
+        self.pending = None
 
     def written(self) -> None:
         """The waiting snapshot is stored."""

@@ -59,7 +59,7 @@ class StateCheck:
             offset, future = self.capturing
             self.capturing = None
             try:
-                self.own[offset] = future.result()[1]
+                self.own[offset] = future.result()
             except OSError as exc:
                 log.warning(
                     "state check capture failed product=%s offset=%d error=%s", self.product, offset, exc

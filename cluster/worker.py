@@ -125,7 +125,7 @@ class ProductWorker:
         self.progress_seen = (0, 0)  # (sequence, offset) of the leader, as last read
         self.leader: Leadership | None = None
         self.stopping = False
-        self.snapshots = snapshots.Snapshotter(self.timing, product, self.fingerprint)
+        self.snapshots = snapshots.Snapshotter(self.timing, product, self.fingerprint, settings.redis_url)
         self.demotion: str | None = None
         self.restart_reason: str | None = None
         # A planned handover the leader should make at its next turn: a node, or '' for any.
@@ -282,7 +282,7 @@ class ProductWorker:
     def maybe_take_snapshot(self) -> None:
         """Capture state at a batch boundary when due; it is written once its events are delivered."""
         if self.leader is not None and self.snapshots.due():
-            self.snapshots.take(self.engine, self.leader.epoch, self.next_offset)
+            self.snapshots.take(self.engine, self.leader.epoch, self.next_offset, self.leader.lease_value)
 
     async def fetch(self) -> None:
         """Read a batch into `pending` without blocking the loop: at once what is there, else wait
@@ -531,7 +531,7 @@ class ProductWorker:
     def check_state(self) -> None:
         """A standby's live state check (cluster/state_check.py); a diverged replica restarts."""
         check = self.state_check
-        check.turn(self.engine, self.next_offset, self.snapshots.capture)
+        check.turn(self.engine, self.next_offset, self.snapshots.capture_hash)
         if check.diverged:
             self.metric.state_diverged.set(1)
             if self.diverged_since is None:
@@ -573,7 +573,7 @@ class ProductWorker:
         self.publisher.leadership = None
         self.demotion = None
         self.handover_wanted = None
-        self.snapshots.pending = None
+        self.snapshots.dropped()
         self.progress_seen = leader.progress
         self.metric.is_leader.set(0)
         self.metric.epoch.set(0)
@@ -599,7 +599,7 @@ class ProductWorker:
         if remaining or self.leader is not leader or time.monotonic() > leader.valid_until:
             return False
         # The successor snapshots soon; writing one now would lengthen the pause.
-        self.snapshots.pending = None
+        self.snapshots.dropped()
         try:
             await self.write_progress()
         except Demoted as exc:
@@ -727,13 +727,29 @@ class ProductWorker:
         snap = self.snapshots.writable(leader.delivered_seq, leader.progress[1])
         if snap is not None:
             try:
-                envelope = self.snapshots.envelope(snap)
+                captured = snap.engine.result()
             except OSError as exc:
                 log.warning("snapshot capture failed product=%s error=%s", self.product, exc)
-                self.snapshots.pending = None
+                self.snapshots.dropped()
                 return
-            rc = await self.redis.write_snapshot(leader.lease_value, envelope)
+            if captured.staged_size is None:  # captured in place: this process stages the bytes
+                envelope = self.snapshots.envelope(
+                    snap.epoch, snap.next_offset, snap.sequence, captured.data, captured.state_hash
+                )
+                rc = await self.redis.write_snapshot(leader.lease_value, envelope)
+            else:  # its child staged them
+                rc = await self.redis.commit_snapshot(
+                    leader.lease_value,
+                    snap.sequence,
+                    snap.next_offset,
+                    captured.state_hash,
+                    captured.staged_size,
+                )
             fenced(rc, "snapshot")
+            if rc == -3:
+                log.warning("snapshot staged bytes gone product=%s: the next is taken when due", self.product)
+                self.snapshots.dropped()
+                return
             self.snapshots.written()
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -830,7 +846,9 @@ class ProductWorker:
         try:
             self.lease.sync(self.leader)
             if remaining == 0 and time.monotonic() < self.leader.valid_until:
-                taken = self.snapshots.take(self.engine, self.leader.epoch, self.next_offset)  # newer
+                taken = self.snapshots.take(  # newer
+                    self.engine, self.leader.epoch, self.next_offset, self.leader.lease_value
+                )
                 await asyncio.wrap_future(taken.engine)
                 await self.write_progress()
             self.lease.drop()

@@ -122,6 +122,20 @@ def test_redis_durability_is_checked(services, start_local, tmp_path):
     assert "appendonly is not yes" in durability_problems(client)[0]
 
 
+def big_envelope(product: str, size: int) -> SnapshotEnvelope:
+    """A snapshot of `size` engine bytes (a multiple of 256), at sequence 9 and offset 7."""
+    return SnapshotEnvelope(
+        format=1,
+        product=product,
+        epoch=1,
+        next_offset=7,
+        sequence=9,
+        fingerprint="f",
+        engine=bytes(range(256)) * (size // 256),
+        state_hash="abc",
+    )
+
+
 def test_a_large_snapshot_is_written_in_pieces_and_fenced(services, product):
     """Bytes larger than a piece are staged and put in place whole; a stale writer's are discarded."""
     from cluster.redis_state import SNAPSHOT_PIECE_BYTES, snapshot_data_key
@@ -130,16 +144,7 @@ def test_a_large_snapshot_is_written_in_pieces_and_fenced(services, product):
         client = async_client(services.redis_url)
         store = ProductRedis(client, product)
         first = await store.try_acquire("node-a:p:1", 10_000)
-        big = SnapshotEnvelope(
-            format=1,
-            product=product,
-            epoch=1,
-            next_offset=7,
-            sequence=9,
-            fingerprint="f",
-            engine=bytes(range(256)) * (3 * SNAPSHOT_PIECE_BYTES // 256 + 17),
-            state_hash="abc",
-        )
+        big = big_envelope(product, 3 * SNAPSHOT_PIECE_BYTES + 17 * 256)
         assert await store.write_snapshot(first.lease_value, big) == 1
         assert await store.read_snapshot() == big
         assert await client.hget(f"matching_snapshot_{product}", "state_hash") == b"abc"
@@ -151,6 +156,40 @@ def test_a_large_snapshot_is_written_in_pieces_and_fenced(services, product):
         assert await store.read_snapshot() == big, "stay out of place"
         staged = [k async for k in client.scan_iter(match=f"{snapshot_data_key(product)}:staging:*")]
         assert staged == [], "and are not left behind"
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_snapshot_staged_by_another_process_is_committed_fenced_and_whole(services, product):
+    """A leader's snapshot child stages the bytes over its own connection; the leader commits them
+    in O(1): exactly those bytes, only while it holds the lease, and never bytes that changed."""
+    from cluster.redis_state import SNAPSHOT_PIECE_BYTES, stage_snapshot, staging_key
+
+    async def scenario() -> None:
+        client = async_client(services.redis_url)
+        child = sync_client(services.redis_url)
+        store = ProductRedis(client, product)
+        first = await store.try_acquire("node-a:p:1", 10_000)
+        big = big_envelope(product, 2 * SNAPSHOT_PIECE_BYTES + 5 * 256)
+        size = stage_snapshot(child, product, first.lease_value, big)
+        assert await store.read_snapshot() is None, "staged is not stored"
+        assert await store.commit_snapshot(first.lease_value, 9, 7, "abc", size) == 1
+        assert await store.read_snapshot() == big
+
+        newer = SnapshotEnvelope(**{**{f: getattr(big, f) for f in big.__struct_fields__}, "sequence": 12})
+        size = stage_snapshot(child, product, first.lease_value, newer)
+        child.append(staging_key(product, first.lease_value), b"x")  # disturbed after staging
+        assert await store.commit_snapshot(first.lease_value, 12, 7, "abc", size) == -3
+        assert await store.read_snapshot() == big
+
+        size = stage_snapshot(child, product, first.lease_value, newer)
+        assert await store.release("node-a:p:1")
+        second = await store.try_acquire("node-b:p:2", 10_000)
+        assert await store.commit_snapshot(first.lease_value, 12, 7, "abc", size) == -1, "a deposed leader"
+        assert await store.read_snapshot() == big
+        assert second is not None
+        child.close()
         await client.aclose()
 
     asyncio.run(scenario())

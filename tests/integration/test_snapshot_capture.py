@@ -19,22 +19,45 @@ from tests.integration.harness import wait_until
 CONFIG = ProductConfig(product_id="BTC-USD", base_scale=6, quote_scale=2)
 
 
+def stage_to(path):
+    """A stand-in for staging in Redis (done for real in the cluster tests): the child writes the
+    bytes to a file and reports their size."""
+
+    def stage(data: bytes, digest: str) -> int:
+        path.write_bytes(data)
+        return len(data)
+
+    return stage
+
+
 @pytest.mark.parametrize("core", ["python", "native"])
-def test_a_forked_capture_is_the_state_at_the_fork(core):
+def test_a_forked_capture_is_the_state_at_the_fork(core, tmp_path):
     engine = make_engine(CONFIG, core)
     orders = [msgspec.json.encode(o) for o in generate_orders("BTC-USD", 4000, seed=7)]
     for i, raw in enumerate(orders[:3000]):
         apply_one(engine, raw, i)
     assert engine.resting_orders() > 0
     expected = engine.snapshot()
+    staged = tmp_path / "staged"
     with concurrent.futures.ThreadPoolExecutor(1) as reader:
-        captured = snapshots.capture(engine, 1, reader)
-        for i, raw in enumerate(orders[3000:]):  # the loop goes on matching while the child writes
+        captured = snapshots.capture_staged(engine, 1, reader, stage_to(staged))
+        hashed = snapshots.capture_hash(engine, 1, reader)
+        for i, raw in enumerate(orders[3000:]):  # the loop goes on matching while the children write
             apply_one(engine, raw, 3000 + i)
         assert engine.snapshot() != expected
-        assert captured.result(timeout=60) == (expected, snapshots.state_hash(expected))
-        in_place = snapshots.capture(engine, engine.resting_orders() + 1, reader)
-        assert in_place.done() and in_place.result()[0] == engine.snapshot()
+        digest = snapshots.state_hash(expected)
+        # The bytes went where the child staged them, never back to this process.
+        assert captured.result(timeout=60) == snapshots.Captured(digest, staged_size=len(expected))
+        assert staged.read_bytes() == expected
+        assert hashed.result(timeout=60) == digest
+        now = engine.snapshot()
+        in_place = snapshots.capture_staged(engine, engine.resting_orders() + 1, reader, stage_to(staged))
+        assert in_place.done() and in_place.result() == snapshots.Captured(
+            snapshots.state_hash(now), data=now
+        )
+        assert snapshots.capture_hash(
+            engine, engine.resting_orders() + 1, reader
+        ).result() == snapshots.state_hash(now)
 
 
 def test_a_failed_child_is_an_error_not_a_snapshot():
@@ -47,7 +70,7 @@ def test_a_failed_child_is_an_error_not_a_snapshot():
 
     with concurrent.futures.ThreadPoolExecutor(1) as reader:
         with pytest.raises(OSError, match="failed"):
-            snapshots.capture(Broken(), 1, reader).result(timeout=60)
+            snapshots.capture_hash(Broken(), 1, reader).result(timeout=60)
 
 
 class WhereAmI:
@@ -70,11 +93,11 @@ class WhereAmI:
         return msgspec.json.encode(facts)
 
 
-def test_the_capturing_child_yields_the_cpu_to_everything_else():
+def test_the_capturing_child_yields_the_cpu_to_everything_else(tmp_path):
     """nice 19 in a session of its own (so autogroup cannot lift it to a whole session's share)."""
     with concurrent.futures.ThreadPoolExecutor(1) as reader:
-        data, _ = snapshots.capture(WhereAmI(), 1, reader).result(timeout=60)
-    facts = msgspec.json.decode(data)
+        snapshots.capture_staged(WhereAmI(), 1, reader, stage_to(tmp_path / "facts")).result(timeout=60)
+    facts = msgspec.json.decode((tmp_path / "facts").read_bytes())
     assert facts["nice"] == 19
     assert facts["own_session"] is True
     assert facts["autogroup_nice"] in ("19", "none")  # "none": a kernel without autogroup
@@ -98,7 +121,7 @@ def test_the_capturing_child_dies_with_its_parent(tmp_path):
                     return b""
 
             reader = concurrent.futures.ThreadPoolExecutor(1)
-            snapshots.capture(Hangs(), 1, reader)
+            snapshots.capture_hash(Hangs(), 1, reader)
             signal.pause()
         finally:
             os._exit(code)

@@ -36,9 +36,19 @@ def post_fault(node, product: str, fault: str) -> dict:
         return json.loads(resp.read())
 
 
-def test_a_corrupted_standby_is_caught_and_rebuilds_itself(services, cluster_factory, product):
+# In place (a small book), and forked: the leader's child stages the snapshot in Redis and the
+# standby's child hands back only its hash, as for a large book.
+@pytest.mark.parametrize("fork_above_orders", [100_000, 1])
+def test_a_corrupted_standby_is_caught_and_rebuilds_itself(
+    services, cluster_factory, product, fork_above_orders
+):
     cluster = cluster_factory([product])
-    leader, _, standby = leader_and_hot_standby(cluster, product, ENV)
+    env = {
+        **ENV,
+        "ORDERBOOK_CLUSTER_START_TUNE": f"{ENV['ORDERBOOK_CLUSTER_START_TUNE']} "
+        f"snapshot_fork_above_orders={fork_above_orders}",
+    }
+    leader, _, standby = leader_and_hot_standby(cluster, product, env)
     load = Load(services.bootstrap, product, 30_000, chunk=200)
     load.start()
     wait_until(lambda: standby.product_status(product).get("state_checks", 0) >= 2, 60, "two agreeing checks")
