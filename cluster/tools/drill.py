@@ -162,7 +162,7 @@ class OrderLoad(threading.Thread):
 class OutputWatcher(threading.Thread):
     """Reads the output topic from 0: every value, and when each epoch was first seen."""
 
-    def __init__(self, bootstrap: str, product: str, extra: dict) -> None:
+    def __init__(self, bootstrap: str, product: str, extra: dict, fetch_wait_ms: int = 10) -> None:
         super().__init__(name="drill-watch", daemon=True)
         self.consumer = Consumer(
             client_config(
@@ -171,7 +171,7 @@ class OutputWatcher(threading.Thread):
                 {
                     "group.id": "orderbook-cluster-drill",
                     "enable.auto.commit": False,
-                    "fetch.wait.max.ms": 10,
+                    "fetch.wait.max.ms": fetch_wait_ms,
                     "fetch.queue.backoff.ms": 5,
                     "logger": quiet_librdkafka(),
                 },
@@ -182,6 +182,7 @@ class OutputWatcher(threading.Thread):
         self.values: list[bytes] = []
         self.first_seen: dict[int, tuple[float, str]] = {}
         self.first_stamp: dict[int, int] = {}
+        self.last_stamp: dict[int, int] = {}  # epoch -> producer timestamp (ms) of its latest new event
         self.epoch = 0  # of the latest record that carried an epoch header  # epoch -> broker timestamp (ms) of its first event
         self.max_sequence = 0
         self.last_arrival: float = 0.0
@@ -215,6 +216,7 @@ class OutputWatcher(threading.Thread):
                     if seq not in self.stamp_of_sequence:
                         stamp = msg.timestamp()[1]
                         self.stamp_of_sequence[seq] = stamp
+                        self.last_stamp[epoch] = stamp
                         if isinstance(event.get("time"), int):  # its order's send time (OrderLoad)
                             self.delay_of_sequence[seq] = stamp - event["time"] // NS_PER_MS
                     self.last_arrival = now
@@ -255,6 +257,18 @@ class OutputWatcher(threading.Thread):
                 ),
                 default=0,
             )
+
+    def handover_gaps(self, from_ms: int, to_ms: int) -> list[int]:
+        """ms from each leader's last event to its successor's first (producer timestamps), for the
+        successors that began in a window: what a change of leader itself cost, where an output
+        pause also holds the gaps of the input and of the broker in front of the cluster."""
+        with self.lock:
+            epochs = sorted(self.first_stamp)
+            return [
+                self.first_stamp[new] - self.last_stamp[old]
+                for old, new in itertools.pairwise(epochs)
+                if old in self.last_stamp and from_ms <= self.first_stamp[new] <= to_ms
+            ]
 
     def distinct_count(self) -> int:
         """Distinct sequences seen (events arrive in order per leader; duplicates repeat old ones)."""

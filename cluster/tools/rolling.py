@@ -7,8 +7,9 @@ caught up and the leaders have settled. Reported per product: the largest pause 
 (the longest time between consecutive events, by producer timestamps) during the restarts,
 beside the largest pause in a quiet window before them and in one as long as the restarts after
 them (the host's own figure over as long a time); the same windows by the longest delay from an
-order's send to its event (a gap in the input is not the cluster's pause, a late answer is); and
-the stream check against replay.
+order's send to its event (a gap in the input is not the cluster's pause, a late answer is); each
+handover's own gap, from the old leader's last event to the new leader's first; and the stream
+check against replay.
 """
 
 from __future__ import annotations
@@ -167,6 +168,8 @@ def run_rolling_restart(
             # A window as long as the restarts, right after them, with none.
             "quiet_pause_ms": watcher.largest_pause(ended_ms, quiet_until_ms)[0],
             "quiet_delay_ms": watcher.largest_delay(ended_ms, quiet_until_ms),
+            # from each old leader's last event to its successor's first: the handovers' own cost
+            "handover_gaps_ms": watcher.handover_gaps(began_ms, ended_ms),
             # when the largest pause began, in ms after the first node's restart request
             "restart_pause_at_ms": None if pause_at is None else pause_at - began_ms,
             "epochs": sorted(watcher.first_seen),
@@ -182,14 +185,16 @@ def format_rolling(report: RollingReport) -> str:
     lines = [
         f"rolling restart of {', '.join(report.restarted)} ({len(report.restarted)} of {len(report.nodes)} nodes), "
         f"{report.orders_sent} orders",
-        "largest output pause and send-to-event delay, ms: during the restarts, and in as long a window after them",
-        f"{'PRODUCT':<16} {'PAUSE':>7} {'QUIET':>7} {'DELAY':>7} {'QUIET':>7} {'EPOCHS':>7}  STREAM",
+        "largest output pause and send-to-event delay, ms: during the restarts, and in as long a window after them;",
+        "largest handover: from the old leader's last event to the new leader's first",
+        f"{'PRODUCT':<16} {'PAUSE':>7} {'QUIET':>7} {'DELAY':>7} {'QUIET':>7} {'HANDOVER':>9} {'EPOCHS':>7}  STREAM",
     ]
     for product, p in report.per_product.items():
         stream = "OK" if p["stream"]["ok"] else "BROKEN: " + "; ".join(p["stream"]["problems"])
+        handover = max(p["handover_gaps_ms"], default="-")
         lines.append(
             f"{product:<16} {p['restart_pause_ms']:>7} {p['quiet_pause_ms']:>7} "
-            f"{p['restart_delay_ms']:>7} {p['quiet_delay_ms']:>7} {len(p['epochs']):>7}  {stream}"
+            f"{p['restart_delay_ms']:>7} {p['quiet_delay_ms']:>7} {handover:>9} {len(p['epochs']):>7}  {stream}"
         )
     if report.error:
         lines.append(f"error: {report.error}")

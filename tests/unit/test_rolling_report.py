@@ -15,10 +15,11 @@ def test_the_table_shows_restart_and_quiet_figures_side_by_side():
         "restart_delay_ms": 180,
         "quiet_pause_ms": 133,
         "quiet_delay_ms": 170,
+        "handover_gaps_ms": [12, 31],
         "epochs": [1, 2, 3],
         "stream": {"ok": True, "distinct": 1800, "problems": []},
     }
     lines = format_rolling(report).splitlines()
     assert lines[0] == "rolling restart of r1, r2 (2 of 2 nodes), 900 orders"
-    assert lines[-1].split() == ["BTC-USD", "143", "133", "180", "170", "3", "OK"]
+    assert lines[-1].split() == ["BTC-USD", "143", "133", "180", "170", "31", "3", "OK"]
     assert report.ok()
