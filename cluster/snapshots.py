@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import os
+import select
 import signal
 import tempfile
 import time
@@ -31,6 +32,10 @@ DIGEST_CHARS = 16  # state_hash: 8 bytes, in hex
 # A leader's child stages a large snapshot in Redis at nice 19: on a saturated host it may wait
 # long for a core, and a failed child only means the next snapshot is taken when due.
 CHILD_REDIS_TIMEOUT_S = 30.0
+# A child that has not exited by then is killed and its capture fails (the next is taken when
+# due): one that hangs (a Redis that stopped answering, a lock another thread of the parent held
+# at the fork) must not stop a product's snapshots for good. As long as staged bytes live.
+CHILD_DEADLINE_S = 120.0
 
 
 def state_hash(snapshot: bytes) -> str:
@@ -167,7 +172,7 @@ def _collect(pid: int, fd: int) -> tuple[bytes, str]:
     takes the GIL from the matching loop twice per snapshot, where reading a pipe took it once per
     chunk (27 for 1,000,000 resting orders) and joining the chunks copied the whole snapshot."""
     try:
-        _, status = os.waitpid(pid, 0)
+        status = _wait_child(pid, CHILD_DEADLINE_S)
         if os.waitstatus_to_exitcode(status) != 0:
             raise OSError(f"snapshot child {pid} failed (status {status})")
         size = os.fstat(fd).st_size
@@ -175,6 +180,23 @@ def _collect(pid: int, fd: int) -> tuple[bytes, str]:
         return os.pread(fd, size - DIGEST_CHARS, DIGEST_CHARS), digest
     finally:
         os.close(fd)
+
+
+def _wait_child(pid: int, deadline_s: float) -> int:
+    """The child's wait status, once it exited; past `deadline_s` it is killed and OSError raised."""
+    try:
+        exited = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux 5.3+: wait without a deadline
+        return os.waitpid(pid, 0)[1]
+    try:
+        ready, _, _ = select.select([exited], [], [], deadline_s)
+    finally:
+        os.close(exited)
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise OSError(f"snapshot child {pid} did not finish within {deadline_s:.0f} s: killed")
+    return os.waitpid(pid, 0)[1]
 
 
 @dataclass

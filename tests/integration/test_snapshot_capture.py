@@ -73,6 +73,24 @@ def test_a_failed_child_is_an_error_not_a_snapshot():
             snapshots.capture_hash(Broken(), 1, reader).result(timeout=60)
 
 
+def test_a_child_that_hangs_is_killed_at_the_deadline(monkeypatch):
+    """A hung child (a Redis that stopped answering, a lock held at the fork) fails its capture
+    instead of stopping the product's snapshots for good."""
+
+    class Hangs:
+        def resting_orders(self) -> int:
+            return 10
+
+        def snapshot(self) -> bytes:
+            signal.pause()
+            return b""
+
+    monkeypatch.setattr(snapshots, "CHILD_DEADLINE_S", 0.5)
+    with concurrent.futures.ThreadPoolExecutor(1) as reader:
+        with pytest.raises(OSError, match="did not finish"):
+            snapshots.capture_hash(Hangs(), 1, reader).result(timeout=60)
+
+
 class WhereAmI:
     """An engine whose snapshot is a description of the process that wrote it."""
 
