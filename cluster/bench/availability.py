@@ -141,13 +141,24 @@ def run_availability(
                     raise BenchError(
                         f"{product}: the nodes did not apply the {resting} resting orders in 600 s"
                     )
-            progress("book loaded on both nodes; steady flow on top")
+            # The watchers read the output from 0 for the stream check: the book's own events
+            # (1,000,000 "open"s) first, before the window, or that read (most of a core for
+            # seconds, in this process) is the host load the window then measures.
             watchers = {p: OutputWatcher(bootstrap, p, {}) for p in products}
+            for watcher in watchers.values():
+                watcher.start()
+            for product, watcher in watchers.items():
+                book_events = max(
+                    node.status().get(product, {}).get("sequence", 0) for node in nodes.values()
+                )
+                if not _wait(lambda w=watcher, n=book_events: w.distinct_count() >= n, 600, 0.2):
+                    raise BenchError(f"{product}: the book's {book_events} events were not read in 600 s")
+            progress("book loaded on both nodes and its events read; steady flow on top")
             loads = [
                 OrderLoad(bootstrap, p, rate, resting + 1 + i * 10**12, {}) for i, p in enumerate(products)
             ]
-            for thread in (*watchers.values(), *loads):
-                thread.start()
+            for load in loads:
+                load.start()
             spinners = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(busy)]
             for spinner in spinners:
                 spinner.start()
