@@ -1,8 +1,8 @@
 """`orderbook-cluster bench snapshot`: what a large book's snapshot costs the product process.
 
 Builds a book of --resting orders, starts a local redis-server (fsync-always, as `start` runs it)
-and, each round, takes the leader's snapshot the way the worker does (a forked child stages the
-bytes in Redis; the process commits them) and the standby's state-check capture (the child hands
+and, each round, takes the leader's snapshot the way the worker does (`Snapshotter.take`: a forked
+child stages the bytes in Redis; the process commits them) and the standby's state-check capture (the child hands
 back only the hash), beside the way both ran before: the child's bytes read back into the
 process and written to Redis from its loop. For each: CPU of the product process (the matching
 loop and its threads, which compete for the cores with the loop), CPU of the child, wall time.
@@ -12,7 +12,6 @@ A round is checked: the stored snapshot is the book's bytes.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import resource
 import statistics
@@ -26,7 +25,8 @@ import msgspec
 from cluster import snapshots
 from cluster.embedded import embedded_services
 from cluster.options import json_option
-from cluster.redis_state import ProductRedis, SnapshotEnvelope, async_client, stage_snapshot, sync_client
+from cluster.redis_state import ProductRedis, async_client, snapshot_data_key, snapshot_key
+from cluster.settings import Timing
 from engine.config import ProductConfig
 from engine.native import make_engine
 
@@ -68,41 +68,27 @@ def _cpu(who: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def one_way(way: str, engine, store: ProductRedis, lease_value: str, redis_url: str, reader) -> dict:
+async def one_way(
+    way: str, engine, snapshotter: snapshots.Snapshotter, store: ProductRedis, lease_value: str
+) -> dict:
     """One snapshot taken `way`; the product process's and the child's CPU (ms) and the wall ms."""
-
-    def envelope(data: bytes, digest: str) -> SnapshotEnvelope:
-        return SnapshotEnvelope(
-            format=1,
-            product=PRODUCT,
-            epoch=1,
-            next_offset=engine.sequence,
-            sequence=engine.sequence,
-            fingerprint="bench",
-            engine=data,
-            state_hash=digest,
-        )
-
-    def stage(data: bytes, digest: str) -> int:  # in the child
-        return stage_snapshot(
-            sync_client(redis_url, snapshots.CHILD_REDIS_TIMEOUT_S),
-            PRODUCT,
-            lease_value,
-            envelope(data, digest),
-        )
-
-    await store.client.delete(f"matching_snapshot_{PRODUCT}", f"matching_snapshot_data_{PRODUCT}")
+    reader, offset = snapshotter.reader, engine.sequence
+    await store.client.delete(snapshot_key(PRODUCT), snapshot_data_key(PRODUCT))
     own, child, began = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN), time.perf_counter()
-    if way == "leader_staged_by_child":
-        captured = await asyncio.wrap_future(snapshots.capture_staged(engine, 1, reader, stage))
+    if way == "leader_staged_by_child":  # as the worker does: Snapshotter.take, then the commit
+        taken = snapshotter.take(engine, 1, offset, lease_value)
+        captured = await asyncio.wrap_future(taken.engine)
+        snapshotter.dropped()
         rc = await store.commit_snapshot(
-            lease_value, engine.sequence, engine.sequence, captured.state_hash, captured.staged_size
+            lease_value, taken.sequence, taken.next_offset, captured.state_hash, captured.staged_size
         )
     elif way == "leader_bytes_back":
         data, digest = await asyncio.wrap_future(snapshots.capture_bytes(engine, reader))
-        rc = await store.write_snapshot(lease_value, envelope(data, digest))
+        rc = await store.write_snapshot(
+            lease_value, snapshotter.envelope(1, offset, engine.sequence, data, digest)
+        )
     elif way == "standby_hash_only":
-        await asyncio.wrap_future(snapshots.capture_hash(engine, 1, reader))
+        await asyncio.wrap_future(snapshotter.capture_hash(engine))
         rc = None
     else:
         await asyncio.wrap_future(snapshots.capture_bytes(engine, reader))
@@ -122,14 +108,16 @@ async def one_way(way: str, engine, store: ProductRedis, lease_value: str, redis
 async def run_rounds(engine, redis_url: str, rounds: int) -> dict:
     store = ProductRedis(async_client(redis_url), PRODUCT)
     acquired = await store.try_acquire("bench:snapshot:1", 3_600_000)
+    # Every book is forked, as a large one is in a product process.
+    snapshotter = snapshots.Snapshotter(Timing(snapshot_fork_above_orders=1), PRODUCT, "bench", redis_url)
     per_way: dict[str, list[dict]] = {way: [] for way in WAYS}
-    with concurrent.futures.ThreadPoolExecutor(1) as reader:
+    try:
         for _ in range(rounds):
             for way in WAYS:
-                per_way[way].append(
-                    await one_way(way, engine, store, acquired.lease_value, redis_url, reader)
-                )
-    await store.client.aclose()
+                per_way[way].append(await one_way(way, engine, snapshotter, store, acquired.lease_value))
+    finally:
+        snapshotter.close()
+        await store.client.aclose()
     return {
         way: {key: round(statistics.median(r[key] for r in runs), 1) for key in runs[0]}
         for way, runs in per_way.items()

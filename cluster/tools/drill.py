@@ -162,7 +162,7 @@ class OrderLoad(threading.Thread):
 class OutputWatcher(threading.Thread):
     """Reads the output topic from 0: every value, and when each epoch was first seen."""
 
-    def __init__(self, bootstrap: str, product: str, extra: dict, fetch_wait_ms: int = 10) -> None:
+    def __init__(self, bootstrap: str, product: str, extra: dict) -> None:
         super().__init__(name="drill-watch", daemon=True)
         self.consumer = Consumer(
             client_config(
@@ -171,7 +171,7 @@ class OutputWatcher(threading.Thread):
                 {
                     "group.id": "orderbook-cluster-drill",
                     "enable.auto.commit": False,
-                    "fetch.wait.max.ms": fetch_wait_ms,
+                    "fetch.wait.max.ms": 10,
                     "fetch.queue.backoff.ms": 5,
                     "logger": quiet_librdkafka(),
                 },

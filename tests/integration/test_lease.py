@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import pytest
 
 from cluster.redis_state import (
@@ -149,7 +150,7 @@ def test_a_large_snapshot_is_written_in_pieces_and_fenced(services, product):
         assert await store.read_snapshot() == big
         assert await client.hget(f"matching_snapshot_{product}", "state_hash") == b"abc"
         assert await store.release("node-a:p:1")
-        newer = SnapshotEnvelope(**{**{f: getattr(big, f) for f in big.__struct_fields__}, "sequence": 10})
+        newer = msgspec.structs.replace(big, sequence=10)
         assert await store.write_snapshot(first.lease_value, newer) == -4, (
             "a stale leader's bytes (nobody holds it)"
         )
@@ -177,7 +178,7 @@ def test_a_snapshot_staged_by_another_process_is_committed_fenced_and_whole(serv
         assert await store.commit_snapshot(first.lease_value, 9, 7, "abc", size) == 1
         assert await store.read_snapshot() == big
 
-        newer = SnapshotEnvelope(**{**{f: getattr(big, f) for f in big.__struct_fields__}, "sequence": 12})
+        newer = msgspec.structs.replace(big, sequence=12)
         size = stage_snapshot(child, product, first.lease_value, newer)
         child.append(staging_key(product, first.lease_value), b"x")  # disturbed after staging
         assert await store.commit_snapshot(first.lease_value, 12, 7, "abc", size) == -3
